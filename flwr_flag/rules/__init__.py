@@ -1,0 +1,67 @@
+"""Robust aggregation rules: pure torch functions of the updates, no Flower types.
+
+Every rule is called as ``rule(updates, f=0, weights=None, **hyperparameters)`` where
+``updates`` is an ``(n, p)`` tensor, per-client lists of arrays, or an
+:class:`~flwr_flag.engine.UpdateSource`, and returns an :class:`AggregationResult`
+``(vector, diagnostics)``. :func:`aggregate` looks rules up by name and chains
+pre-aggregators::
+
+    aggregate(updates, "krum", f=2)
+    aggregate(updates, "median", f=2, pre=["nnm"])
+    aggregate(updates, "ctma", f=2, base="flag", base_params={"subspace_dim": 4})
+
+========================  ======================  ===============================
+name                      needs                   module
+========================  ======================  ===============================
+mean                      n >= 1                  :mod:`.mean`
+median, trimmed-mean,     n >= 2f + 1             :mod:`.coordinate`
+meamed
+krum, multi-krum          n >= 2f + 3             :mod:`.krum`
+bulyan                    n >= 4f + 3             :mod:`.krum`
+geomed                    n >= 2f + 1             :mod:`.geomed`
+centered-clipping         n >= 2f + 1             :mod:`.clipping`
+monna                     n >= 2f + 1             :mod:`.mixing`
+mda, smea                 n >= 2f + 1             :mod:`.subsets`
+caf                       n >= 2f + 1             :mod:`.filtering`
+flag                      n >= 2f + 1             :mod:`.flag`
+ctma                      n >= 2f + 1 (and base)  :mod:`.ctma`
+========================  ======================  ===============================
+
+Pre-aggregators (``pre=[...]``): ``nnm``, ``bucketing`` (:mod:`.mixing`), ``clip``,
+``arc`` (:mod:`.clipping`).
+"""
+
+from . import clipping, coordinate, ctma, filtering, flag, geomed, krum, mean, mixing, subsets
+from ._registry import (
+    PREAGGREGATORS,
+    RULES,
+    AggregationResult,
+    Preaggregated,
+    Rule,
+    aggregate,
+    get_preaggregator,
+    get_rule,
+)
+from ._validation import Requirement
+
+__all__ = [
+    "PREAGGREGATORS",
+    "RULES",
+    "AggregationResult",
+    "Preaggregated",
+    "Requirement",
+    "Rule",
+    "aggregate",
+    "clipping",
+    "coordinate",
+    "ctma",
+    "filtering",
+    "flag",
+    "geomed",
+    "get_preaggregator",
+    "get_rule",
+    "krum",
+    "mean",
+    "mixing",
+    "subsets",
+]
