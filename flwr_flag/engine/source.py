@@ -125,9 +125,11 @@ class UpdateSource(ABC):
         # Each chunk is centered on its coordinate mean m before the product, so the
         # float32 GEMM sees deviations, not the (possibly large) common part; the raw
         # Gram is restored in float64 as K = C C^T + u 1^T + 1 u^T + ||m||^2, u = C m.
+        # Rows that are exactly zero (a dropped or empty update) are kept exactly zero.
         rows = self.n + (point is not None)
         acc = torch.zeros(rows, rows, dtype=torch.float64, device=self.device)
         cross = torch.zeros(rows, dtype=torch.float64, device=self.device)
+        nonzero = torch.zeros(rows, dtype=torch.bool, device=self.device)
         mean_sq = torch.zeros((), dtype=torch.float64, device=self.device)
         for cols, chunk in self.chunks():
             if point is not None:
@@ -137,7 +139,10 @@ class UpdateSource(ABC):
             acc += (centered @ centered.T).double()
             cross += (centered @ mean).double()
             mean_sq += (mean @ mean).double()
+            nonzero |= chunk.ne(0).any(dim=1)
         gram = acc + cross[:, None] + cross[None, :] + mean_sq
+        # Exactly symmetric, so that d(i, j) == d(j, i) and ties are real ties.
+        gram = (gram + gram.T) / 2 * (nonzero[:, None] & nonzero[None, :])
         return gram.cpu()
 
     def combine(self, coefficients: Tensor) -> Tensor:

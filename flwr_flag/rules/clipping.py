@@ -15,6 +15,7 @@ from ..engine import UpdateSource
 from ._gram import sq_distances_to
 from ._registry import AggregationResult, Preaggregated, preaggregator, rule
 from ._validation import check_float, check_int
+from .coordinate import coordinate_median
 
 
 @rule("centered-clipping", needs=(2, 1))
@@ -56,7 +57,7 @@ def centered_clipping(
     b[n] = 1.0
     rows = torch.eye(n + 1, dtype=torch.float64)
     if tau is None:
-        tau = float(sq_distances_to(gram, b)[:n].sqrt().median())
+        tau = float(coordinate_median(sq_distances_to(gram, b)[:n].sqrt()))
     tau = check_float("centered-clipping", "tau", tau, 0.0)
     clipped = 0
     for _ in range(iterations):

@@ -35,6 +35,7 @@ from ..engine import UpdateSource
 from ._gram import pairwise_sq_distances
 from ._registry import Diagnostics, span_rule
 from ._validation import check_choice, check_float, check_int
+from .coordinate import coordinate_median
 
 OUTPUTS = ("projected-mean", "paper")
 
@@ -108,7 +109,7 @@ def flag_aggregator(
 
     gram = source.gram()
     norms = gram.diagonal().sqrt()
-    live = norms > 1e-12 * float(norms.max())
+    live = norms > 0
     if not bool(live.any()):
         return torch.zeros(n, dtype=torch.float64), {"ratios": [0.0] * n, "iterations": 0}
     inverse = torch.where(live, 1 / norms, 0.0)
@@ -139,7 +140,7 @@ def flag_aggregator(
     if output == "paper":
         coefficients = q_raw @ projections.sum(dim=1) / projections.shape[0]
     else:
-        clip = torch.where(live, (norms[live].median() / norms).clamp(max=1.0), 0.0)
+        clip = torch.where(live, (coordinate_median(norms[live]) / norms).clamp(max=1.0), 0.0)
         coefficients = q_raw @ (q_raw.T @ (gram @ (weights * clip)))
     irls = torch.where(live, d2, 0.0)
     ratios = torch.where(live, kx.diagonal() - unit, 0.0)

@@ -27,9 +27,15 @@ def krum_scores(dist: Tensor, f: int) -> Tensor:
     return others.topk(k, dim=1, largest=False).values.sum(dim=1)
 
 
-def _lowest(scores: Tensor, m: int) -> Tensor:
-    """Indices of the ``m`` lowest scores, ties broken by index."""
-    return torch.sort(scores, stable=True).indices[:m]
+def _lowest(scores: Tensor, dist: Tensor, m: int) -> Tensor:
+    """Indices of the ``m`` lowest scores.
+
+    Exact ties (the two ends of the closest pair in a small set score the same) go to
+    the update with the smaller total distance to all others, then to the lower index,
+    so the choice does not depend on the order of the clients.
+    """
+    order = torch.sort(dist.sum(dim=1), stable=True).indices
+    return order[torch.sort(scores[order], stable=True).indices][:m]
 
 
 @span_rule("krum", needs=(2, 3))
@@ -38,8 +44,9 @@ def krum(source: UpdateSource, f: int, weights: Tensor) -> tuple[Tensor, Diagnos
 
     Needs ``n >= 2f + 3``. Weights are ignored. Cost: ``O(n^2 p)``.
     """
-    scores = krum_scores(pairwise_sq_distances(source.gram()), f)
-    chosen = _lowest(scores, 1)
+    dist = pairwise_sq_distances(source.gram())
+    scores = krum_scores(dist, f)
+    chosen = _lowest(scores, dist, 1)
     coefficients = torch.zeros(source.n, dtype=torch.float64)
     coefficients[chosen] = 1.0
     return coefficients, {"selected": chosen.tolist(), "scores": scores.tolist()}
@@ -55,8 +62,9 @@ def multi_krum(
     (allowed ``1 <= m <= n``). Needs ``n >= 2f + 3``. Cost: ``O(n^2 p)``.
     """
     m = source.n - f if m is None else check_int("multi-krum", "m", m, 1, source.n)
-    scores = krum_scores(pairwise_sq_distances(source.gram()), f)
-    chosen = _lowest(scores, m)
+    dist = pairwise_sq_distances(source.gram())
+    scores = krum_scores(dist, f)
+    chosen = _lowest(scores, dist, m)
     coefficients = torch.zeros(source.n, dtype=torch.float64)
     coefficients[chosen] = weights[chosen] / weights[chosen].sum()
     return coefficients, {"selected": sorted(chosen.tolist()), "scores": scores.tolist()}
@@ -78,8 +86,8 @@ def bulyan(source: UpdateSource, f: int, weights: Tensor) -> AggregationResult:
     remaining = list(range(source.n))
     selected: list[int] = []
     for _ in range(source.n - 2 * f):
-        sub = torch.tensor(remaining)
-        best = remaining[int(_lowest(krum_scores(dist[sub][:, sub], f), 1))]
+        sub = dist[remaining][:, remaining]
+        best = remaining[int(_lowest(krum_scores(sub, f), sub, 1))]
         selected.append(best)
         remaining.remove(best)
     beta = len(selected) - 2 * f

@@ -1,0 +1,63 @@
+"""Flag Aggregator: IRLS convergence and behaviour on planted data."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from flwr_flag.rules import aggregate
+
+
+def planted(n_honest: int, n_bad: int, p: int, r: int, seed: int) -> torch.Tensor:
+    """Honest updates near an r-dim subspace; outliers orthogonal to it."""
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=torch.float64))
+    inside, outside = basis[:, :r], basis[:, r:]
+    honest = torch.randn(n_honest, r, generator=g, dtype=torch.float64) @ inside.T
+    honest += 0.05 * torch.randn(n_honest, p, generator=g, dtype=torch.float64)
+    bad = 3 * torch.randn(n_bad, p - r, generator=g, dtype=torch.float64) @ outside.T
+    return torch.cat([honest, bad])
+
+
+def test_converged_objective_no_worse_than_one_step():
+    for seed in range(5):
+        x = torch.randn(15, 40, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        one = aggregate(x, "flag", 3, subspace_dim=6, max_iter=1).diagnostics
+        full = aggregate(x, "flag", 3, subspace_dim=6).diagnostics
+        assert full["converged"]
+        assert full["iterations"] > 1
+        assert full["objective"] <= one["objective"] + 1e-12
+
+
+def test_objective_decreases_monotonically():
+    x = torch.randn(12, 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    objectives = [
+        aggregate(x, "flag", 2, subspace_dim=4, lam=0.2, tol=0.0, max_iter=k).diagnostics[
+            "objective"
+        ]
+        for k in range(1, 8)
+    ]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(objectives))
+
+
+def test_planted_outliers_get_the_lowest_weights():
+    n_honest, n_bad = 12, 3
+    x = planted(n_honest, n_bad, p=50, r=3, seed=0)
+    result = aggregate(x, "flag", n_bad, subspace_dim=3)
+    weights = torch.tensor(result.diagnostics["irls_weights"])
+    ratios = torch.tensor(result.diagnostics["ratios"])
+    assert weights[n_honest:].max() < weights[:n_honest].min()
+    assert ratios[n_honest:].max() < 0.1 < 0.9 < ratios[:n_honest].min()
+    # The aggregate has (almost) nothing outside the honest subspace.
+    honest_only = aggregate(x[:n_honest], "flag", 0, subspace_dim=3).vector
+    assert (result.vector - honest_only).norm() < 0.2 * honest_only.norm()
+
+
+def test_zero_updates_are_dropped():
+    x = torch.randn(9, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x[4] = 0
+    result = aggregate(x, "flag", 1)
+    assert result.diagnostics["ratios"][4] == 0.0
+    assert result.diagnostics["irls_weights"][4] == 0.0
+    assert torch.isfinite(result.vector).all()

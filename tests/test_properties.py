@@ -1,0 +1,102 @@
+"""Properties every robust rule should have, checked with hypothesis."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flwr_flag.rules import RULES, aggregate
+
+ALL = sorted(RULES)
+# Rules with no tie-dependent or reference-dependent choice: permuting rows cannot
+# change the output. (krum/monna pick by index on exact ties; bucketing is random.)
+PERMUTATION_INVARIANT = [r for r in ALL if r != "monna"]
+# Output moves with a common shift of all updates. FA normalises updates and CC clips
+# around a fixed v0, so neither is translation equivariant.
+TRANSLATION_EQUIVARIANT = [r for r in ALL if r not in ("flag", "centered-clipping")]
+# With f = 0 these reduce to the (weighted) mean.
+MEAN_AT_F0 = [
+    "mean",
+    "trimmed-mean",
+    "meamed",
+    "multi-krum",
+    "bulyan",
+    "mda",
+    "smea",
+    "caf",
+    "ctma",
+]
+# Rules whose output lies in the honest cluster when f updates are far away. Centered
+# clipping is left out: it bounds each outlier's pull by tau / n instead of removing it.
+ROBUST = [r for r in ALL if r not in ("mean", "centered-clipping")]
+
+settings.register_profile("rules", max_examples=25, deadline=None, derandomize=True)
+settings.load_profile("rules")
+
+
+@st.composite
+def problems(draw, min_n: int = 7):
+    n = draw(st.integers(min_n, 12))
+    p = draw(st.integers(2, 9))
+    f = draw(st.integers(0, (n - 3) // 4))
+    seed = draw(st.integers(0, 2**16))
+    x = torch.randn(n, p, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return x, f, seed
+
+
+def run(x: torch.Tensor, rule: str, f: int) -> torch.Tensor:
+    return aggregate(x, rule, f).vector
+
+
+@given(problems(), st.sampled_from(PERMUTATION_INVARIANT))
+def test_permutation_invariance(problem, rule):
+    x, f, seed = problem
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
+    torch.testing.assert_close(run(x[perm], rule, f), run(x, rule, f), rtol=1e-7, atol=1e-9)
+
+
+@given(problems(), st.sampled_from(TRANSLATION_EQUIVARIANT))
+def test_translation_equivariance(problem, rule):
+    x, f, seed = problem
+    shift = (
+        torch.randn(
+            x.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 2)
+        )
+        * 3
+    )
+    torch.testing.assert_close(
+        run(x + shift, rule, f), run(x, rule, f) + shift, rtol=1e-6, atol=1e-7
+    )
+
+
+@given(problems(), st.sampled_from(ALL))
+def test_identical_inputs_return_that_vector(problem, rule):
+    x, f, _ = problem
+    same = x[:1].repeat(len(x), 1)
+    torch.testing.assert_close(run(same, rule, f), x[0], rtol=1e-7, atol=1e-9)
+
+
+@given(problems(), st.sampled_from(MEAN_AT_F0))
+def test_f_zero_is_the_mean(problem, rule):
+    x, _, _ = problem
+    torch.testing.assert_close(run(x, rule, 0), x.mean(dim=0), rtol=1e-7, atol=1e-9)
+
+
+@given(problems(min_n=9), st.sampled_from(ROBUST), st.sampled_from([1e3, 1e6]))
+def test_far_outliers_do_not_move_the_output(problem, rule, scale):
+    x, f, seed = problem
+    f = max(f, 1)
+    honest = x[f:] * 0.1 + 1.0
+    outliers = (
+        torch.randn(
+            f, x.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 3)
+        )
+        * scale
+    )
+    # Outliers last: MoNNA trusts row 0, which must be honest.
+    out = run(torch.cat([honest, outliers]), rule, f)
+    # Within the honest cluster's bounding box, up to a tenth of its spread.
+    spread = honest.max(dim=0).values - honest.min(dim=0).values
+    assert bool((out >= honest.min(dim=0).values - 0.1 * spread).all()), rule
+    assert bool((out <= honest.max(dim=0).values + 0.1 * spread).all()), rule

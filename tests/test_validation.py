@@ -1,0 +1,104 @@
+"""Bad input fails early, in one shared place, with a message naming what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flwr_flag.engine import ArraysSource, NonFiniteUpdateError
+from flwr_flag.rules import RULES, aggregate
+
+X = torch.randn(9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    ("rule", "f", "allowed"),
+    [
+        ("krum", 4, "0 <= f <= 3"),
+        ("bulyan", 2, "0 <= f <= 1"),
+        ("median", 5, "0 <= f <= 4"),
+        ("geomed", -1, "0 <= f <= 4"),
+    ],
+)
+def test_f_out_of_range(rule, f, allowed):
+    with pytest.raises(ValueError, match=rf"{rule}: f={f} is out of range for n=9.*{allowed}"):
+        aggregate(X, rule, f)
+
+
+def test_too_few_updates_for_any_f():
+    with pytest.raises(ValueError, match=r"bulyan: f=0 .* n >= 4f \+ 3, so allowed: none"):
+        aggregate(X[:2], "bulyan", 0)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_zero_updates(rule):
+    with pytest.raises(ValueError, match="n=0"):
+        aggregate(torch.empty(0, 5), rule, 0)
+
+
+def test_zero_clients_in_arrays_source():
+    with pytest.raises(ValueError, match="n=0"):
+        ArraysSource([])
+
+
+def test_mismatched_shapes_name_the_client():
+    clients = [[np.zeros((2, 2)), np.zeros(3)], [np.zeros((2, 2)), np.zeros(4)]]
+    with pytest.raises(ValueError, match="client 1 has array shapes"):
+        ArraysSource(clients)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_rows_are_never_used(rule, bad):
+    x = X.clone()
+    x[3, 2] = bad
+    x[6, 0] = bad
+    with pytest.raises(NonFiniteUpdateError) as err:
+        aggregate(x, rule, 1)
+    assert err.value.rows == [3, 6]
+
+
+@pytest.mark.parametrize("weights", [[1.0] * 8, [-1.0] + [1.0] * 8, [0.0] * 9, [np.nan] * 9])
+def test_bad_weights(weights):
+    with pytest.raises(ValueError, match="weights"):
+        aggregate(X, "mean", 0, weights=weights)
+
+
+@pytest.mark.parametrize(
+    ("rule", "params", "message"),
+    [
+        (
+            "flag",
+            {"subspace_dim": 10},
+            r"subspace_dim=10 is out of range; allowed 1 <= subspace_dim <= 9",
+        ),
+        ("flag", {"output": "best"}, r"output='best' is not one of"),
+        ("flag", {"eps": 0.0}, r"allowed 0.0 < eps"),
+        ("geomed", {"nu": -1.0}, r"nu=-1.0 is out of range"),
+        ("multi-krum", {"m": 0}, r"m=0 is out of range"),
+        (
+            "ctma",
+            {"trim_fraction": 1.0},
+            r"trim_fraction=1.0 is out of range; allowed 0.0 <= trim_fraction < 1.0",
+        ),
+        ("ctma", {"base": "ctma"}, r"base='ctma' is not allowed"),
+        ("ctma", {"base": "nope"}, r"rule='nope' is not one of"),
+        ("mda", {"max_subsets": 10}, r"C\(n=9, f=1\) = 9 subsets exceeds max_subsets=5"),
+        ("krum", {"tau": 1.0}, r"unknown hyperparameter\(s\) \['tau'\]"),
+    ],
+)
+def test_bad_hyperparameters(rule, params, message):
+    params = {"max_subsets": 5} if rule == "mda" else params
+    with pytest.raises((ValueError, TypeError), match=message):
+        aggregate(X, rule, 1, **params)
+
+
+def test_unknown_rule_lists_choices():
+    with pytest.raises(ValueError, match=r"rule='krumm' is not one of \[.*'krum'"):
+        aggregate(X, "krumm", 1)
+
+
+def test_unknown_preaggregator_lists_choices():
+    with pytest.raises(ValueError, match=r"pre-aggregator 'nmm' is not one of"):
+        aggregate(X, "mean", 1, pre=["nmm"])
