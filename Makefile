@@ -17,6 +17,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 $(BIN)/.bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/pip install --quiet --no-deps "byzfl==0.0.11"
 	touch $@
 

@@ -74,19 +74,6 @@ def test_float32_chunking_changes_only_rounding():
         torch.testing.assert_close(r, results[0], rtol=1e-4, atol=1e-5)
 
 
-def test_gram_survives_a_large_common_offset():
-    # Updates that share a large component: the chunked, centred float32 Gram still
-    # resolves their small differences.
-    g = torch.Generator().manual_seed(0)
-    x = 1e3 + torch.randn(8, 4096, generator=g, dtype=torch.float64) * 1e-2
-    exact = torch.cdist(x, x).square()
-    source = StackedSource(x.float(), chunk_size=1000)
-    k = source.gram()
-    d = k.diagonal()[:, None] + k.diagonal()[None, :] - 2 * k
-    off = ~torch.eye(8, dtype=torch.bool)
-    torch.testing.assert_close(d[off], exact[off], rtol=1e-3, atol=0)
-
-
 def test_no_stacked_copy_is_made():
     # Peak extra memory is O(n * chunk): the buffers handed out are chunk-sized.
     clients, base = layers(seed=6)

@@ -59,6 +59,14 @@ def test_non_finite_rows_are_never_used(rule, bad):
     assert err.value.rows == [3, 6]
 
 
+def test_updates_whose_norm_overflows_are_rejected():
+    x = X.float().clone()
+    x[5] = 3e19  # finite in float32, but its squared norm is not
+    with pytest.raises(NonFiniteUpdateError, match=r"overflows torch\.float32") as err:
+        aggregate(x, "krum", 1)
+    assert err.value.rows == [5]
+
+
 @pytest.mark.parametrize("weights", [[1.0] * 8, [-1.0] + [1.0] * 8, [0.0] * 9, [np.nan] * 9])
 def test_bad_weights(weights):
     with pytest.raises(ValueError, match="weights"):

@@ -1,5 +1,6 @@
 """Streaming access to client updates on CPU or GPU (see :mod:`.source`)."""
 
+from .gram import Gram, pairwise_sq_distances
 from .source import (
     ArraysSource,
     NonFiniteUpdateError,
@@ -11,9 +12,11 @@ from .source import (
 
 __all__ = [
     "ArraysSource",
+    "Gram",
     "NonFiniteUpdateError",
     "StackedSource",
     "UpdateSource",
     "as_source",
+    "pairwise_sq_distances",
     "resolve_device",
 ]

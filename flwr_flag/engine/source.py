@@ -8,7 +8,8 @@ stacked ``(n, p)`` matrix: it hands out coordinate chunks ``X[:, a:b]`` of at mo
 
 The passes every rule is built from:
 
-* :meth:`UpdateSource.gram` -- ``K = X X^T`` in float64 (``n^2 p`` flops, cached);
+* :meth:`UpdateSource.gram` -- the :class:`~.gram.Gram` matrix ``X X^T`` in float64
+  (``n^2 p`` flops, cached), kept relative to a reference point for precision;
 * :meth:`UpdateSource.combine` -- ``X^T c`` for a coefficient vector ``c`` (``n p``);
 * :meth:`UpdateSource.map_columns` -- a coordinate-wise function, chunk by chunk;
 * :meth:`UpdateSource.sq_distances_to` -- ``||g_i - a||^2`` for a point ``a`` (``n p``).
@@ -18,7 +19,7 @@ tiny, and keeping it off the accelerator avoids a device sync per iteration.
 
 Every source checks its rows for NaN/Inf during its first complete pass and raises
 :class:`NonFiniteUpdateError` naming the rows, so no rule ever returns a result built
-from a non-finite update.
+from a non-finite update. The same pass sums the exact squared norms of the rows.
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
-"""Default chunk: about this many elements (64 MiB of float32) per ``(n, chunk)`` block."""
+from .gram import Gram, choose_reference
+
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
+"""Default elements per ``(n, chunk)`` block: 16 MiB of float32 on a CPU (cache-sized
+for the memory-bound passes), 128 MiB on a GPU (fewer kernel launches)."""
 
 
 class NonFiniteUpdateError(ValueError):
-    """Raised when an update contains NaN or Inf; ``rows`` lists the offending rows."""
+    """Raised for updates with NaN/Inf (or an overflowing norm); ``rows`` lists them."""
 
-    def __init__(self, rows: Sequence[int]) -> None:
+    def __init__(self, rows: Sequence[int], dtype: torch.dtype) -> None:
         self.rows = list(rows)
         super().__init__(
-            f"updates: rows {self.rows} contain NaN or Inf; remove them before "
-            "aggregating (non-finite updates are never used)"
+            f"updates: rows {self.rows} contain NaN or Inf, or their squared norm overflows "
+            f"{dtype}; remove them before aggregating (such updates are never used)"
         )
 
 
@@ -67,7 +71,7 @@ class UpdateSource(ABC):
     dtype : torch.dtype
         Compute dtype of the chunks (float32 by default; float64 for exact tests).
     chunk_size : int, optional
-        Columns per chunk. Default: about ``2**24 / n`` (64 MiB float32 chunks).
+        Columns per chunk. Default: about ``DEFAULT_CHUNK_ELEMENTS[device] / n``.
     """
 
     def __init__(
@@ -87,63 +91,106 @@ class UpdateSource(ABC):
         self.p = p
         self.device = resolve_device(device)
         self.dtype = dtype
-        self.chunk_size = chunk_size or max(1024, DEFAULT_CHUNK_ELEMENTS // max(n, 1))
+        default = DEFAULT_CHUNK_ELEMENTS.get(self.device.type, DEFAULT_CHUNK_ELEMENTS["cpu"])
+        self.chunk_size = chunk_size or max(1024, default // max(n, 1))
         self._verified_upto = 0
-        self._gram: Tensor | None = None
+        self._sq_norms = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self._gram: Gram | None = None
 
     @abstractmethod
     def _fetch(self, start: int, stop: int) -> Tensor:
         """Return ``X[:, start:stop]`` on ``self.device`` in ``self.dtype``."""
 
-    def _load(self, start: int, stop: int) -> Tensor:
+    def _load(self, start: int, stop: int, *, check: bool = True) -> Tensor:
         chunk = self._fetch(start, stop)
-        if self._verified_upto < self.p:
-            bad = ~torch.isfinite(chunk).all(dim=1)
-            if bool(bad.any()):
-                raise NonFiniteUpdateError(torch.nonzero(bad).flatten().tolist())
-            if start <= self._verified_upto:
-                self._verified_upto = max(self._verified_upto, stop)
+        if check and self._verified_upto < self.p:
+            self._verify(start, stop, torch.linalg.vector_norm(chunk, dim=1).square())
         return chunk
 
-    def chunks(self) -> Iterator[tuple[slice, Tensor]]:
-        """Yield ``(columns, X[:, columns])`` over all coordinates in order."""
+    def _verify(self, start: int, stop: int, sq_norms: Tensor) -> None:
+        """First-pass bookkeeping: reject rows whose squared norm is not finite (NaN,
+        Inf, or too large for the compute dtype), sum the exact squared norms."""
+        bad = ~torch.isfinite(sq_norms)
+        if bool(bad.any()):
+            raise NonFiniteUpdateError(torch.nonzero(bad).flatten().tolist(), self.dtype)
+        if start == self._verified_upto:
+            self._sq_norms += sq_norms.double()
+            self._verified_upto = stop
+
+    def chunks(self, *, check: bool = True) -> Iterator[tuple[slice, Tensor]]:
+        """Yield ``(columns, X[:, columns])`` over all coordinates in order.
+
+        ``check=False`` is for a caller that does the first-pass check itself
+        (:meth:`_verify`) from squared norms it computes anyway.
+        """
         for start in range(0, self.p, self.chunk_size):
             stop = min(start + self.chunk_size, self.p)
-            yield slice(start, stop), self._load(start, stop)
+            yield slice(start, stop), self._load(start, stop, check=check)
 
-    def gram(self) -> Tensor:
-        """``K = X X^T`` as an ``(n, n)`` float64 host tensor (one pass, cached)."""
+    def sq_norms(self) -> Tensor:
+        """Exact ``||g_i||^2`` (float64, host), from the first complete pass."""
+        if self._verified_upto < self.p:
+            for _ in self.chunks():
+                pass
+        return self._sq_norms.cpu()
+
+    def gram(self) -> Gram:
+        """The Gram matrix of the rows (one pass, cached); see :mod:`.gram`."""
         if self._gram is None:
             self._gram = self._accumulate_gram(None)
         return self._gram
 
-    def gram_with(self, point: Tensor) -> Tensor:
-        """Gram matrix of ``X`` with ``point`` appended as row ``n`` (one pass)."""
+    def gram_with(self, point: Tensor) -> Gram:
+        """The Gram matrix of the rows with ``point`` appended as row ``n`` (one pass)."""
         return self._accumulate_gram(point.to(self.device, self.dtype))
 
-    def _accumulate_gram(self, point: Tensor | None) -> Tensor:
-        # Each chunk is centered on its coordinate mean m before the product, so the
-        # float32 GEMM sees deviations, not the (possibly large) common part; the raw
-        # Gram is restored in float64 as K = C C^T + u 1^T + 1 u^T + ||m||^2, u = C m.
-        # Rows that are exactly zero (a dropped or empty update) are kept exactly zero.
+    def _accumulate_gram(self, point: Tensor | None) -> Gram:
+        # The reference row is chosen on the first chunk and checked on the result; a
+        # badly chosen one (rare) costs a second pass.
+        gram, reference = self._gram_pass(point, None, decide=True)
+        better = choose_reference(gram, self.dtype, reference)
+        if better != reference:
+            gram, _ = self._gram_pass(point, better, decide=False)
+        return gram
+
+    def _gram_pass(
+        self, point: Tensor | None, reference: int | None, *, decide: bool
+    ) -> tuple[Gram, int | None]:
         rows = self.n + (point is not None)
-        acc = torch.zeros(rows, rows, dtype=torch.float64, device=self.device)
-        cross = torch.zeros(rows, dtype=torch.float64, device=self.device)
-        nonzero = torch.zeros(rows, dtype=torch.bool, device=self.device)
-        mean_sq = torch.zeros((), dtype=torch.float64, device=self.device)
-        for cols, chunk in self.chunks():
+        acc = torch.zeros(rows + 1, rows + 1, dtype=torch.float64, device=self.device)
+        work: Tensor | None = None
+        for cols, chunk in self.chunks(check=False):
+            data = chunk
             if point is not None:
                 chunk = torch.cat([chunk, point[cols].unsqueeze(0)])
-            mean = chunk.mean(dim=0)
-            centered = chunk - mean
-            acc += (centered @ centered.T).double()
-            cross += (centered @ mean).double()
-            mean_sq += (mean @ mean).double()
-            nonzero |= chunk.ne(0).any(dim=1)
-        gram = acc + cross[:, None] + cross[None, :] + mean_sq
-        # Exactly symmetric, so that d(i, j) == d(j, i) and ties are real ties.
-        gram = (gram + gram.T) / 2 * (nonzero[:, None] & nonzero[None, :])
-        return gram.cpu()
+            product = chunk @ chunk.T if reference is None else None
+            if decide:
+                reference = choose_reference(_origin_gram(product.double().cpu()), self.dtype, None)
+                decide = False
+            if reference is None:
+                acc[:rows, :rows] += product.double()
+                sq_norms = product.diagonal()[: self.n]  # the check comes for free
+            else:
+                if work is None:
+                    work = torch.empty(
+                        rows + 1, self.chunk_size, dtype=self.dtype, device=self.device
+                    )
+                # Rows 0..rows-1 hold x_i - r, the last row r: one GEMM gives C, u, ||r||^2.
+                block = work[:, : chunk.shape[1]]
+                torch.sub(chunk, chunk[reference], out=block[:rows])
+                block[rows] = chunk[reference]
+                acc += (block @ block.T).double()
+                sq_norms = None
+            if self._verified_upto < self.p:
+                if sq_norms is None:
+                    sq_norms = torch.linalg.vector_norm(data, dim=1).square()
+                self._verify(cols.start, cols.stop, sq_norms)
+        acc = ((acc + acc.T) / 2).cpu()  # exactly symmetric: d(i, j) == d(j, i)
+        sq_norms = self.sq_norms()
+        if point is not None:
+            sq_norms = torch.cat([sq_norms, point.double().square().sum().reshape(1).cpu()])
+        gram = Gram(acc[:rows, :rows], acc[:rows, rows], float(acc[rows, rows]), sq_norms)
+        return gram, reference
 
     def combine(self, coefficients: Tensor) -> Tensor:
         """``X^T c`` for ``c`` of shape ``(n,)``, or ``(k, n)`` for ``k`` outputs at once."""
@@ -279,9 +326,9 @@ class RowSubset(UpdateSource):
     def _fetch(self, start: int, stop: int) -> Tensor:
         return self.parent._load(start, stop).index_select(0, self._device_rows)
 
-    def gram(self) -> Tensor:
+    def gram(self) -> Gram:
         if self._gram is None:
-            self._gram = self.parent.gram()[self.rows][:, self.rows]
+            self._gram = self.parent.gram().subset(self.rows)
         return self._gram
 
 
@@ -307,10 +354,15 @@ class MixedRows(UpdateSource):
     def _fetch(self, start: int, stop: int) -> Tensor:
         return self._device_matrix @ self.parent._load(start, stop)
 
-    def gram(self) -> Tensor:
+    def gram(self) -> Gram:
         if self._gram is None:
-            self._gram = self.matrix @ self.parent.gram() @ self.matrix.T
+            self._gram = self.parent.gram().mix(self.matrix)
         return self._gram
+
+
+def _origin_gram(raw: Tensor) -> Gram:
+    zeros = torch.zeros(raw.shape[0], dtype=raw.dtype)
+    return Gram(raw, zeros, 0.0, raw.diagonal())
 
 
 def as_source(

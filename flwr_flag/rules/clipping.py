@@ -1,7 +1,7 @@
 """Clipping: centered clipping (a rule), static clipping and ARC (pre-aggregators).
 
-All of them only need norms and distances, so they run on the Gram matrix; the
-pre-aggregators are diagonal rescalings ``diag(s) X`` served lazily by the engine.
+Centered clipping runs on the Gram matrix; the pre-aggregators only need the exact
+norms of the first pass and are diagonal rescalings ``diag(s) X`` served lazily.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._gram import sq_distances_to
 from ._registry import AggregationResult, Preaggregated, preaggregator, rule
 from ._validation import check_float, check_int
 from .coordinate import coordinate_median
@@ -35,7 +34,7 @@ def centered_clipping(
 
     for ``l < L = iterations`` (the paper finds ``L = 1`` enough with worker momentum).
     ``previous`` is the last round's aggregate (zeros when ``None``), kept by the caller.
-    ``tau > 0``; ``None`` takes the median of ``||g_i - v_0||`` each call (a scale-free
+    ``tau >= 0``; ``None`` takes the median of ``||g_i - v_0||`` each call (a scale-free
     default, our choice, not the paper's). Each ``v_l`` is a combination of the rows
     of ``[X; v_0]``, so all ``L`` iterations run on the ``(n+1)``-Gram: one
     ``O(n^2 p)`` pass (none extra when ``previous`` is ``None``) and one output pass.
@@ -43,8 +42,8 @@ def centered_clipping(
     iterations = check_int("centered-clipping", "iterations", iterations, 1)
     n = source.n
     if previous is None:
-        gram = torch.zeros(n + 1, n + 1, dtype=torch.float64)
-        gram[:n, :n] = source.gram()
+        with_origin = torch.cat([torch.eye(n, dtype=torch.float64), torch.zeros(1, n)])
+        gram = source.gram().mix(with_origin)
     else:
         if previous.shape != (source.p,):
             raise ValueError(
@@ -57,11 +56,11 @@ def centered_clipping(
     b[n] = 1.0
     rows = torch.eye(n + 1, dtype=torch.float64)
     if tau is None:
-        tau = float(coordinate_median(sq_distances_to(gram, b)[:n].sqrt()))
+        tau = float(coordinate_median(gram.sq_distances_to(b)[:n].sqrt()))
     tau = check_float("centered-clipping", "tau", tau, 0.0)
     clipped = 0
     for _ in range(iterations):
-        dist = sq_distances_to(gram, b).sqrt()
+        dist = gram.sq_distances_to(b).sqrt()
         scale = torch.where(dist > tau, tau / dist.clamp_min(1e-300), 1.0)
         clipped = int((scale[:n] < 1).sum())
         b = b + ((rows - b) * (alpha * scale)[:, None]).sum(dim=0)
@@ -82,7 +81,7 @@ def static_clipping(
 ) -> Preaggregated:
     r"""Static clipping: :math:`g_i \leftarrow g_i \min(1, \tau / \|g_i\|)`, ``tau > 0``."""
     tau = check_float("clip", "tau", tau, 0.0, low_open=True)
-    norms = source.gram().diagonal().sqrt()
+    norms = source.sq_norms().sqrt()
     return _rescaled(source, f, weights, (tau / norms.clamp_min(1e-300)).clamp(max=1.0))
 
 
@@ -95,7 +94,7 @@ def adaptive_robust_clipping(source: UpdateSource, f: int, weights: Tensor) -> P
     """
     n = source.n
     k = math.floor(2 * f * (n - f) / n)
-    norms = source.gram().diagonal().sqrt()
+    norms = source.sq_norms().sqrt()
     scale = torch.ones(n, dtype=torch.float64)
     if k > 0:
         order = torch.sort(norms, descending=True, stable=True).indices

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._gram import sq_distances_to
 from ._registry import Diagnostics, get_rule, span_rule
 from ._validation import check_float
 
@@ -64,7 +63,7 @@ def ctma(
     params = dict(base_params or {})
     if base_rule.coefficients is not None:
         anchor, base_diagnostics = base_rule.coefficients(source, f, weights, **params)
-        distances = sq_distances_to(source.gram(), anchor)
+        distances = source.gram().sq_distances_to(anchor)
     else:
         result = base_rule.function(source, f, weights, **params)
         base_diagnostics = result.diagnostics

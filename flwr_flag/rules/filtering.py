@@ -47,7 +47,7 @@ def covariance_agnostic_filter(
     ``O(n^2 p)`` pass.
     """
     n = source.n
-    gram = source.gram()
+    gram = source.gram().centered  # the rule is translation invariant
     c = n * weights
     best_value, best = torch.inf, weights
     steps = 0

@@ -31,8 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..engine import UpdateSource
-from ._gram import pairwise_sq_distances
+from ..engine import UpdateSource, pairwise_sq_distances
 from ._registry import Diagnostics, span_rule
 from ._validation import check_choice, check_float, check_int
 from .coordinate import coordinate_median
@@ -108,12 +107,14 @@ def flag_aggregator(
     output = check_choice("flag", "output", output, OUTPUTS)
 
     gram = source.gram()
-    norms = gram.diagonal().sqrt()
+    norms = gram.sq_norms.sqrt()
     live = norms > 0
     if not bool(live.any()):
         return torch.zeros(n, dtype=torch.float64), {"ratios": [0.0] * n, "iterations": 0}
     inverse = torch.where(live, 1 / norms, 0.0)
-    kx = inverse[:, None] * gram * inverse[None, :]
+    raw = gram.raw()
+    kx = inverse[:, None] * raw * inverse[None, :]
+    kx.diagonal().copy_(live.double())  # unit rows exactly
     pair_mask = (live[:, None] & live[None, :]).double().fill_diagonal_(0)
 
     d2 = torch.ones(n, dtype=torch.float64)
@@ -141,7 +142,7 @@ def flag_aggregator(
         coefficients = q_raw @ projections.sum(dim=1) / projections.shape[0]
     else:
         clip = torch.where(live, (coordinate_median(norms[live]) / norms).clamp(max=1.0), 0.0)
-        coefficients = q_raw @ (q_raw.T @ (gram @ (weights * clip)))
+        coefficients = q_raw @ (q_raw.T @ (raw @ (weights * clip)))
     irls = torch.where(live, d2, 0.0)
     ratios = torch.where(live, kx.diagonal() - unit, 0.0)
     return coefficients, {

@@ -5,16 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..engine import UpdateSource
-from ._gram import sq_distances_to
+from ..engine import Gram, UpdateSource
 from ._registry import Diagnostics, span_rule
 from ._validation import check_float, check_int
 
 
 def weiszfeld(
-    gram: Tensor, weights: Tensor, nu: float, max_iter: int, tol: float
+    gram: Gram, weights: Tensor, nu: float, max_iter: int, tol: float
 ) -> tuple[Tensor, Diagnostics]:
-    r"""Smoothed Weiszfeld on a Gram matrix; returns ``b`` with ``z = X^T b``.
+    r"""Smoothed Weiszfeld on the Gram matrix; returns ``b`` with ``z = X^T b``.
 
     Minimises :math:`\sum_i \alpha_i \|z - g_i\|` by
     :math:`b \leftarrow \beta / \sum_j \beta_j,\ \beta_i = \alpha_i / \max(\nu, \|z - g_i\|)`
@@ -25,7 +24,7 @@ def weiszfeld(
     objective = torch.inf
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        dist = sq_distances_to(gram, b).sqrt()
+        dist = gram.sq_distances_to(b).sqrt()
         current = float(weights @ dist)
         if objective - current <= tol * current:
             objective = min(objective, current)

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._gram import pairwise_sq_distances
 from ._registry import AggregationResult, Diagnostics, rule, span_rule
 from ._validation import check_int
 from .coordinate import _by_coordinate, mean_around_median
@@ -44,7 +43,7 @@ def krum(source: UpdateSource, f: int, weights: Tensor) -> tuple[Tensor, Diagnos
 
     Needs ``n >= 2f + 3``. Weights are ignored. Cost: ``O(n^2 p)``.
     """
-    dist = pairwise_sq_distances(source.gram())
+    dist = source.gram().sq_distances()
     scores = krum_scores(dist, f)
     chosen = _lowest(scores, dist, 1)
     coefficients = torch.zeros(source.n, dtype=torch.float64)
@@ -62,7 +61,7 @@ def multi_krum(
     (allowed ``1 <= m <= n``). Needs ``n >= 2f + 3``. Cost: ``O(n^2 p)``.
     """
     m = source.n - f if m is None else check_int("multi-krum", "m", m, 1, source.n)
-    dist = pairwise_sq_distances(source.gram())
+    dist = source.gram().sq_distances()
     scores = krum_scores(dist, f)
     chosen = _lowest(scores, dist, m)
     coefficients = torch.zeros(source.n, dtype=torch.float64)
@@ -82,7 +81,7 @@ def bulyan(source: UpdateSource, f: int, weights: Tensor) -> AggregationResult:
 
     Needs ``n >= 4f + 3``. Weights are ignored. Cost: ``O(n^2 p)`` plus ``O(theta p)``.
     """
-    dist = pairwise_sq_distances(source.gram())
+    dist = source.gram().sq_distances()
     remaining = list(range(source.n))
     selected: list[int] = []
     for _ in range(source.n - 2 * f):

@@ -10,9 +10,18 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._gram import nearest, pairwise_sq_distances
 from ._registry import Diagnostics, Preaggregated, preaggregator, span_rule
 from ._validation import check_int
+
+
+def nearest(dist: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` smallest entries of each row, each row's own index first.
+
+    Rows are ordered by distance with ties broken by index (a stable sort), and the
+    diagonal is forced first so a point is always its own nearest neighbour.
+    """
+    ranked = dist.clone().fill_diagonal_(-1.0)
+    return torch.sort(ranked, dim=-1, stable=True).indices[..., :k]
 
 
 @preaggregator("nnm", needs=(1, 1))
@@ -24,7 +33,7 @@ def nearest_neighbor_mixing(source: UpdateSource, f: int, weights: Tensor) -> Pr
     and ``O(n^2)`` per column wherever the mixed rows are read.
     """
     n = source.n
-    neighbours = nearest(pairwise_sq_distances(source.gram()), n - f)
+    neighbours = nearest(source.gram().sq_distances(), n - f)
     mixing = torch.zeros(n, n, dtype=torch.float64)
     mixing.scatter_(1, neighbours, 1.0 / (n - f))
     return Preaggregated(source.mix(mixing), f, weights, {"neighbours": neighbours.tolist()})
@@ -66,7 +75,7 @@ def monna(
     server, ``reference`` must be an update the server trusts. Cost: ``O(n^2 p)``.
     """
     reference = check_int("monna", "reference", reference, 0, source.n - 1)
-    dist = pairwise_sq_distances(source.gram())
+    dist = source.gram().sq_distances()
     chosen = nearest(dist, source.n - f)[reference]
     coefficients = torch.zeros(source.n, dtype=torch.float64)
     coefficients[chosen] = 1.0 / len(chosen)

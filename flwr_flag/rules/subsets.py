@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ..engine import UpdateSource
-from ._gram import pairwise_sq_distances
+from ..engine import Gram, UpdateSource
 from ._registry import Diagnostics, span_rule
 from ._validation import check_int
 
@@ -39,7 +38,7 @@ def _best_subset(
     source: UpdateSource,
     f: int,
     max_subsets: int,
-    spread: Callable[[Tensor, Tensor], Tensor],
+    spread: Callable[[Gram, Tensor], Tensor],
 ) -> tuple[Tensor, Diagnostics]:
     n = source.n
     max_subsets = check_int(rule, "max_subsets", max_subsets, 1)
@@ -61,18 +60,19 @@ def _best_subset(
     return coefficients, {"selected": selected, "spread": best_value, "subsets": count}
 
 
-def _diameters(gram: Tensor, masks: Tensor) -> Tensor:
-    dist = pairwise_sq_distances(gram)
+def _diameters(gram: Gram, masks: Tensor) -> Tensor:
+    dist = gram.sq_distances()
     return (dist * masks[:, :, None] * masks[:, None, :]).amax(dim=(1, 2))
 
 
-def _max_covariance_eigenvalues(gram: Tensor, masks: Tensor) -> Tensor:
+def _max_covariance_eigenvalues(gram: Gram, masks: Tensor) -> Tensor:
     # The nonzero spectrum of the subset covariance (1/k) sum_S (g_i - mu)(g_i - mu)^T
     # is that of the centred subset Gram (1/k) H K_S H, written here on all n rows with
     # the rows outside S zeroed.
     k = masks.sum(dim=1, keepdim=True)
-    centering = torch.eye(gram.shape[0], dtype=gram.dtype) - (masks / k)[:, None, :]
-    centered = centering @ gram @ centering.transpose(1, 2)
+    inner = gram.centered  # any reference: the subset mean is subtracted below
+    centering = torch.eye(gram.n, dtype=inner.dtype) - (masks / k)[:, None, :]
+    centered = centering @ inner @ centering.transpose(1, 2)
     restricted = centered * masks[:, :, None] * masks[:, None, :] / k[:, :, None]
     return torch.linalg.eigvalsh(restricted)[:, -1]
 
