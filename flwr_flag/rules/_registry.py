@@ -57,6 +57,7 @@ class Rule:
     name: str
     function: Callable[..., AggregationResult]
     requirement: Requirement
+    hyperparameters: frozenset[str]
     coefficients: Callable[..., tuple[Tensor, Diagnostics]] | None = None
 
 
@@ -73,17 +74,26 @@ RULES: dict[str, Rule] = {}
 PREAGGREGATORS: dict[str, Preaggregator] = {}
 
 
+def hyperparameters(impl: Callable) -> frozenset[str]:
+    """The names an implementation ``impl(source, f, weights, **hyper)`` accepts."""
+    return frozenset(list(inspect.signature(impl).parameters)[3:])
+
+
+def check_hyperparameters(name: str, given: Iterable[str], accepted: frozenset[str]) -> None:
+    """Reject names that ``name`` does not accept, listing the accepted ones."""
+    unknown = set(given) - accepted
+    if unknown:
+        raise TypeError(
+            f"{name}: unknown hyperparameter(s) {sorted(unknown)}; accepted: {sorted(accepted)}"
+        )
+
+
 def _validated(name: str, impl: Callable, requirement: Requirement) -> Callable:
-    params = list(inspect.signature(impl).parameters.values())[3:]
-    accepted = {p.name for p in params}
+    accepted = hyperparameters(impl)
 
     @wraps(impl)
     def call(updates, f: int = 0, weights=None, **hyper):
-        unknown = set(hyper) - accepted
-        if unknown:
-            raise TypeError(
-                f"{name}: unknown hyperparameter(s) {sorted(unknown)}; accepted: {sorted(accepted)}"
-            )
+        check_hyperparameters(name, hyper, accepted)
         source = as_source(updates)
         check_updates(name, source, f, requirement)
         return impl(source, int(f), normalized_weights(name, weights, source.n), **hyper)
@@ -97,7 +107,7 @@ def rule(name: str, *, needs: tuple[int, int] = (2, 1)) -> Callable:
     def register(impl: Callable[..., AggregationResult]) -> Callable[..., AggregationResult]:
         requirement = Requirement(*needs)
         function = _validated(name, impl, requirement)
-        RULES[name] = Rule(name, function, requirement)
+        RULES[name] = Rule(name, function, requirement, hyperparameters(impl))
         return function
 
     return register
@@ -116,7 +126,7 @@ def span_rule(name: str, *, needs: tuple[int, int] = (2, 1)) -> Callable:
             coef, diagnostics = coefficients(source, f, weights, **hyper)
             return AggregationResult(source.combine(coef), diagnostics)
 
-        RULES[name] = Rule(name, function, requirement, coefficients)
+        RULES[name] = Rule(name, function, requirement, hyperparameters(impl), coefficients)
         return function
 
     return register

@@ -1,0 +1,79 @@
+"""Build a strategy from Flower run-config keys (``--run-config``, pyproject).
+
+Keys, all optional::
+
+    rule = "flag"                 # a registered rule name
+    num-byzantine = 2             # f
+    pre = "nnm"                   # comma-separated pre-aggregators, applied in order
+    server-lr = 1.0
+    server-momentum = 0.0
+    device = "auto"               # "cpu", "cuda", "cuda:1"
+    chunk-size = 0                # 0: automatic
+    max-update-norm = 0.0         # 0: no bound
+    checkpoint-dir = ""           # "": no checkpoints
+    resume = false
+    fraction-train = 1.0          # and fraction-evaluate, min-train-nodes,
+                                  # min-evaluate-nodes, min-available-nodes
+
+A rule's or pre-aggregator's hyperparameters sit under its name, dashes for
+underscores: ``flag.subspace-dim = 8``, ``ctma.base = "geomed"``, ``bucketing.s = 2``
+(in pyproject, a ``[tool.flwr.app.config.flag]`` table). CTMA's base rule takes its
+hyperparameters from the base's own table. Keys of other rules are ignored, so one
+config can hold settings for several rules and switch with ``rule`` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .rules import PREAGGREGATORS, get_rule
+from .strategy.named import STRATEGIES
+from .strategy.robust import RobustStrategy
+
+_CORE = {
+    "server-lr": "server_lr",
+    "server-momentum": "server_momentum",
+    "device": "device",
+    "chunk-size": "chunk_size",
+    "max-update-norm": "max_update_norm",
+    "checkpoint-dir": "checkpoint_dir",
+    "resume": "resume",
+}
+_FLOWER = {
+    "fraction-train": "fraction_train",
+    "fraction-evaluate": "fraction_evaluate",
+    "min-train-nodes": "min_train_nodes",
+    "min-evaluate-nodes": "min_evaluate_nodes",
+    "min-available-nodes": "min_available_nodes",
+}
+_UNSET = {"chunk-size": 0, "max-update-norm": 0.0, "checkpoint-dir": ""}
+
+
+def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The keys under ``name.`` as Python keyword names."""
+    prefix = f"{name}."
+    return {
+        k[len(prefix) :].replace("-", "_"): v for k, v in config.items() if k.startswith(prefix)
+    }
+
+
+def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
+    """The Message-API strategy that ``config`` describes (see the module docstring)."""
+    rule = str(config.get("rule", "flag"))
+    get_rule(rule)
+    params = section(config, rule)
+    if rule == "ctma":
+        base = str(params.get("base", "geomed"))
+        params.setdefault("base_params", section(config, base))
+    pre = []
+    for name in filter(None, (s.strip() for s in str(config.get("pre", "")).split(","))):
+        if name not in PREAGGREGATORS:
+            raise ValueError(f"pre: {name!r} is not one of {sorted(PREAGGREGATORS)}")
+        pre.append((name, section(config, name)))
+    options: dict[str, Any] = {}
+    for key, option in {**_CORE, **_FLOWER}.items():
+        if key in config and config[key] != _UNSET.get(key, object()):
+            options[option] = config[key]
+    cls = STRATEGIES.get(rule, RobustStrategy)
+    return cls(int(config.get("num-byzantine", 0)), rule=rule, pre=pre, **params, **options)

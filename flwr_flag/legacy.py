@@ -1,0 +1,127 @@
+"""The same strategies for projects on Flower's legacy API (``ServerAppComponents``).
+
+``from flwr_flag.legacy import FlagAggregator`` gives a ``flwr.server.strategy.FedAvg``
+subclass whose ``aggregate_fit`` runs the shared :class:`~flwr_flag.strategy.RobustCore`
+(the one the Message-API classes use): only the conversion of ``FitRes`` lives here.
+Arrays have no names in this API; they are checked and reported by position.
+Metrics are returned as scalars (node-id lists as comma-separated strings). With
+``resume=True``, ``initialize_parameters`` starts from the newest checkpoint; the
+legacy loop numbers rounds from 1 again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+from .strategy import named
+from .strategy.options import build_core
+from .strategy.replies import Reply
+
+
+def _by_position(arrays: list) -> OrderedDict:
+    return OrderedDict((str(i), a) for i, a in enumerate(arrays))
+
+
+class RobustStrategy(LegacyFedAvg):
+    """Legacy-API twin of :class:`flwr_flag.strategy.RobustStrategy` (same options;
+    Flower's options are those of the legacy ``FedAvg``, e.g. ``fraction_fit``)."""
+
+    rule: ClassVar[str] = "mean"
+
+    def __init__(
+        self,
+        num_byzantine: int = 0,
+        *,
+        rule: str | None = None,
+        resume: bool = False,
+        **options: Any,
+    ) -> None:
+        self.rule = rule or type(self).rule
+        self.core, fedavg_options = build_core(
+            self.rule, num_byzantine, options, LegacyFedAvg.__init__
+        )
+        super().__init__(**fedavg_options)
+        self.resume = resume
+        self._sent: list | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.core.settings()})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The newest checkpoint's arrays when resuming, else FedAvg's."""
+        checkpoint = self.core.resume() if self.resume else None
+        if checkpoint is not None:
+            return ndarrays_to_parameters(list(checkpoint.arrays.values()))
+        return super().initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """FedAvg's; remembers the parameters sent, the reference of the updates."""
+        self._sent = parameters_to_ndarrays(parameters)
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Robust aggregation of the fit results' updates."""
+        if self._sent is None:
+            raise RuntimeError("aggregate_fit called before configure_fit")
+        replies = [
+            Reply(
+                proxy.node_id,
+                _by_position(parameters_to_ndarrays(res.parameters)),
+                res.num_examples,
+            )
+            for proxy, res in results
+        ]
+        arrays, metrics = self.core.round(
+            server_round, _by_position(self._sent), replies, len(failures)
+        )
+        scalars: dict[str, Scalar] = {
+            k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in metrics.items()
+        }
+        if arrays is None:
+            return None, scalars
+        return ndarrays_to_parameters(list(arrays.values())), scalars
+
+
+def _legacy(cls: type) -> type[RobustStrategy]:
+    return type(
+        cls.__name__,
+        (RobustStrategy,),
+        {"rule": cls.rule, "__doc__": cls.__doc__, "__module__": __name__},
+    )
+
+
+Mean = _legacy(named.Mean)
+Median = _legacy(named.Median)
+TrimmedMean = _legacy(named.TrimmedMean)
+MeaMed = _legacy(named.MeaMed)
+Krum = _legacy(named.Krum)
+MultiKrum = _legacy(named.MultiKrum)
+Bulyan = _legacy(named.Bulyan)
+GeometricMedian = _legacy(named.GeometricMedian)
+CenteredClipping = _legacy(named.CenteredClipping)
+FlagAggregator = _legacy(named.FlagAggregator)
+CTMA = _legacy(named.CTMA)
+MDA = _legacy(named.MDA)
+SMEA = _legacy(named.SMEA)
+CAF = _legacy(named.CAF)
+MoNNA = _legacy(named.MoNNA)

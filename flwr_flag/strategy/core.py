@@ -1,0 +1,281 @@
+"""The aggregation round shared by the Message-API strategies and the legacy adapters.
+
+Data flows one way: replies -> structural checks -> update source (``g_i = w_i - w``,
+streamed, never stacked) -> value checks in the engine's first pass (NaN/Inf, norm
+bound) -> robust rule -> server step ``w <- w + lr * m``, ``m = beta m + agg`` -> arrays.
+
+A round never raises and never emits a non-finite model: replies that fail a check are
+rejected with a logged reason, and if too few remain for the rule's ``f`` (or the rule
+refuses its input) the current model is kept and the reason logged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.common.logger import log
+
+from ..engine import ArraysSource, NonFiniteUpdateError, resolve_device
+from ..rules import AggregationResult, aggregate, get_preaggregator, get_rule
+from ..rules._registry import PreStep, check_hyperparameters
+from ..rules._validation import check_float, check_int
+from .checkpoint import Checkpoint, CheckpointStore
+from .replies import Reply, structural_problem
+
+Arrays = OrderedDict[str, np.ndarray]
+Metrics = dict[str, int | float | list[int] | list[float]]
+
+
+class RobustCore:
+    """One robust aggregation round; the state a server keeps between rounds.
+
+    Parameters
+    ----------
+    rule : str
+        A registered rule (see :mod:`flwr_flag.rules`).
+    num_byzantine : int
+        ``f``, the number of Byzantine replies to tolerate.
+    rule_params : mapping
+        The rule's own hyperparameters.
+    pre : sequence
+        Pre-aggregators, as names or ``(name, params)`` pairs.
+    server_lr : float
+        Server learning rate ``lr > 0`` of the step ``w <- w + lr * m``.
+    server_momentum : float
+        ``0 <= beta < 1``; with ``beta > 0``, ``m = beta m + agg`` (heavy ball).
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``.
+    chunk_size : int, optional
+        Coordinates per chunk of the streaming engine.
+    max_update_norm : float, optional
+        Replies whose update norm ``||w_i - w||`` exceeds this are rejected.
+    checkpoint_dir : path, optional
+        Where each round's global arrays and state are written atomically.
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        num_byzantine: int = 0,
+        rule_params: Mapping[str, Any] | None = None,
+        pre: Sequence[PreStep] = (),
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        device: str = "auto",
+        chunk_size: int | None = None,
+        max_update_norm: float | None = None,
+        checkpoint_dir: str | None = None,
+    ) -> None:
+        accepted = get_rule(rule).hyperparameters
+        check_hyperparameters(rule, rule_params or {}, accepted)
+        for step in pre:
+            get_preaggregator(step if isinstance(step, str) else step[0])
+        self.rule = rule
+        self.num_byzantine = check_int("strategy", "num_byzantine", num_byzantine, 0)
+        self.rule_params = dict(rule_params or {})
+        self.pre = list(pre)
+        self.server_lr = check_float("strategy", "server_lr", server_lr, 0.0, low_open=True)
+        self.server_momentum = check_float(
+            "strategy", "server_momentum", server_momentum, 0.0, 1.0, high_open=True
+        )
+        if chunk_size is not None:
+            check_int("strategy", "chunk_size", chunk_size, 1)
+        if max_update_norm is not None:
+            check_float("strategy", "max_update_norm", max_update_norm, 0.0, low_open=True)
+        self.device = resolve_device(device)
+        self.chunk_size = chunk_size
+        self.max_update_norm = max_update_norm
+        self.checkpoints = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
+        self._momentum: torch.Tensor | None = None
+        self._previous: torch.Tensor | None = None
+        self._uses_previous = "previous" in accepted and "previous" not in self.rule_params
+
+    def settings(self) -> dict[str, Any]:
+        """The settings, for ``summary()`` logs."""
+        return {
+            "rule": self.rule,
+            "num_byzantine": self.num_byzantine,
+            "rule_params": self.rule_params,
+            "pre": self.pre,
+            "server_lr": self.server_lr,
+            "server_momentum": self.server_momentum,
+            "device": str(self.device),
+            "chunk_size": self.chunk_size or "auto",
+            "max_update_norm": self.max_update_norm,
+            "checkpoint_dir": str(self.checkpoints.directory) if self.checkpoints else None,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {}
+        if self._momentum is not None:
+            state["momentum"] = self._momentum
+        if self._previous is not None:
+            state["previous"] = self._previous
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._momentum = state["momentum"].to(self.device) if "momentum" in state else None
+        self._previous = state["previous"].to(self.device) if "previous" in state else None
+
+    def resume(self) -> Checkpoint | None:
+        """Load the newest readable checkpoint's state; returns it (``None`` if none)."""
+        checkpoint = self.checkpoints.latest() if self.checkpoints else None
+        if checkpoint is not None:
+            self.load_state_dict(checkpoint.state)
+            log(
+                INFO,
+                "Resuming after round %d from %s",
+                checkpoint.server_round,
+                self.checkpoints.directory,
+            )
+        return checkpoint
+
+    def round(
+        self, server_round: int, reference: Arrays, replies: Sequence[Reply], failures: int
+    ) -> tuple[Arrays | None, Metrics]:
+        """Aggregate one round: the new global arrays (``None``: keep the model) and metrics."""
+        start = time.perf_counter()
+        rejected: dict[int, str] = {}
+        accepted = []
+        for reply in replies:
+            problem = structural_problem(reply, list(reference), reference)
+            if problem is None:
+                accepted.append(reply)
+            else:
+                rejected[reply.node_id] = problem
+        result, why_kept = self._aggregate(reference, accepted, rejected)
+        for node_id, reason in rejected.items():
+            log(WARNING, "Round %d: rejected reply from node %d: %s", server_round, node_id, reason)
+
+        arrays = None
+        if result is not None:
+            arrays = self._server_step(reference, result.vector)
+            if arrays is None:
+                why_kept = "the aggregate is not finite"
+        if why_kept:
+            log(WARNING, "Round %d: keeping the current model: %s", server_round, why_kept)
+        metrics: Metrics = {
+            "robust.received": len(replies),
+            "robust.rejected": len(rejected),
+            "robust.failed": failures,
+            "robust.rejected-nodes": sorted(rejected),
+            "robust.kept-model": int(arrays is None),
+            "robust.aggregation-seconds": time.perf_counter() - start,
+        }
+        if result is not None:
+            node_ids = [r.node_id for r in accepted if r.node_id not in rejected]
+            metrics.update(summarize(result.diagnostics, node_ids, self.num_byzantine))
+        if arrays is not None and self.checkpoints is not None:
+            self.checkpoints.save(server_round, arrays, self.state_dict())
+        return arrays, metrics
+
+    def _aggregate(
+        self, reference: Arrays, accepted: list[Reply], rejected: dict[int, str]
+    ) -> tuple[AggregationResult | None, str | None]:
+        names = list(reference)
+        requirement = get_rule(self.rule).requirement
+        live = list(accepted)
+        while True:
+            if len(live) < requirement.minimum(self.num_byzantine):
+                return None, (
+                    f"{len(live)} valid replies, but {self.rule} with "
+                    f"f={self.num_byzantine} needs {requirement}"
+                )
+            source = ArraysSource(
+                [[r.arrays[k] for k in names] for r in live],
+                base=list(reference.values()),
+                device=self.device,
+                chunk_size=self.chunk_size,
+            )
+            try:
+                if self.max_update_norm is not None:
+                    norms = source.sq_norms().sqrt().tolist()
+                    too_large = {i for i, v in enumerate(norms) if v > self.max_update_norm}
+                    for i in too_large:
+                        rejected[live[i].node_id] = (
+                            f"update norm {norms[i]:.4g} exceeds "
+                            f"max_update_norm={self.max_update_norm}"
+                        )
+                    if too_large:
+                        live = [r for i, r in enumerate(live) if i not in too_large]
+                        continue
+                params = dict(self.rule_params)
+                if self._uses_previous and self._previous is not None:
+                    params["previous"] = self._previous
+                weights = [float(r.num_examples) for r in live]
+                result = aggregate(
+                    source, self.rule, self.num_byzantine, weights, pre=self.pre, **params
+                )
+                return result, None
+            except NonFiniteUpdateError as error:
+                for i in error.rows:
+                    rejected[live[i].node_id] = "update contains NaN or Inf (or overflows)"
+                live = [r for i, r in enumerate(live) if i not in set(error.rows)]
+            except ValueError as error:
+                return None, str(error)
+
+    def _server_step(self, reference: Arrays, aggregate_update: torch.Tensor) -> Arrays | None:
+        if not bool(torch.isfinite(aggregate_update).all()):
+            return None
+        step = aggregate_update
+        if self.server_momentum > 0:
+            momentum = self._momentum if self._momentum is not None else torch.zeros_like(step)
+            step = self.server_momentum * momentum + aggregate_update
+        out: Arrays = OrderedDict()
+        offset = 0
+        for name, base in reference.items():
+            size = base.size
+            piece = self.server_lr * step[offset : offset + size].double().cpu().numpy()
+            value = base.astype(np.float64) + piece.reshape(base.shape)
+            if not np.issubdtype(base.dtype, np.floating):
+                value = np.rint(value)
+            out[name] = value.astype(base.dtype)
+            offset += size
+        if not all(np.isfinite(a).all() for a in out.values() if a.dtype.kind in "fc"):
+            return None
+        if self.server_momentum > 0:
+            self._momentum = step
+        self._previous = aggregate_update
+        return out
+
+
+def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int], f: int) -> Metrics:
+    """Rule diagnostics as MetricRecord entries, with rows mapped to node ids.
+
+    After bucketing, rows are buckets, not clients: their indices are not mapped.
+    """
+    out: Metrics = {}
+    rows_are_clients = "bucketing" not in diagnostics.get("pre", {})
+
+    def nodes(rows: Sequence[int]) -> list[int]:
+        return [int(node_ids[i]) for i in rows] if rows_are_clients else []
+
+    def walk(prefix: str, diag: Mapping[str, Any]) -> None:
+        for key, value in diag.items():
+            name = f"{prefix}{key.replace('_', '-')}"
+            if key in ("selected", "trimmed"):
+                out[f"{name}-nodes"] = nodes(value)
+            elif key == "ratios":
+                ratios = torch.tensor(value, dtype=torch.float64)
+                out[f"{prefix}ratio-min"] = float(ratios.min())
+                out[f"{prefix}ratio-median"] = float(ratios.median())
+            elif key == "irls_weights":
+                weights = torch.tensor(value, dtype=torch.float64)
+                out[f"{prefix}weight-min"] = float(weights.min())
+                out[f"{prefix}weight-median"] = float(weights.median())
+                lowest = torch.argsort(weights)[: max(f, 1)].tolist()
+                out[f"{prefix}lowest-weight-nodes"] = nodes(lowest)
+            elif isinstance(value, Mapping):
+                walk(f"{name}.", value)
+            elif isinstance(value, (bool, int, float)) and math.isfinite(value):
+                out[name] = float(value) if isinstance(value, float) else int(value)
+
+    walk("robust.", diagnostics)
+    return out

@@ -1,0 +1,126 @@
+"""One Message-API strategy per rule; each only names its rule.
+
+Every class takes ``num_byzantine`` and keyword options as :class:`RobustStrategy`
+does; the rule's own hyperparameters are documented on the rule function named below.
+"""
+
+from __future__ import annotations
+
+from .robust import RobustStrategy
+
+
+class Mean(RobustStrategy):
+    """Weighted mean of the updates: FedAvg on updates, the non-robust baseline
+    (:func:`flwr_flag.rules.mean.mean`)."""
+
+    rule = "mean"
+
+
+class Median(RobustStrategy):
+    """Coordinate-wise median (:func:`flwr_flag.rules.coordinate.median`)."""
+
+    rule = "median"
+
+
+class TrimmedMean(RobustStrategy):
+    """Coordinate-wise trimmed mean (:func:`flwr_flag.rules.coordinate.trimmed_mean`)."""
+
+    rule = "trimmed-mean"
+
+
+class MeaMed(RobustStrategy):
+    """Mean around the coordinate median (:func:`flwr_flag.rules.coordinate.meamed`)."""
+
+    rule = "meamed"
+
+
+class Krum(RobustStrategy):
+    """Krum (:func:`flwr_flag.rules.krum.krum`)."""
+
+    rule = "krum"
+
+
+class MultiKrum(RobustStrategy):
+    """Multi-Krum (:func:`flwr_flag.rules.krum.multi_krum`)."""
+
+    rule = "multi-krum"
+
+
+class Bulyan(RobustStrategy):
+    """Bulyan over Krum (:func:`flwr_flag.rules.krum.bulyan`)."""
+
+    rule = "bulyan"
+
+
+class GeometricMedian(RobustStrategy):
+    """Geometric median by smoothed Weiszfeld (:func:`flwr_flag.rules.geomed.geometric_median`)."""
+
+    rule = "geomed"
+
+
+class CenteredClipping(RobustStrategy):
+    """Centered clipping around the previous aggregate, which the strategy keeps
+    (:func:`flwr_flag.rules.clipping.centered_clipping`)."""
+
+    rule = "centered-clipping"
+
+
+class FlagAggregator(RobustStrategy):
+    """Flag Aggregator, IRLS subspace aggregation (:func:`flwr_flag.rules.flag.flag_aggregator`)."""
+
+    rule = "flag"
+
+
+class CTMA(RobustStrategy):
+    """Centered trimmed meta-aggregator over a base rule (:func:`flwr_flag.rules.ctma.ctma`)."""
+
+    rule = "ctma"
+
+
+class MDA(RobustStrategy):
+    """Minimum diameter averaging (:func:`flwr_flag.rules.subsets.minimum_diameter_averaging`)."""
+
+    rule = "mda"
+
+
+class SMEA(RobustStrategy):
+    """Smallest maximum eigenvalue averaging
+    (:func:`flwr_flag.rules.subsets.smallest_maximum_eigenvalue_averaging`)."""
+
+    rule = "smea"
+
+
+class CAF(RobustStrategy):
+    """Covariance-bound agnostic filter
+    (:func:`flwr_flag.rules.filtering.covariance_agnostic_filter`)."""
+
+    rule = "caf"
+
+
+class MoNNA(RobustStrategy):
+    """Mean of the nearest neighbours of a trusted reply (:func:`flwr_flag.rules.mixing.monna`)."""
+
+    rule = "monna"
+
+
+STRATEGIES: dict[str, type[RobustStrategy]] = {
+    cls.rule: cls
+    for cls in (
+        Mean,
+        Median,
+        TrimmedMean,
+        MeaMed,
+        Krum,
+        MultiKrum,
+        Bulyan,
+        GeometricMedian,
+        CenteredClipping,
+        FlagAggregator,
+        CTMA,
+        MDA,
+        SMEA,
+        CAF,
+        MoNNA,
+    )
+}
+"""Rule name -> Message-API strategy class."""

@@ -1,0 +1,43 @@
+"""Keyword options of a robust strategy, split between its three owners.
+
+A strategy is written ``FlagAggregator(num_byzantine=3, subspace_dim=8, device="cuda",
+fraction_train=0.5)``: each keyword belongs to exactly one of the aggregation core
+(:class:`~.core.RobustCore`), the rule (its hyperparameters) or Flower's base strategy.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..rules import get_rule
+from .core import RobustCore
+
+CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)[1:]) - {
+    "rule",
+    "num_byzantine",
+    "rule_params",
+}
+
+
+def build_core(
+    rule: str, num_byzantine: int, options: Mapping[str, Any], base_init: Callable
+) -> tuple[RobustCore, dict[str, Any]]:
+    """The core for ``rule`` and the options left for Flower's ``base_init``."""
+    base = frozenset(inspect.signature(base_init).parameters) - {"self"}
+    hyper = get_rule(rule).hyperparameters
+    unknown = set(options) - CORE_OPTIONS - base - hyper
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {sorted(unknown)}; {rule} accepts its hyperparameters "
+            f"{sorted(hyper)}, the aggregation options {sorted(CORE_OPTIONS)} and Flower's "
+            f"strategy options {sorted(base)}"
+        )
+    core = RobustCore(
+        rule,
+        num_byzantine,
+        rule_params={k: v for k, v in options.items() if k in hyper},
+        **{k: v for k, v in options.items() if k in CORE_OPTIONS},
+    )
+    return core, {k: v for k, v in options.items() if k in base}

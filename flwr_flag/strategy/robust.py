@@ -1,0 +1,185 @@
+"""Robust aggregation as a Flower Message-API strategy."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from typing import Any, ClassVar
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+
+from .options import build_core
+from .replies import Reply
+
+
+class RobustStrategy(FedAvg):
+    """FedAvg's sampling, configuration and evaluation, with robust aggregation.
+
+    Each round the updates ``g_i = w_i - w`` relative to the arrays sent in that round
+    are checked (array keys, shapes, dtypes, ``num-examples``, NaN/Inf, optionally a
+    norm bound), aggregated by the rule on the configured device without stacking the
+    replies, and applied as ``w <- w + server_lr * m`` (``m`` with optional server
+    momentum). Invalid replies are rejected with a logged reason; with too few valid
+    replies for the rule's ``f`` the round keeps the current model. Replies are never
+    modified.
+
+    Parameters
+    ----------
+    num_byzantine : int
+        ``f``, how many Byzantine replies to tolerate per round.
+    rule : str, optional
+        The rule's registry name; the named subclasses (``Krum``, ``FlagAggregator``,
+        ...) set it.
+    resume : bool
+        With ``checkpoint_dir``, continue from the newest readable checkpoint.
+    **options
+        The rule's hyperparameters (e.g. ``subspace_dim`` for FA, ``base`` for CTMA),
+        the aggregation options of :class:`~flwr_flag.strategy.core.RobustCore`
+        (``pre``, ``server_lr``, ``server_momentum``, ``device``, ``chunk_size``,
+        ``max_update_norm``, ``checkpoint_dir``) and Flower's ``FedAvg`` options
+        (``fraction_train``, ``min_available_nodes``, ...).
+
+    The returned training MetricRecord holds the clients' aggregated metrics and
+    ``robust.*`` entries: received / rejected / failed counts, rejected node ids,
+    whether the model was kept, aggregation seconds, and the rule's diagnostics
+    (selected or trimmed node ids, FA's ratio and weight summaries, iterations, ...).
+    """
+
+    rule: ClassVar[str] = "mean"
+
+    def __init__(
+        self,
+        num_byzantine: int = 0,
+        *,
+        rule: str | None = None,
+        resume: bool = False,
+        **options: Any,
+    ) -> None:
+        self.rule = rule or type(self).rule
+        self.core, fedavg_options = build_core(self.rule, num_byzantine, options, FedAvg.__init__)
+        super().__init__(**fedavg_options)
+        self.resume = resume
+        self._sent: ArrayRecord | None = None
+        self._sampled = 0
+        self._offset = 0
+
+    def summary(self) -> None:
+        """Log the robust aggregation settings, then FedAvg's."""
+        log(INFO, "\t├──> Robust aggregation:")
+        for key, value in self.core.settings().items():
+            log(INFO, "\t│\t├── %s: %s", key, value)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's sampling; remembers the arrays sent, the reference of the updates."""
+        self._sent = arrays
+        messages = list(super().configure_train(server_round + self._offset, arrays, config, grid))
+        self._sampled = len(messages)
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's, with the round number continued after a resume."""
+        return super().configure_evaluate(server_round + self._offset, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Robust aggregation of the replies' updates (see the class docstring)."""
+        if self._sent is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        replies = list(replies)
+        answered = [m for m in replies if not m.has_error()]
+        for message in replies:
+            if message.has_error():
+                log(
+                    WARNING,
+                    "Round %d: node %d failed: %s",
+                    server_round,
+                    message.metadata.src_node_id,
+                    message.error.reason,
+                )
+        failed = max(self._sampled, len(replies)) - len(answered)
+        reference = OrderedDict((k, self._sent[k].numpy()) for k in self._sent.keys())
+        arrays, metrics = self.core.round(
+            server_round + self._offset, reference, [self._reply(m) for m in answered], failed
+        )
+        rejected = set(metrics["robust.rejected-nodes"])
+        kept = [m.content for m in answered if m.metadata.src_node_id not in rejected]
+        record = MetricRecord(metrics)
+        if kept:
+            try:
+                record = MetricRecord(
+                    {**self.train_metrics_aggr_fn(kept, self.weighted_by_key), **metrics}
+                )
+            except (KeyError, TypeError, ValueError) as error:
+                log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
+        if arrays is None:
+            return None, record
+        return ArrayRecord(OrderedDict((k, Array(v)) for k, v in arrays.items())), record
+
+    def _reply(self, message: Message) -> Reply:
+        content = message.content
+        records = content.array_records
+        record = records.get(self.arrayrecord_key)
+        if record is None and len(records) == 1:
+            record = next(iter(records.values()))
+        arrays = {} if record is None else {k: record[k].numpy() for k in record.keys()}
+        count = next(
+            (
+                m[self.weighted_by_key]
+                for m in content.metric_records.values()
+                if self.weighted_by_key in m
+            ),
+            None,
+        )
+        return Reply(message.metadata.src_node_id, arrays, count)
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's loop; with ``resume=True`` it continues after the last checkpoint."""
+        done = 0
+        if self.resume:
+            checkpoint = self.core.resume()
+            if checkpoint is not None:
+                done = checkpoint.server_round
+                initial_arrays = ArrayRecord(
+                    OrderedDict((k, Array(v)) for k, v in checkpoint.arrays.items())
+                )
+        self._offset = done
+        shifted = None if evaluate_fn is None else (lambda r, a: evaluate_fn(r + done, a))
+        result = super().start(
+            grid,
+            initial_arrays,
+            max(num_rounds - done, 0),
+            timeout,
+            train_config,
+            evaluate_config,
+            shifted,
+        )
+        for history in (
+            result.train_metrics_clientapp,
+            result.evaluate_metrics_clientapp,
+            result.evaluate_metrics_serverapp,
+        ):
+            shifted_history = {r + done: v for r, v in history.items()}
+            history.clear()
+            history.update(shifted_history)
+        if not result.arrays:
+            result.arrays = initial_arrays
+        return result

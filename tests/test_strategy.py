@@ -1,0 +1,232 @@
+"""Message-API strategies: reply validation, parity with the engine and with Flower."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flower_helpers import SHAPES, arrays_of, random_model, reply
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import Krum as FlowerKrum
+
+import flwr_flag
+from flwr_flag.rules import aggregate
+from flwr_flag.strategy import STRATEGIES
+
+
+class FixedGrid:
+    """Just enough Grid for configure_train: a fixed set of node ids."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get_node_ids(self):
+        return list(range(1, self.n + 1))
+
+
+def configured(strategy, global_model: dict, n: int):
+    list(strategy.configure_train(1, arrays_of(global_model), ConfigRecord(), FixedGrid(n)))
+    return strategy
+
+
+def updates_of(models: list[dict], global_model: dict) -> torch.Tensor:
+    return torch.stack(
+        [
+            torch.from_numpy(np.concatenate([(m[k] - global_model[k]).ravel() for k in SHAPES]))
+            for m in models
+        ]
+    ).double()
+
+
+def snapshot(messages) -> list:
+    return [
+        None if m.has_error() else {k: v.numpy().tobytes() for k, v in m.content["arrays"].items()}
+        for m in messages
+    ]
+
+
+def bad_replies(global_model: dict) -> dict[int, tuple]:
+    """Node id -> (reply, substring of the logged reason)."""
+    base = random_model(50)
+    nan = {**base, "w": base["w"] * np.nan}
+    inf = {**base, "b": np.full(4, np.inf, dtype=np.float32)}
+    return {
+        101: (reply(101, {"w": base["w"]}, **{"num-examples": 5}), "missing ['b']"),
+        102: (reply(102, {**base, "z": base["b"]}, **{"num-examples": 5}), "unexpected ['z']"),
+        103: (
+            reply(103, {**base, "b": np.zeros(5, np.float32)}, **{"num-examples": 5}),
+            "array 'b' is float32[5], expected float32[4]",
+        ),
+        104: (
+            reply(104, {**base, "w": base["w"].astype(np.float64)}, **{"num-examples": 5}),
+            "array 'w' is float64[3, 4]",
+        ),
+        105: (reply(105, base), "num-examples is missing"),
+        106: (reply(106, base, **{"num-examples": 0}), "num-examples=0 must be"),
+        107: (reply(107, nan, **{"num-examples": 5}), "NaN or Inf"),
+        108: (reply(108, inf, **{"num-examples": 5}), "NaN or Inf"),
+        109: (
+            reply(109, {k: v * 1e4 for k, v in base.items()}, **{"num-examples": 5}),
+            "exceeds max_update_norm",
+        ),
+    }
+
+
+@pytest.mark.parametrize("rule", ["krum", "flag", "median", "ctma", "centered-clipping"])
+def test_invalid_replies_are_rejected_and_valid_ones_aggregated(rule, caplog):
+    global_model = random_model(0)
+    good = [random_model(i) for i in range(1, 10)]
+    counts = list(range(10, 19))
+    messages = [
+        reply(i + 1, m, **{"num-examples": c})
+        for i, (m, c) in enumerate(zip(good, counts, strict=True))
+    ]
+    bad = bad_replies(global_model)
+    messages += [r for r, _ in bad.values()] + [reply(110, None)]
+    before = snapshot(messages)
+    strategy = configured(
+        STRATEGIES[rule](num_byzantine=2, device="cpu", max_update_norm=1e3),
+        global_model,
+        len(messages),
+    )
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        arrays, metrics = strategy.aggregate_train(1, messages)
+    assert metrics["robust.rejected-nodes"] == sorted(bad)
+    assert metrics["robust.failed"] == 1
+    assert metrics["robust.received"] == len(messages) - 1
+    for node, (_, reason) in bad.items():
+        assert any(f"node {node}: " in r.message and reason in r.message for r in caplog.records), (
+            node,
+            reason,
+        )
+    expected, _ = aggregate(updates_of(good, global_model), rule, 2, counts)
+    got = updates_of([{k: arrays[k].numpy() for k in SHAPES}], global_model)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert list(arrays.keys()) == list(SHAPES)
+    assert all(arrays[k].numpy().dtype == np.float32 for k in SHAPES)
+    assert snapshot(messages) == before  # replies are never mutated
+
+
+def test_too_few_valid_replies_keep_the_model(caplog):
+    global_model = random_model(0)
+    messages = [reply(i + 1, random_model(i), **{"num-examples": 3}) for i in range(4)]
+    messages[0] = reply(1, {"w": global_model["w"]}, **{"num-examples": 3})
+    strategy = configured(flwr_flag.Bulyan(num_byzantine=1, device="cpu"), global_model, 4)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        arrays, metrics = strategy.aggregate_train(1, messages)
+    assert arrays is None
+    assert metrics["robust.kept-model"] == 1
+    assert "3 valid replies, but bulyan with f=1 needs n >= 4f + 3" in caplog.text
+
+
+def test_krum_selects_the_node_flower_krum_selects():
+    global_model = random_model(0)
+    rng = np.random.default_rng(7)
+    models = [
+        {
+            k: global_model[k] + rng.normal(scale=s, size=v.shape).astype(np.float32)
+            for k, v in global_model.items()
+        }
+        for s in [1, 1, 1, 1, 1, 1, 5, 9]
+    ]
+    messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models)]
+    flower_arrays, _ = FlowerKrum(num_malicious_nodes=2).aggregate_train(
+        1, [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models)]
+    )
+    flower_node = next(
+        i + 1 for i, m in enumerate(models) if np.array_equal(m["w"], flower_arrays["w"].numpy())
+    )
+    strategy = configured(flwr_flag.Krum(num_byzantine=2, device="cpu"), global_model, 8)
+    arrays, metrics = strategy.aggregate_train(1, messages)
+    assert metrics["robust.selected-nodes"] == [flower_node]
+    np.testing.assert_allclose(arrays["w"].numpy(), models[flower_node - 1]["w"], atol=1e-6)
+
+
+def test_flag_diagnostics_name_the_outliers():
+    global_model = random_model(0)
+    rng = np.random.default_rng(3)
+    direction = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in global_model.items()}
+    models = [
+        {k: global_model[k] + (1 + 0.05 * i) * direction[k] for k in SHAPES} for i in range(8)
+    ]
+    models += [
+        {
+            k: global_model[k] + rng.normal(scale=3, size=v.shape).astype(np.float32)
+            for k, v in global_model.items()
+        }
+        for _ in range(2)
+    ]
+    messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models)]
+    strategy = configured(
+        flwr_flag.FlagAggregator(num_byzantine=2, subspace_dim=1, device="cpu"), global_model, 10
+    )
+    _, metrics = strategy.aggregate_train(1, messages)
+    assert sorted(metrics["robust.lowest-weight-nodes"]) == [9, 10]
+    assert metrics["robust.ratio-min"] < 0.5 < metrics["robust.ratio-median"]
+
+
+def test_server_learning_rate_and_momentum():
+    global_model = random_model(0)
+    models = [random_model(i) for i in range(1, 4)]
+    messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models)]
+    mean_update = updates_of(models, global_model).mean(0)
+    strategy = configured(
+        flwr_flag.Mean(device="cpu", server_lr=0.5, server_momentum=0.9), global_model, 3
+    )
+    first, _ = strategy.aggregate_train(1, messages)
+    torch.testing.assert_close(
+        updates_of([{k: first[k].numpy() for k in SHAPES}], global_model)[0],
+        0.5 * mean_update,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    configured(strategy, global_model, 3)
+    second, _ = strategy.aggregate_train(2, messages)
+    torch.testing.assert_close(
+        updates_of([{k: second[k].numpy() for k in SHAPES}], global_model)[0],
+        0.5 * 1.9 * mean_update,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_strategy_options_are_validated_early():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['subspace_dim'\]"):
+        flwr_flag.Krum(num_byzantine=1, subspace_dim=2)
+    with pytest.raises(ValueError, match=r"server_lr=0\.0 is out of range"):
+        flwr_flag.Mean(server_lr=0.0)
+    with pytest.raises(ValueError, match="num_byzantine=-1 is out of range"):
+        flwr_flag.Krum(num_byzantine=-1)
+    with pytest.raises(ValueError, match="rule='nope' is not one of"):
+        flwr_flag.RobustStrategy(rule="nope")
+
+
+def test_strategy_from_config():
+    strategy = flwr_flag.strategy_from_config(
+        {
+            "rule": "ctma",
+            "num-byzantine": 2,
+            "ctma.base": "flag",
+            "flag.subspace-dim": 3,
+            "krum.ignored": 1,
+            "pre": "bucketing",
+            "bucketing.s": 2,
+            "server-lr": 0.5,
+            "device": "cpu",
+            "chunk-size": 0,
+            "fraction-train": 0.5,
+        }
+    )
+    assert isinstance(strategy, flwr_flag.CTMA)
+    settings = strategy.core.settings()
+    assert settings["rule_params"] == {"base": "flag", "base_params": {"subspace_dim": 3}}
+    assert settings["pre"] == [("bucketing", {"s": 2})]
+    assert settings["server_lr"] == 0.5
+    assert settings["chunk_size"] == "auto"
+    assert strategy.fraction_train == 0.5
+    with pytest.raises(ValueError, match="pre: 'nmm' is not one of"):
+        flwr_flag.strategy_from_config({"rule": "mean", "pre": "nmm"})
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['nope'\]"):
+        flwr_flag.strategy_from_config({"rule": "krum", "krum.nope": 1})

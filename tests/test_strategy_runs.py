@@ -1,0 +1,115 @@
+"""Legacy-API parity, checkpoints and resume, and in-process end-to-end runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flower_helpers import SHAPES, arrays_of, linear_app, random_model, reply
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_proxy import ClientProxy
+from test_strategy import configured
+
+import flwr_flag
+import flwr_flag.legacy
+from flwr_flag.inprocess import InProcessGrid
+from flwr_flag.strategy import CheckpointStore
+
+
+class Proxy(ClientProxy):
+    def __init__(self, node_id: int) -> None:
+        super().__init__(str(node_id))
+        self.node_id = node_id
+
+    def get_properties(self, *a, **k): ...
+    def get_parameters(self, *a, **k): ...
+    def fit(self, *a, **k): ...
+    def evaluate(self, *a, **k): ...
+    def reconnect(self, *a, **k): ...
+
+
+@pytest.mark.parametrize("rule", ["flag", "krum", "ctma", "trimmed-mean"])
+def test_legacy_aggregate_fit_matches_message_api(rule):
+    global_model = random_model(0)
+    models = [random_model(i) for i in range(1, 9)]
+    models[2] = {k: v * np.nan for k, v in models[2].items()}
+    messages = [reply(i + 1, m, **{"num-examples": 3 + i}) for i, m in enumerate(models)]
+    modern = configured(
+        flwr_flag.RobustStrategy(rule=rule, num_byzantine=2, device="cpu"), global_model, 8
+    )
+    expected, metrics = modern.aggregate_train(1, messages)
+
+    legacy = flwr_flag.legacy.RobustStrategy(rule=rule, num_byzantine=2, device="cpu")
+    legacy._sent = [global_model[k] for k in SHAPES]
+    results = [
+        (
+            Proxy(i + 1),
+            FitRes(Status(Code.OK, ""), ndarrays_to_parameters([m[k] for k in SHAPES]), 3 + i, {}),
+        )
+        for i, m in enumerate(models)
+    ]
+    parameters, scalars = legacy.aggregate_fit(1, results, failures=[])
+    got = parameters_to_ndarrays(parameters)
+    for k, array in zip(SHAPES, got, strict=True):
+        np.testing.assert_array_equal(array, expected[k].numpy())
+    assert (
+        scalars["robust.rejected-nodes"]
+        == "3"
+        == ",".join(map(str, metrics["robust.rejected-nodes"]))
+    )
+
+
+def run(strategy, rounds: int, nan_node: int = -1, nodes: int = 7):
+    grid = InProcessGrid(linear_app(), nodes, run_config={"nan-node": nan_node})
+    initial = arrays_of({"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)})
+    return strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
+
+
+def test_nan_client_is_rejected_every_round_and_the_model_learns():
+    result = run(flwr_flag.FlagAggregator(num_byzantine=1, device="cpu"), 6, nan_node=2)
+    for r in range(1, 7):
+        assert result.train_metrics_clientapp[r]["robust.rejected-nodes"] == [3]
+    w = result.arrays["w"].numpy()
+    assert np.isfinite(w).all()
+    target = np.array([1.0, -2.0, 0.5, 3.0])
+    assert np.abs(w - target).max() < np.abs(target).max() * 0.5
+
+
+@pytest.mark.parametrize("rule", ["centered-clipping", "mean"])
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, rule):
+    def strategy(directory, resume=False):
+        return flwr_flag.RobustStrategy(
+            rule=rule,
+            num_byzantine=1,
+            device="cpu",
+            server_lr=0.7,
+            server_momentum=0.5,
+            checkpoint_dir=str(directory),
+            resume=resume,
+        )
+
+    straight = run(strategy(tmp_path / "a"), 6)
+    run(strategy(tmp_path / "b"), 3)  # "killed" after round 3
+    resumed = run(strategy(tmp_path / "b", resume=True), 6)
+    for k in SHAPES:
+        np.testing.assert_array_equal(resumed.arrays[k].numpy(), straight.arrays[k].numpy())
+    assert sorted(resumed.train_metrics_clientapp) == [4, 5, 6]
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    store = CheckpointStore(tmp_path)
+    model = random_model(1)
+    store.save(1, dict(model), {})
+    store.save(2, {k: v + 1 for k, v in model.items()}, {})
+    newest = tmp_path / "round-000002.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    checkpoint = store.latest()
+    assert checkpoint.server_round == 1
+    np.testing.assert_array_equal(checkpoint.arrays["w"], model["w"])
+    assert list(checkpoint.arrays) == list(SHAPES)
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for r in range(1, 5):
+        store.save(r, dict(random_model(r)), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000003.pt", "round-000004.pt"]
