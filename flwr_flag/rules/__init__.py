@@ -42,7 +42,7 @@ from ._registry import (
     get_preaggregator,
     get_rule,
 )
-from ._validation import Requirement
+from .validation import Requirement
 
 __all__ = [
     "PREAGGREGATORS",

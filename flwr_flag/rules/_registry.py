@@ -3,7 +3,7 @@
 A rule is written as ``impl(source, f, weights, **hyper)`` where ``source`` is an
 :class:`~flwr_flag.engine.UpdateSource` and ``weights`` are already normalised. The
 decorators below register it under a name and wrap it so that every call goes through
-the same checks (:mod:`._validation`) before the rule sees its inputs:
+the same checks (:mod:`.validation`) before the rule sees its inputs:
 
 * :func:`rule` -- the implementation returns an :class:`AggregationResult`;
 * :func:`span_rule` -- the implementation returns coefficients ``c`` such that the
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..engine import UpdateSource, as_source
-from ._validation import Requirement, check_updates, normalized_weights
+from .validation import Requirement, check_updates, normalized_weights
 
 Diagnostics = dict[str, Any]
 

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..engine import UpdateSource
 from ._registry import AggregationResult, Preaggregated, preaggregator, rule
-from ._validation import check_float, check_int
 from .coordinate import coordinate_median
+from .validation import check_float, check_int
 
 
 @rule("centered-clipping", needs=(2, 1))

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..engine import UpdateSource
 from ._registry import AggregationResult, rule
-from ._validation import check_int
+from .validation import check_int
 
 
 def _by_coordinate(chunk: Tensor) -> Tensor:
@@ -22,11 +22,12 @@ def _by_coordinate(chunk: Tensor) -> Tensor:
 
 def coordinate_median(values: Tensor) -> Tensor:
     """Median along the last dim; the mean of the two middle values when it is even."""
-    lower = values.median(dim=-1).values
-    if values.shape[-1] % 2:
-        return lower
-    upper = -(-values).median(dim=-1).values
-    return (lower + upper) / 2
+    n = values.shape[-1]
+    if n % 2:
+        return values.median(dim=-1).values
+    # The n/2 + 1 largest, in descending order, end with the two middle values.
+    top = values.topk(n // 2 + 1, dim=-1).values
+    return (top[..., -1] + top[..., -2]) / 2
 
 
 def mean_around_median(values: Tensor, keep: int) -> Tensor:

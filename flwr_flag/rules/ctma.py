@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..engine import UpdateSource
 from ._registry import Diagnostics, get_rule, span_rule
-from ._validation import check_float
+from .validation import check_float
 
 
 def trimmed_weights(distances: Tensor, weights: Tensor, trim_fraction: float) -> Tensor:

@@ -33,8 +33,8 @@ from torch import Tensor
 
 from ..engine import UpdateSource, pairwise_sq_distances
 from ._registry import Diagnostics, span_rule
-from ._validation import check_choice, check_float, check_int
 from .coordinate import coordinate_median
+from .validation import check_choice, check_float, check_int
 
 OUTPUTS = ("projected-mean", "paper")
 

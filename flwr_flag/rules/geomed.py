@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..engine import Gram, UpdateSource
 from ._registry import Diagnostics, span_rule
-from ._validation import check_float, check_int
+from .validation import check_float, check_int
 
 
 def weiszfeld(

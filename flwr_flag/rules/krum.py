@@ -11,8 +11,8 @@ from torch import Tensor
 
 from ..engine import UpdateSource
 from ._registry import AggregationResult, Diagnostics, rule, span_rule
-from ._validation import check_int
 from .coordinate import _by_coordinate, mean_around_median
+from .validation import check_int
 
 
 def krum_scores(dist: Tensor, f: int) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..engine import UpdateSource
 from ._registry import Diagnostics, Preaggregated, preaggregator, span_rule
-from ._validation import check_int
+from .validation import check_int
 
 
 def nearest(dist: Tensor, k: int) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..engine import Gram, UpdateSource
 from ._registry import Diagnostics, span_rule
-from ._validation import check_int
+from .validation import check_int
 
 DEFAULT_MAX_SUBSETS = 1_000_000
 _BATCH = 4096

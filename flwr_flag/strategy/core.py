@@ -25,7 +25,7 @@ from flwr.common.logger import log
 from ..engine import ArraysSource, NonFiniteUpdateError, resolve_device
 from ..rules import AggregationResult, aggregate, get_preaggregator, get_rule
 from ..rules._registry import PreStep, check_hyperparameters
-from ..rules._validation import check_float, check_int
+from ..rules.validation import check_float, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, structural_problem
 

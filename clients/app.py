@@ -1,0 +1,216 @@
+"""The ClientApp: trains a torch model on its partition; may behave Byzantine.
+
+What a client sends (the one place this is decided): the ArrayRecord ``arrays`` with
+the same names, shapes and dtypes as received. For the float arrays it is
+``w + u``, where ``w`` is what the server sent and ``u`` the reported update:
+
+* ``optimizer = "sgd"``: ``u`` is the local training update ``w_local - w`` (local SGD
+  for the configured epochs or steps); with ``worker-momentum = beta > 0`` it is the
+  worker momentum ``m_t = beta m_{t-1} + (1 - beta)(w_local - w)`` instead;
+* ``optimizer = "mu2-sgd"``: ``u = -lr d_t``, the double-momentum estimate of
+  :mod:`clients.optim` (one mini-batch per round);
+* a Byzantine node replaces ``u`` by what its behaviour returns
+  (:mod:`clients.behaviours`).
+
+Non-float arrays (e.g. BatchNorm's step counters) are sent as trained. The reply's
+MetricRecord has ``num-examples``, ``train-loss`` and ``byzantine`` (0/1); a
+ConfigRecord ``behaviour`` names the behaviour and its parameters, for studies.
+State across rounds (worker momentum, mu^2-SGD) lives in ``context.state``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .behaviours import AttackContext
+from .config import ClientSettings
+from .data import Split, load_partition
+from .models import build_model, get_arrays, set_arrays
+from .optim import Mu2State, mu2_step
+from .train import batch_gradient, evaluate, local_train
+
+app = ClientApp()
+
+Arrays = OrderedDict[str, np.ndarray]
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Numpy arrays as an ArrayRecord, names and order kept."""
+    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays.items()))
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+def float_names(arrays: Arrays) -> list[str]:
+    return [k for k, v in arrays.items() if v.dtype.kind == "f"]
+
+
+def flatten(arrays: Arrays, names: list[str]) -> np.ndarray:
+    return np.concatenate([arrays[k].ravel().astype(np.float32) for k in names])
+
+
+def apply_update(sent: Arrays, trained: Arrays, update: np.ndarray) -> Arrays:
+    out: Arrays = OrderedDict()
+    offset = 0
+    for name, value in sent.items():
+        if value.dtype.kind != "f":
+            out[name] = trained[name]
+            continue
+        piece = update[offset : offset + value.size].reshape(value.shape)
+        out[name] = (value + piece).astype(value.dtype)
+        offset += value.size
+    return out
+
+
+class Node:
+    """One node's round: its settings, data and the arrays it received."""
+
+    def __init__(self, settings: ClientSettings, sent: Arrays, server_round: int) -> None:
+        self.settings = settings
+        self.sent = sent
+        self.server_round = server_round
+        self.names = float_names(sent)
+        self.data = self.partition(settings.partition_id)
+        self.seed = round_seed(settings.seed, server_round, settings.partition_id)
+        self.labels = lambda y: settings.behaviour.labels(y, self.data.num_classes)
+
+    def partition(self, partition_id: int) -> Split:
+        s = self.settings
+        return load_partition(
+            s.dataset, partition_id, s.num_partitions, s.partitioning, s.alpha, s.seed, s.data_files
+        )
+
+    def model(self) -> torch.nn.Module:
+        x = self.data.x
+        model = build_model(self.settings.model, tuple(x.shape[1:]), self.data.num_classes)
+        set_arrays(model, self.sent)
+        return model
+
+    def sgd_update(self, data: Split, seed: int) -> tuple[np.ndarray, Arrays, float]:
+        model = self.model()
+        loss = local_train(model, data, self.settings, self.labels, seed)
+        trained = get_arrays(model)
+        return flatten(trained, self.names) - flatten(self.sent, self.names), trained, loss
+
+    def mu2_update(self, state: RecordDict) -> tuple[np.ndarray, Arrays, float]:
+        model = self.model()
+        previous = None
+        if "mu2" in state:
+            record = state["mu2"]
+            previous = Mu2State(
+                int(state["mu2-t"]["t"]),
+                torch.from_numpy(record["x"].numpy()),
+                torch.from_numpy(record["d"].numpy()),
+            )
+        w = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        gradient = batch_gradient(model, self.data, self.labels, self.settings, self.seed)
+        new = mu2_step(
+            gradient, w, previous, self.settings.mu2_beta_min, self.settings.mu2_gamma_min
+        )
+        state["mu2"] = to_record({"x": new.x.numpy(), "d": new.d.numpy()})
+        state["mu2-t"] = MetricRecord({"t": new.t})
+        step = OrderedDict()
+        offset = 0
+        for name, param in model.named_parameters():
+            step[name] = (-self.settings.lr * new.d[offset : offset + param.numel()]).numpy()
+            offset += param.numel()
+        update = np.concatenate(
+            [
+                step[k].ravel() if k in step else np.zeros(self.sent[k].size, np.float32)
+                for k in self.names
+            ]
+        )
+        return update, self.sent, float("nan")
+
+    def honest_update(self, state: RecordDict) -> tuple[np.ndarray, Arrays, float]:
+        if self.settings.optimizer == "mu2-sgd":
+            return self.mu2_update(state)
+        update, trained, loss = self.sgd_update(self.data, self.seed)
+        beta = self.settings.worker_momentum
+        if beta > 0:
+            previous = (
+                state["momentum"]["m"].numpy() if "momentum" in state else np.zeros_like(update)
+            )
+            update = beta * previous + (1 - beta) * update
+            state["momentum"] = to_record({"m": update})
+        return update, trained, loss
+
+    def attack_context(self) -> AttackContext:
+        rng = np.random.default_rng(self.seed)
+
+        def honest_samples(k: int) -> np.ndarray:
+            updates = []
+            for i in range(k):
+                index = torch.from_numpy(rng.integers(0, len(self.data), len(self.data)))
+                resample = Split(self.data.x[index], self.data.y[index], self.data.num_classes)
+                updates.append(self.sgd_update(resample, self.seed + 1 + i)[0])
+            return np.stack(updates)
+
+        def honest_update_for(partition_id: int) -> np.ndarray:
+            target_seed = round_seed(self.settings.seed, self.server_round, partition_id)
+            model = self.model()
+            local_train(
+                model, self.partition(partition_id), self.settings, lambda y: y, target_seed
+            )
+            return flatten(get_arrays(model), self.names) - flatten(self.sent, self.names)
+
+        return AttackContext(
+            rng,
+            self.server_round,
+            self.settings.num_partitions,
+            len(self.settings.byzantine_nodes),
+            honest_samples,
+            honest_update_for,
+        )
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message | None:
+    """One round of local training, then the node's behaviour."""
+    settings = ClientSettings.from_config(context.run_config, context.node_config)
+    sent = OrderedDict((k, v.numpy()) for k, v in message.content["arrays"].items())
+    server_round = int(message.content["config"].get("server-round", 1))
+    node = Node(settings, sent, server_round)
+    update, trained, loss = node.honest_update(context.state)
+    behaviour = settings.behaviour
+    attack = node.attack_context()
+    behaviour.before_reply(attack)
+    reported = behaviour.update(update, attack)
+    if reported is None:
+        return None
+    described = {
+        k: v if isinstance(v, (int, float, str)) else str(v)
+        for k, v in behaviour.describe().items()
+    }
+    content = RecordDict(
+        {
+            "arrays": to_record(apply_update(sent, trained, reported.astype(np.float32))),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": len(node.data),
+                    "train-loss": loss,
+                    "byzantine": int(behaviour.name != "honest"),
+                }
+            ),
+            "behaviour": ConfigRecord(described),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate_global(message: Message, context: Context) -> Message:
+    """Loss and accuracy of the received model on this node's partition."""
+    settings = ClientSettings.from_config(context.run_config, context.node_config)
+    sent = OrderedDict((k, v.numpy()) for k, v in message.content["arrays"].items())
+    node = Node(settings, sent, int(message.content["config"].get("server-round", 0)))
+    loss, accuracy = evaluate(node.model(), node.data)
+    metrics = {"num-examples": len(node.data), "eval-loss": loss, "eval-accuracy": accuracy}
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)

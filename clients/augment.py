@@ -1,0 +1,58 @@
+"""Data augmentation by name (torchvision transforms v2), for the FA paper's
+"augmented losses" setting where some honest workers see heavily augmented data.
+
+Pipelines act on float image tensors ``(C, H, W)`` in [0, 1] and keep shape and dtype.
+:func:`augmented_views` draws ``copies`` independent views of every sample of a batch
+(each sample its own random parameters) from a seeded generator, so a node's views are
+reproducible; training averages the loss over the views.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+PIPELINES = ("none", "flip-crop", "color", "strong", "warp")
+
+
+def build_pipeline(name: str, size: int) -> v2.Transform:
+    """Pipeline ``name`` for square images of side ``size``."""
+    pad = max(1, size // 8)
+    pipelines = {
+        "none": lambda: v2.Identity(),
+        "flip-crop": lambda: v2.Compose(
+            [v2.RandomHorizontalFlip(), v2.RandomCrop(size, padding=pad)]
+        ),
+        "color": lambda: v2.ColorJitter(brightness=0.4, contrast=0.4),
+        # RandAugment-like: a random affine, photometric jitter and random erasing.
+        "strong": lambda: v2.Compose(
+            [
+                v2.RandomAffine(degrees=20, translate=(0.15, 0.15), scale=(0.8, 1.2), shear=10),
+                v2.ColorJitter(brightness=0.5, contrast=0.5),
+                v2.RandomErasing(p=0.5, scale=(0.02, 0.15), value=0.0),
+            ]
+        ),
+        "warp": lambda: v2.Compose(
+            [
+                v2.RandomPerspective(distortion_scale=0.5, p=1.0),
+                v2.ElasticTransform(alpha=float(size) * 4, sigma=max(1.0, size / 8)),
+            ]
+        ),
+    }
+    if name not in pipelines:
+        raise ValueError(f"augment={name!r} is not one of {list(PIPELINES)}")
+    return pipelines[name]()
+
+
+def augmented_views(
+    x: torch.Tensor, pipeline: v2.Transform, copies: int, seed: int
+) -> torch.Tensor:
+    """``(copies, N, C, H, W)`` views of the batch ``x``; deterministic for ``seed``."""
+    if copies < 1:
+        raise ValueError(f"augment-copies={copies} is out of range; allowed >= 1")
+    if isinstance(pipeline, v2.Identity):
+        return x.unsqueeze(0).expand(copies, *x.shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        views = [torch.stack([pipeline(sample) for sample in x]) for _ in range(copies)]
+    return torch.stack(views).clamp_(0.0, 1.0)

@@ -1,0 +1,91 @@
+"""The interface every client behaviour implements, and the registry of behaviours.
+
+A behaviour acts at three points of a training round, all optional:
+
+* :meth:`Behaviour.labels` -- the labels the node trains on (label flipping);
+* :meth:`Behaviour.update` -- the update it reports, from its honest update
+  ``g = w_local - w`` (a flat float32 vector over the model's float arrays); returning
+  ``None`` sends no reply;
+* :meth:`Behaviour.before_reply` -- side effects (crash, straggle).
+
+The ClientApp sends ``w + update`` for float arrays (others stay as trained), so the
+server sees exactly the update a behaviour returns. Randomness comes only from
+``context.rng``, seeded by (run seed, round, partition): a behaviour is deterministic
+given the seed. Subclasses register themselves by ``name``; a new behaviour is one
+module in this package.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+BEHAVIOURS: dict[str, type[Behaviour]] = {}
+
+
+@dataclass
+class AttackContext:
+    """What a behaviour may use in a round.
+
+    ``honest_samples(k)`` trains ``k`` more honest updates on bootstrap resamples of
+    the node's own data (what a colluding attacker on one SuperNode can compute to
+    estimate the honest mean and spread); ``honest_update_for(pid)`` trains on
+    partition ``pid``'s data, reachable in a simulation where all partitions live on
+    one machine.
+    """
+
+    rng: np.random.Generator
+    server_round: int
+    num_nodes: int
+    num_byzantine: int
+    honest_samples: Callable[[int], np.ndarray]
+    honest_update_for: Callable[[int], np.ndarray]
+
+
+class Behaviour:
+    """Honest by default; subclasses override what they change."""
+
+    name: ClassVar[str] = "honest"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BEHAVIOURS[cls.name] = cls
+
+    def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return y
+
+    def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray | None:
+        return honest
+
+    def before_reply(self, context: AttackContext) -> None:
+        return None
+
+    @classmethod
+    def parameters(cls) -> list[str]:
+        """The names of the behaviour's parameters."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+    def describe(self) -> dict[str, Any]:
+        """Name and parameters, reported in the reply."""
+        return {"name": self.name, **{k: getattr(self, k) for k in self.parameters()}}
+
+
+BEHAVIOURS["honest"] = Behaviour
+
+
+def make_behaviour(name: str, params: dict[str, Any]) -> Behaviour:
+    """Behaviour ``name`` with ``params``; errors list the valid names or parameters."""
+    if name not in BEHAVIOURS:
+        raise ValueError(f"attack={name!r} is not one of {sorted(BEHAVIOURS)}")
+    cls = BEHAVIOURS[name]
+    accepted = cls.parameters()
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"attack {name!r}: unknown parameter(s) {unknown}; accepted {accepted}")
+    return cls(**params)

@@ -1,0 +1,124 @@
+"""Attacks built from an estimate of the honest updates: ALIE, IPM, min-max, min-sum.
+
+The estimate comes from the attacker's own data: it trains ``samples`` honest updates
+on bootstrap resamples of its partition (``AttackContext.honest_samples``) and uses
+their coordinate-wise mean ``mu`` and standard deviation ``sigma``. That is what a
+colluding attacker on one SuperNode can compute without seeing anyone's replies; all
+colluding nodes that share data characteristics end up with similar estimates.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+
+from flwr_flag.rules.validation import check_choice, check_float, check_int
+
+from .base import AttackContext, Behaviour
+
+
+def alie_z(num_nodes: int, num_byzantine: int) -> float:
+    r"""Baruch et al. (2019): :math:`s = \lfloor n/2 + 1 \rfloor - f`,
+    :math:`z = \Phi^{-1}((n - s) / n)`."""
+    s = num_nodes // 2 + 1 - num_byzantine
+    return NormalDist().inv_cdf(min(max((num_nodes - s) / num_nodes, 1e-6), 1 - 1e-6))
+
+
+class _Estimating(Behaviour):
+    def __init__(self, samples: int = 4) -> None:
+        self.samples = check_int(f"attack {self.name}", "samples", samples, 2)
+
+    def estimate(self, context: AttackContext) -> tuple[np.ndarray, np.ndarray]:
+        updates = context.honest_samples(self.samples)
+        return updates.mean(axis=0), updates.std(axis=0)
+
+
+class ALIE(_Estimating):
+    """A little is enough (Baruch et al., 2019): send ``mu - z sigma``.
+
+    ``z`` defaults to the paper's value from the number of nodes ``n`` and Byzantine
+    nodes ``f`` of the run (:func:`alie_z`).
+    """
+
+    name = "alie"
+
+    def __init__(self, z: float | None = None, samples: int = 4) -> None:
+        super().__init__(samples)
+        self.z = None if z is None else check_float("attack alie", "z", z)
+
+    def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
+        mu, sigma = self.estimate(context)
+        z = self.z if self.z is not None else alie_z(context.num_nodes, context.num_byzantine)
+        return mu - z * sigma
+
+
+class IPM(_Estimating):
+    """Inner-product manipulation (Xie, Koyejo & Gupta, 2020): send ``-epsilon mu``."""
+
+    name = "ipm"
+
+    def __init__(self, epsilon: float = 0.1, samples: int = 4) -> None:
+        super().__init__(samples)
+        self.epsilon = check_float("attack ipm", "epsilon", epsilon, 0.0, low_open=True)
+
+    def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
+        return -self.epsilon * self.estimate(context)[0]
+
+
+class MinMax(_Estimating):
+    r"""Min-max (Shejwalkar & Houmansadr, 2021): ``mu + gamma p`` with the largest
+    ``gamma`` such that the malicious update is no farther from any benign sample than
+    the benign samples are from each other:
+    :math:`\max_i \|m - g_i\| \le \max_{i,j} \|g_i - g_j\|`.
+
+    ``perturbation``: ``"std"`` (:math:`p = -\sigma`), ``"unit"``
+    (:math:`-\mu / \|\mu\|`) or ``"sign"`` (:math:`-\mathrm{sign}(\mu)`). ``gamma`` is
+    found by bisection on ``[0, gamma_max]``.
+    """
+
+    name = "min-max"
+
+    def __init__(
+        self, perturbation: str = "std", gamma_max: float = 50.0, samples: int = 4
+    ) -> None:
+        super().__init__(samples)
+        self.perturbation = check_choice(
+            f"attack {self.name}", "perturbation", perturbation, ("std", "unit", "sign")
+        )
+        self.gamma_max = check_float(
+            f"attack {self.name}", "gamma_max", gamma_max, 0.0, low_open=True
+        )
+
+    @staticmethod
+    def accepts(malicious: np.ndarray, benign: np.ndarray) -> bool:
+        to_benign = np.linalg.norm(benign - malicious, axis=1)
+        spread = np.linalg.norm(benign[:, None] - benign[None], axis=2)
+        return bool(to_benign.max() <= spread.max())
+
+    def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
+        benign = context.honest_samples(self.samples)
+        mu, sigma = benign.mean(axis=0), benign.std(axis=0)
+        direction = {
+            "std": -sigma,
+            "unit": -mu / max(float(np.linalg.norm(mu)), 1e-12),
+            "sign": -np.sign(mu),
+        }[self.perturbation]
+        lo, hi = 0.0, self.gamma_max
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.accepts(mu + mid * direction, benign) else (lo, mid)
+        return (mu + lo * direction).astype(honest.dtype)
+
+
+class MinSum(MinMax):
+    r"""Min-sum (Shejwalkar & Houmansadr, 2021): as :class:`MinMax` with the condition
+    :math:`\sum_i \|m - g_i\|^2 \le \max_i \sum_j \|g_i - g_j\|^2`."""
+
+    name = "min-sum"
+
+    @staticmethod
+    def accepts(malicious: np.ndarray, benign: np.ndarray) -> bool:
+        to_benign = np.square(benign - malicious).sum()
+        spread = np.square(benign[:, None] - benign[None]).sum(axis=(1, 2))
+        return bool(to_benign <= spread.max())

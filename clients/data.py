@@ -1,0 +1,174 @@
+"""Data for the ClientApp: the bundled digits set offline, real sets via flwr-datasets.
+
+Every loader returns a :class:`Split` of float32 image tensors ``(N, C, H, W)`` in
+``[0, 1]`` and int64 labels, so models, behaviours and augmentation see one format.
+
+* ``digits`` (default, no download): scikit-learn's 1,797 8x8 images. A fixed
+  stratified 20% is the held-out test set; the rest is split over the nodes, IID or by
+  a Dirichlet(alpha) over the labels, from the run's seed.
+* ``mnist``, ``fashion-mnist``, ``cifar10``: Flower Datasets' ``FederatedDataset``
+  with ``IidPartitioner`` or ``DirichletPartitioner`` (downloads from the hub). The
+  same code path reads local parquet files (``data_files``), which is how it is tested
+  here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+
+DATASETS = {
+    "digits": None,
+    "mnist": "ylecun/mnist",
+    "fashion-mnist": "zalando-datasets/fashion_mnist",
+    "cifar10": "uoft-cs/cifar10",
+}
+PARTITIONINGS = ("iid", "dirichlet")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images ``x`` (float32, ``(N, C, H, W)``, in [0, 1]) and labels ``y`` (int64)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def check_data_options(name: str, partitioning: str, alpha: float) -> None:
+    """Fail early on an unknown data set or partitioning, or alpha <= 0."""
+    if name not in DATASETS and name != "parquet":
+        raise ValueError(f"dataset={name!r} is not one of {[*DATASETS, 'parquet']}")
+    if partitioning not in PARTITIONINGS:
+        raise ValueError(f"partitioning={partitioning!r} is not one of {list(PARTITIONINGS)}")
+    if not alpha > 0:
+        raise ValueError(f"dirichlet-alpha={alpha} is out of range; allowed alpha > 0")
+
+
+def dirichlet_indices(
+    labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_size: int = 2
+) -> list[np.ndarray]:
+    """Split indices by label with Dirichlet(alpha) class proportions per partition.
+
+    Redraws (a new seed each time) until every partition has ``min_size`` samples.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    for _ in range(100):
+        parts: list[list[int]] = [[] for _ in range(num_partitions)]
+        for c in classes:
+            members = rng.permutation(np.flatnonzero(labels == c))
+            shares = rng.dirichlet(np.full(num_partitions, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for part, chunk in zip(parts, np.split(members, cuts), strict=True):
+                part.extend(chunk.tolist())
+        if min(map(len, parts)) >= min_size:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise ValueError(
+        f"dirichlet-alpha={alpha} leaves a partition with fewer than {min_size} samples "
+        f"for {num_partitions} partitions; raise alpha or use fewer partitions"
+    )
+
+
+def iid_indices(size: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """A seeded shuffle cut into ``num_partitions`` near-equal parts."""
+    order = np.random.default_rng(seed).permutation(size)
+    return [np.sort(part) for part in np.array_split(order, num_partitions)]
+
+
+@cache
+def _digits() -> tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, stratify=y, random_state=0
+    )
+    as_split = lambda a, b: Split(torch.from_numpy(a), torch.from_numpy(b), 10)  # noqa: E731
+    return as_split(x_train, y_train), as_split(x_test, y_test)
+
+
+def _partition_indices(
+    labels: np.ndarray, num_partitions: int, partitioning: str, alpha: float, seed: int
+) -> list[np.ndarray]:
+    if partitioning == "iid":
+        return iid_indices(len(labels), num_partitions, seed)
+    return dirichlet_indices(labels, num_partitions, alpha, seed)
+
+
+def _split_of(rows) -> Split:
+    """A Hugging Face ``Dataset`` of images and labels as a :class:`Split`."""
+    image = next(k for k in ("image", "img") if k in rows.column_names)
+    num_classes = getattr(rows.features["label"], "num_classes", None)
+    images = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in rows[image]])
+    x = torch.from_numpy(images)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    y = torch.as_tensor(rows["label"], dtype=torch.int64)
+    return Split(x.contiguous(), y, num_classes or int(y.max()) + 1)
+
+
+def _federated(
+    name: str,
+    num_partitions: int,
+    partitioning: str,
+    alpha: float,
+    seed: int,
+    data_files: dict[str, str] | None,
+):
+    from flwr_datasets import FederatedDataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    if partitioning == "iid":
+        partitioner = IidPartitioner(num_partitions=num_partitions)
+    else:
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed
+        )
+    dataset = "parquet" if name == "parquet" else DATASETS[name]
+    kwargs = {"data_files": data_files} if data_files else {}
+    return FederatedDataset(
+        dataset=dataset, partitioners={"train": partitioner}, seed=seed, **kwargs
+    )
+
+
+def load_partition(
+    name: str,
+    partition_id: int,
+    num_partitions: int,
+    partitioning: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+    data_files: dict[str, str] | None = None,
+) -> Split:
+    """The training data of one partition (node)."""
+    check_data_options(name, partitioning, alpha)
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"partition-id={partition_id} is out of range; allowed 0 <= partition-id < "
+            f"num-partitions={num_partitions}"
+        )
+    if name == "digits":
+        train, _ = _digits()
+        part = _partition_indices(train.y.numpy(), num_partitions, partitioning, alpha, seed)
+        index = torch.from_numpy(part[partition_id])
+        return Split(train.x[index], train.y[index], train.num_classes)
+    fds = _federated(name, num_partitions, partitioning, alpha, seed, data_files)
+    return _split_of(fds.load_partition(partition_id, "train"))
+
+
+def load_test(name: str, seed: int = 0, data_files: dict[str, str] | None = None) -> Split:
+    """The held-out test set (the server's centralized evaluation uses it)."""
+    check_data_options(name, "iid", 1.0)
+    if name == "digits":
+        return _digits()[1]
+    fds = _federated(name, 1, "iid", 1.0, seed, data_files)
+    return _split_of(fds.load_split("test"))
