@@ -12,7 +12,7 @@ Run-config keys (defaults in pyproject ``[tool.flwr.app.config]``)::
     augment = "none"          augment-copies = 1
     heavy-augment = "warp"    heavy-augment-nodes = ""  # e.g. "3,4": honest nodes
     byzantine-nodes = 0       # N: partitions 0..N-1; or a list "0,4,7"
-    attack = "sign-flip"      attack.k = 1.0            # attack.<parameter>
+    attack = "sign-flip"      sign-flip.k = 1.0         # <attack>.<parameter>
 
 A SuperNode's ``--node-config`` sets ``partition-id`` and ``num-partitions`` and may
 set ``byzantine = true`` and any key above for that node alone.
@@ -105,7 +105,7 @@ class ClientSettings:
         heavy = node_list("heavy-augment-nodes", c.get("heavy-augment-nodes", ""), n)
         is_byzantine = bool(c["byzantine"]) if "byzantine" in c else pid in byzantine
         attack = str(c.get("attack", "sign-flip"))
-        behaviour = make_behaviour(attack, section(c, "attack"))  # validated on every node
+        behaviour = make_behaviour(attack, section(c, attack))  # validated on every node
         settings = cls(
             partition_id=pid,
             num_partitions=n,

@@ -17,7 +17,8 @@ Keys, all optional::
 
 A rule's or pre-aggregator's hyperparameters sit under its name, dashes for
 underscores: ``flag.subspace-dim = 8``, ``ctma.base = "geomed"``, ``bucketing.s = 2``
-(in pyproject, a ``[tool.flwr.app.config.flag]`` table). CTMA's base rule takes its
+(in pyproject, a ``[tool.flwr.app.config.flag]`` table; ``"auto"`` for a parameter
+whose default is computed, e.g. ``flag.subspace-dim = "auto"``). CTMA's base rule takes its
 hyperparameters from the base's own table. Keys of other rules are ignored, so one
 config can hold settings for several rules and switch with ``rule`` alone.
 """

@@ -29,7 +29,7 @@ def weights(message: Message) -> dict[str, np.ndarray]:
 
 def test_honest_replies_do_not_depend_on_other_nodes_behaviour():
     clean = one_round({**BASE, "byzantine-nodes": 0})
-    attacked = one_round({**BASE, "byzantine-nodes": "1", "attack": "sign-flip", "attack.k": 5})
+    attacked = one_round({**BASE, "byzantine-nodes": "1", "attack": "sign-flip", "sign-flip.k": 5})
     again = one_round({**BASE, "byzantine-nodes": 0})
     for node in (1, 3, 4):
         for k, v in weights(clean[node]).items():

@@ -220,15 +220,22 @@ def test_flwr_datasets_path_on_a_local_parquet_set(tmp_path):
         ({"dataset": "imagenet"}, r"dataset='imagenet' is not one of"),
         ({"model": "vgg"}, r"model='vgg' is not one of"),
         ({"augment": "blur"}, r"augment='blur' is not one of"),
-        ({"attack": "gaussian", "attack.sigma": -1.0}, r"sigma=-1.0 is out of range"),
+        ({"attack": "gaussian", "gaussian.sigma": -1.0}, r"sigma=-1.0 is out of range"),
         ({"partitioning": "dirichlet", "dirichlet-alpha": 0.0}, r"dirichlet-alpha=0.0"),
         ({"byzantine-nodes": 9}, r"names more nodes than the 4 partitions"),
-        ({"attack": "alie", "attack.q": 1}, r"unknown parameter\(s\) \['q'\]"),
+        ({"attack": "alie", "alie.q": 1}, r"unknown parameter\(s\) \['q'\]"),
     ],
 )
 def test_bad_settings_fail_at_start(config, message):
     with pytest.raises(ValueError, match=message):
         ClientSettings.from_config({"num-partitions": 4, **config}, {"partition-id": 0})
+
+
+def test_registry_maps_each_name_to_its_own_class():
+    from clients.behaviours import Behaviour
+
+    assert BEHAVIOURS["honest"] is Behaviour
+    assert all(cls.__dict__.get("name", "honest") == name for name, cls in BEHAVIOURS.items())
 
 
 def test_every_behaviour_is_registered():

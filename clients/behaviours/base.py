@@ -54,7 +54,8 @@ class Behaviour:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        BEHAVIOURS[cls.name] = cls
+        if "name" in cls.__dict__:  # shared bases without a name of their own stay out
+            BEHAVIOURS[cls.name] = cls
 
     def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         return y

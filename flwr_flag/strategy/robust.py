@@ -66,6 +66,8 @@ class RobustStrategy(FedAvg):
         self._sent: ArrayRecord | None = None
         self._sampled = 0
         self._offset = 0
+        self.history: dict[int, MetricRecord] = {}
+        """Each round's ``robust.*`` metrics, by round (for recorders)."""
 
     def summary(self) -> None:
         """Log the robust aggregation settings, then FedAvg's."""
@@ -111,6 +113,7 @@ class RobustStrategy(FedAvg):
         arrays, metrics = self.core.round(
             server_round + self._offset, reference, [self._reply(m) for m in answered], failed
         )
+        self.history[server_round + self._offset] = MetricRecord(metrics)
         rejected = set(metrics["robust.rejected-nodes"])
         kept = [m.content for m in answered if m.metadata.src_node_id not in rejected]
         record = MetricRecord(metrics)
@@ -172,14 +175,14 @@ class RobustStrategy(FedAvg):
             evaluate_config,
             shifted,
         )
-        for history in (
+        for records in (
             result.train_metrics_clientapp,
             result.evaluate_metrics_clientapp,
             result.evaluate_metrics_serverapp,
         ):
-            shifted_history = {r + done: v for r, v in history.items()}
-            history.clear()
-            history.update(shifted_history)
+            shifted = {r + done: v for r, v in records.items()}
+            records.clear()
+            records.update(shifted)
         if not result.arrays:
             result.arrays = initial_arrays
         return result

@@ -1,0 +1,1 @@
+"""The flwr-flag ServerApp (``server_app.app:app``)."""

@@ -1,0 +1,98 @@
+"""One directory per run: resolved config, per-round CSV and JSON lines, final model.
+
+``<output-dir>/<YYYYmmdd-HHMMSS>-<rule>/``::
+
+    config.json     the resolved run config
+    rounds.csv      round, accuracy, loss, received, rejected, failed, kept-model,
+                    aggregation-seconds, rejected-nodes (";"-separated)
+    rounds.jsonl    the same rows with every diagnostic of the rule
+    final_model.pt  the final global arrays (torch.save of name -> tensor)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+COLUMNS = [
+    "round",
+    "accuracy",
+    "loss",
+    "received",
+    "rejected",
+    "failed",
+    "kept-model",
+    "aggregation-seconds",
+    "rejected-nodes",
+]
+
+
+class RunRecorder:
+    """Writes a run's results as rounds complete (a crash keeps the rounds so far)."""
+
+    def __init__(self, output_dir: str | Path, rule: str, config: Mapping[str, Any]) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(output_dir) / f"{stamp}-{rule}"
+        self.directory, suffix = base, 1
+        while self.directory.exists():
+            suffix += 1
+            self.directory = base.with_name(f"{base.name}-{suffix}")
+        self.directory.mkdir(parents=True)
+        (self.directory / "config.json").write_text(json.dumps(dict(config), indent=2))
+        with open(self.directory / "rounds.csv", "w", newline="") as handle:
+            csv.writer(handle).writerow(COLUMNS)
+        self.rows: list[dict[str, Any]] = []
+
+    def record(
+        self, server_round: int, evaluation: Mapping[str, float], diagnostics: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Append one round: central evaluation and the strategy's ``robust.*`` metrics."""
+        robust = {k.removeprefix("robust."): v for k, v in diagnostics.items()}
+        row = {"round": server_round, **evaluation, **robust}
+        self.rows.append(row)
+        with open(self.directory / "rounds.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        flat = {**row, "rejected-nodes": ";".join(map(str, row.get("rejected-nodes", [])))}
+        with open(self.directory / "rounds.csv", "a", newline="") as handle:
+            csv.writer(handle).writerow([flat.get(c, "") for c in COLUMNS])
+        return row
+
+    def save_model(self, arrays: Mapping[str, np.ndarray]) -> Path:
+        path = self.directory / "final_model.pt"
+        torch.save({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path)
+        return path
+
+    def summary(self) -> str:
+        """Final accuracy and the nodes rejected or down-weighted, over the run."""
+        last = self.rows[-1]
+        rejected: dict[int, int] = {}
+        lowest: dict[int, int] = {}
+        for row in self.rows:
+            for node in row.get("rejected-nodes", []):
+                rejected[node] = rejected.get(node, 0) + 1
+            for node in row.get("lowest-weight-nodes", row.get("trimmed-nodes", [])):
+                lowest[node] = lowest.get(node, 0) + 1
+        rounds = len(self.rows) - 1
+        lines = [
+            f"Final accuracy {last.get('accuracy', float('nan')):.4f} "
+            f"(loss {last.get('loss', float('nan')):.4f}) after {rounds} rounds"
+        ]
+        if rejected:
+            lines.append(
+                "Rejected replies (node: rounds): "
+                + ", ".join(f"{n}: {c}" for n, c in sorted(rejected.items()))
+            )
+        if lowest:
+            lines.append(
+                "Down-weighted or trimmed (node: rounds): "
+                + ", ".join(f"{n}: {c}" for n, c in sorted(lowest.items(), key=lambda kv: -kv[1]))
+            )
+        lines.append(f"Results in {self.directory}")
+        return "\n".join(lines)
