@@ -14,7 +14,8 @@ the same names, shapes and dtypes as received. For the float arrays it is
 
 Non-float arrays (e.g. BatchNorm's step counters) are sent as trained. The reply's
 MetricRecord has ``num-examples``, ``train-loss`` and ``byzantine`` (0/1); a
-ConfigRecord ``behaviour`` names the behaviour and its parameters, for studies.
+ConfigRecord ``node`` gives the ``partition-id``, the ``behaviour`` and its parameters
+(``behaviour.<name>``), for summaries and studies.
 State across rounds (worker momentum, mu^2-SGD) lives in ``context.state``.
 """
 
@@ -186,7 +187,9 @@ def train(message: Message, context: Context) -> Message | None:
     if reported is None:
         return None
     described = {
-        k: v if isinstance(v, (int, float, str)) else str(v)
+        "behaviour" if k == "name" else f"behaviour.{k}": v
+        if isinstance(v, (int, float, str))
+        else str(v)
         for k, v in behaviour.describe().items()
     }
     content = RecordDict(
@@ -199,7 +202,7 @@ def train(message: Message, context: Context) -> Message | None:
                     "byzantine": int(behaviour.name != "honest"),
                 }
             ),
-            "behaviour": ConfigRecord(described),
+            "node": ConfigRecord({"partition-id": settings.partition_id, **described}),
         }
     )
     return Message(content, reply_to=message)

@@ -52,10 +52,13 @@ _UNSET = {"chunk-size": 0, "max-update-norm": 0.0, "checkpoint-dir": ""}
 
 
 def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The keys under ``name.`` as Python keyword names."""
+    """The keys under ``name.`` as Python keyword names; the value ``"auto"`` stands for
+    the parameter's automatic default (``None``), which TOML cannot write."""
     prefix = f"{name}."
     return {
-        k[len(prefix) :].replace("-", "_"): v for k, v in config.items() if k.startswith(prefix)
+        k[len(prefix) :].replace("-", "_"): None if v == "auto" else v
+        for k, v in config.items()
+        if k.startswith(prefix)
     }
 
 

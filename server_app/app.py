@@ -56,5 +56,5 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=central_evaluation,
     )
     recorder.save_model(OrderedDict((k, v.numpy()) for k, v in result.arrays.items()))
-    for line in recorder.summary().splitlines():
+    for line in recorder.summary(strategy.partitions).splitlines():
         log(INFO, line)

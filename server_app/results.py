@@ -69,9 +69,10 @@ class RunRecorder:
         torch.save({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path)
         return path
 
-    def summary(self) -> str:
-        """Final accuracy and the nodes rejected or down-weighted, over the run."""
-        last = self.rows[-1]
+    def summary(self, partitions: Mapping[int, int] | None = None) -> str:
+        """Final accuracy and the nodes rejected or down-weighted over the run, named by
+        partition where ``partitions`` maps their node ids."""
+        names = partitions or {}
         rejected: dict[int, int] = {}
         lowest: dict[int, int] = {}
         for row in self.rows:
@@ -79,20 +80,22 @@ class RunRecorder:
                 rejected[node] = rejected.get(node, 0) + 1
             for node in row.get("lowest-weight-nodes", row.get("trimmed-nodes", [])):
                 lowest[node] = lowest.get(node, 0) + 1
-        rounds = len(self.rows) - 1
+
+        def listing(counts: dict[int, int]) -> str:
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], names.get(kv[0], kv[0])))
+            return ", ".join(
+                f"{'partition ' + str(names[n]) if n in names else 'node ' + str(n)}: {c}"
+                for n, c in ranked
+            )
+
+        last = self.rows[-1]
         lines = [
             f"Final accuracy {last.get('accuracy', float('nan')):.4f} "
-            f"(loss {last.get('loss', float('nan')):.4f}) after {rounds} rounds"
+            f"(loss {last.get('loss', float('nan')):.4f}) after {len(self.rows) - 1} rounds"
         ]
         if rejected:
-            lines.append(
-                "Rejected replies (node: rounds): "
-                + ", ".join(f"{n}: {c}" for n, c in sorted(rejected.items()))
-            )
+            lines.append(f"Rejected replies, in rounds: {listing(rejected)}")
         if lowest:
-            lines.append(
-                "Down-weighted or trimmed (node: rounds): "
-                + ", ".join(f"{n}: {c}" for n, c in sorted(lowest.items(), key=lambda kv: -kv[1]))
-            )
+            lines.append(f"Down-weighted or trimmed, in rounds: {listing(lowest)}")
         lines.append(f"Results in {self.directory}")
         return "\n".join(lines)

@@ -36,7 +36,9 @@ def test_honest_replies_do_not_depend_on_other_nodes_behaviour():
             np.testing.assert_array_equal(v, weights(attacked[node])[k])
             np.testing.assert_array_equal(v, weights(again[node])[k])
     assert attacked[2].content["metrics"]["byzantine"] == 1
-    assert attacked[2].content["behaviour"]["name"] == "sign-flip"
+    assert attacked[2].content["node"]["behaviour"] == "sign-flip"
+    assert attacked[2].content["node"]["behaviour.k"] == 5
+    assert attacked[2].content["node"]["partition-id"] == 1
     assert clean[2].content["metrics"]["byzantine"] == 0
 
 

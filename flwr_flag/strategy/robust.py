@@ -68,6 +68,9 @@ class RobustStrategy(FedAvg):
         self._offset = 0
         self.history: dict[int, MetricRecord] = {}
         """Each round's ``robust.*`` metrics, by round (for recorders)."""
+        self.partitions: dict[int, int] = {}
+        """Node id -> partition id, for nodes whose replies carry a ConfigRecord ``node``
+        with a ``partition-id`` (as this project's ClientApp sends)."""
 
     def summary(self) -> None:
         """Log the robust aggregation settings, then FedAvg's."""
@@ -99,6 +102,10 @@ class RobustStrategy(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         replies = list(replies)
         answered = [m for m in replies if not m.has_error()]
+        for message in answered:
+            node = message.content.config_records.get("node", {})
+            if "partition-id" in node:
+                self.partitions[message.metadata.src_node_id] = int(node["partition-id"])
         for message in replies:
             if message.has_error():
                 log(

@@ -1,0 +1,59 @@
+"""The app's run-config defaults (pyproject) build every rule and every attack, and
+declare every hyperparameter so that ``--run-config`` can override it."""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from pathlib import Path
+
+import pytest
+from flwr.common.config import flatten_dict
+
+from clients.behaviours import BEHAVIOURS
+from clients.config import ClientSettings
+from flwr_flag import strategy_from_config
+from flwr_flag.rules import PREAGGREGATORS, RULES
+
+PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
+CONFIG = flatten_dict(tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"])
+NOT_CONFIGURABLE = {"previous", "base_params"}  # state, or taken from the base's table
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_every_rule_builds_from_the_defaults(rule):
+    strategy = strategy_from_config({**CONFIG, "rule": rule})
+    assert strategy.rule == rule
+
+
+@pytest.mark.parametrize("attack", sorted(BEHAVIOURS))
+def test_every_attack_builds_from_the_defaults(attack):
+    settings = ClientSettings.from_config(
+        {**CONFIG, "attack": attack, "num-partitions": 10}, {"partition-id": 0}
+    )
+    assert settings.behaviour.name == attack
+
+
+def declared(name: str, parameters) -> list[str]:
+    return [
+        p
+        for p in parameters
+        if p not in NOT_CONFIGURABLE and f"{name}.{p.replace('_', '-')}" not in CONFIG
+    ]
+
+
+@pytest.mark.parametrize("name", sorted({**RULES, **PREAGGREGATORS}))
+def test_every_rule_hyperparameter_is_declared(name):
+    entry = {**RULES, **PREAGGREGATORS}[name]
+    params = list(inspect.signature(inspect.unwrap(entry.function)).parameters)[3:]
+    assert declared(name, params) == []
+
+
+@pytest.mark.parametrize("attack", sorted(BEHAVIOURS))
+def test_every_attack_parameter_is_declared(attack):
+    assert declared(attack, BEHAVIOURS[attack].parameters()) == []
+
+
+def test_main_job_defaults():
+    assert (CONFIG["rule"], CONFIG["attack"], CONFIG["byzantine-nodes"]) == ("flag", "alie", 2)
+    assert CONFIG["dataset"] == "digits"
