@@ -1,16 +1,20 @@
-# The two commands of the README: `make test` (set up and run every test) and,
-# once the ServerApp lands, `make run`.
+# The two commands of the README: `make run` (the main job: an offline `flwr run .`
+# simulation) and `make test` (set up, lint and run every test). Both create .venv.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint bench
+.PHONY: run test bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
+
+# ARGS go to `flwr run`, e.g. ARGS="--run-config \"rule='krum' attack='sign-flip'\""
+run: $(BIN)/.installed
+	$(BIN)/python scripts/run_simulation.py $(ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
