@@ -230,3 +230,15 @@ def test_strategy_from_config():
         flwr_flag.strategy_from_config({"rule": "mean", "pre": "nmm"})
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['nope'\]"):
         flwr_flag.strategy_from_config({"rule": "krum", "krum.nope": 1})
+
+
+def test_integer_and_zero_dimensional_arrays_keep_their_dtype_and_shape():
+    # BatchNorm's num_batches_tracked: a 0-d int64 array next to float arrays.
+    global_model = {**random_model(0), "steps": np.array(10, dtype=np.int64)}
+    models = [{**random_model(i), "steps": np.array(10 + i, dtype=np.int64)} for i in (1, 2, 3)]
+    messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models)]
+    strategy = flwr_flag.Mean(device="cpu")
+    list(strategy.configure_train(1, arrays_of(global_model), ConfigRecord(), FixedGrid(3)))
+    arrays, _ = strategy.aggregate_train(1, messages)
+    steps = arrays["steps"].numpy()
+    assert steps.shape == () and steps.dtype == np.int64 and int(steps) == 12

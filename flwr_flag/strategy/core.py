@@ -236,7 +236,7 @@ class RobustCore:
             value = base.astype(np.float64) + piece.reshape(base.shape)
             if not np.issubdtype(base.dtype, np.floating):
                 value = np.rint(value)
-            out[name] = value.astype(base.dtype)
+            out[name] = np.asarray(value, dtype=base.dtype)  # 0-d arrays stay arrays
             offset += size
         if not all(np.isfinite(a).all() for a in out.values() if a.dtype.kind in "fc"):
             return None
