@@ -16,12 +16,17 @@ Non-float arrays (e.g. BatchNorm's step counters) are sent as trained. The reply
 MetricRecord has ``num-examples``, ``train-loss`` and ``byzantine`` (0/1); a
 ConfigRecord ``node`` gives the ``partition-id``, the ``behaviour`` and its parameters
 (``behaviour.<name>``), for summaries and studies.
-State across rounds (worker momentum, mu^2-SGD) lives in ``context.state``.
+State across rounds (worker momentum, mu^2-SGD) lives in ``context.state``. A train
+config with ``detox-group`` (sent by the DETOX strategy) makes the node train on that
+group's shard (``detox-group`` of ``detox-groups`` partitions) with ``detox-seed`` and
+deterministic torch algorithms, so a group's honest members send equal updates.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -33,7 +38,7 @@ from .config import ClientSettings
 from .data import Split, load_partition
 from .models import build_model, get_arrays, set_arrays
 from .optim import Mu2State, mu2_step
-from .train import batch_gradient, evaluate, local_train
+from .train import batch_gradient, deterministic, evaluate, local_train
 
 app = ClientApp()
 
@@ -177,9 +182,20 @@ def train(message: Message, context: Context) -> Message | None:
     """One round of local training, then the node's behaviour."""
     settings = ClientSettings.from_config(context.run_config, context.node_config)
     sent = OrderedDict((k, v.numpy()) for k, v in message.content["arrays"].items())
-    server_round = int(message.content["config"].get("server-round", 1))
+    config = message.content["config"]
+    server_round = int(config.get("server-round", 1))
+    detox = "detox-group" in config
+    if detox:
+        # DETOX: every member of a group trains on the group's shard with its seed.
+        settings = replace(
+            settings,
+            partition_id=int(config["detox-group"]),
+            num_partitions=int(config["detox-groups"]),
+            seed=int(config["detox-seed"]),
+        )
     node = Node(settings, sent, server_round)
-    update, trained, loss = node.honest_update(context.state)
+    with deterministic() if detox else nullcontext():
+        update, trained, loss = node.honest_update(context.state)
     behaviour = settings.behaviour
     attack = node.attack_context()
     behaviour.before_reply(attack)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -14,6 +15,17 @@ from .config import ClientSettings
 from .data import Split
 
 Labels = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic torch algorithms for the duration (DETOX's equal group updates)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def batches(size: int, batch_size: int, steps: int, rng: np.random.Generator):

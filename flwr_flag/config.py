@@ -5,6 +5,9 @@ Keys, all optional::
     rule = "flag"                 # a registered rule name
     num-byzantine = 2             # f
     pre = "nnm"                   # comma-separated pre-aggregators, applied in order
+    detox.replication = 3         # rule = "detox": groups, vote, second stage
+    detox.stage2 = "median"       # its params from the [median] section
+    detox.stage2-pre = "bucketing"
     server-lr = 1.0
     server-momentum = 0.0
     device = "auto"               # "cpu", "cuda", "cuda:1"
@@ -62,6 +65,16 @@ def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     }
 
 
+def pre_steps(config: Mapping[str, Any], key: str, spec: Any) -> list[tuple[str, dict]]:
+    """A comma-separated list of pre-aggregators, each with its own section's params."""
+    steps = []
+    for name in filter(None, (s.strip() for s in str(spec or "").split(","))):
+        if name not in PREAGGREGATORS:
+            raise ValueError(f"{key}: {name!r} is not one of {sorted(PREAGGREGATORS)}")
+        steps.append((name, section(config, name)))
+    return steps
+
+
 def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     """The Message-API strategy that ``config`` describes (see the module docstring)."""
     rule = str(config.get("rule", "flag"))
@@ -70,11 +83,10 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     if rule == "ctma":
         base = str(params.get("base", "geomed"))
         params.setdefault("base_params", section(config, base))
-    pre = []
-    for name in filter(None, (s.strip() for s in str(config.get("pre", "")).split(","))):
-        if name not in PREAGGREGATORS:
-            raise ValueError(f"pre: {name!r} is not one of {sorted(PREAGGREGATORS)}")
-        pre.append((name, section(config, name)))
+    if rule == "detox":
+        params["stage2_pre"] = pre_steps(config, "detox.stage2-pre", params.get("stage2_pre"))
+        params.setdefault("stage2_params", section(config, str(params.get("stage2", "median"))))
+    pre = pre_steps(config, "pre", config.get("pre", ""))
     options: dict[str, Any] = {}
     for key, option in {**_CORE, **_FLOWER}.items():
         if key in config and config[key] != _UNSET.get(key, object()):

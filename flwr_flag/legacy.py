@@ -26,7 +26,9 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
+from .rules.validation import check_int
 from .strategy import named
+from .strategy.detox import DetoxGroups
 from .strategy.options import build_core
 from .strategy.replies import Reply
 
@@ -100,6 +102,37 @@ class RobustStrategy(LegacyFedAvg):
         if arrays is None:
             return None, scalars
         return ndarrays_to_parameters(list(arrays.values())), scalars
+
+
+class Detox(DetoxGroups, RobustStrategy):
+    """Legacy-API twin of :class:`flwr_flag.strategy.Detox` (same options)."""
+
+    rule = "detox"
+
+    def __init__(
+        self,
+        num_byzantine: int = 0,
+        *,
+        replication: int = 3,
+        redraw: bool = True,
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        replication = check_int("detox", "replication", replication, 1)
+        super().__init__(num_byzantine, replication=replication, **options)
+        self._setup_groups(self.core, replication, redraw, seed)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """FedAvg's sampling, then groups of ``r`` with their shard and seed."""
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        extra = self._assign([proxy.node_id for proxy, _ in instructions], server_round)
+        return [
+            (proxy, FitIns(ins.parameters, {**ins.config, **extra[proxy.node_id]}))
+            for proxy, ins in instructions
+            if proxy.node_id in extra
+        ]
 
 
 def _legacy(cls: type) -> type[RobustStrategy]:

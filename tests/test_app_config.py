@@ -17,7 +17,8 @@ from flwr_flag.rules import PREAGGREGATORS, RULES
 
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 CONFIG = flatten_dict(tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"])
-NOT_CONFIGURABLE = {"previous", "base_params"}  # state, or taken from the base's table
+# Round state (previous aggregate, DETOX's groups), or taken from another rule's table.
+NOT_CONFIGURABLE = {"previous", "base_params", "groups", "stage2_params"}
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))

@@ -93,8 +93,9 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, rule):
     # Equal up to float32 rounding: BLAS kernels may differ with memory alignment. A
     # lost momentum or previous-aggregate state changes the result far more than this.
     for k in SHAPES:
-        np.testing.assert_allclose(resumed.arrays[k].numpy(), straight.arrays[k].numpy(),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            resumed.arrays[k].numpy(), straight.arrays[k].numpy(), rtol=1e-6, atol=1e-7
+        )
     assert sorted(resumed.train_metrics_clientapp) == [4, 5, 6]
 
 

@@ -215,6 +215,16 @@ class UpdateSource(ABC):
             total += (chunk - point[cols]).square().sum(dim=1).double()
         return total.cpu()
 
+    def sq_distances_between(self, pairs: Tensor) -> Tensor:
+        """``||g_i - g_j||^2`` for each row ``(i, j)`` of an ``(m, 2)`` index tensor, summed
+        directly over the coordinates (one ``O(m p)`` pass, exact where the Gram's
+        cancellation is not: for near-equal rows)."""
+        left, right = (pairs[:, k].to(self.device) for k in (0, 1))
+        total = torch.zeros(len(pairs), dtype=torch.float64, device=self.device)
+        for _, chunk in self.chunks():
+            total += (chunk[left] - chunk[right]).square().sum(dim=1).double()
+        return total.cpu()
+
     def subset(self, rows: Sequence[int] | Tensor) -> UpdateSource:
         """The rows ``rows`` of this source, in that order (no copy of the data)."""
         return RowSubset(self, torch.as_tensor(rows, dtype=torch.long))

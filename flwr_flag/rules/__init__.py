@@ -25,13 +25,26 @@ mda, smea                 n >= 2f + 1             :mod:`.subsets`
 caf                       n >= 2f + 1             :mod:`.filtering`
 flag                      n >= 2f + 1             :mod:`.flag`
 ctma                      n >= 2f + 1 (and base)  :mod:`.ctma`
+detox                     groups (stage 2 rule)   :mod:`.detox`
 ========================  ======================  ===============================
 
 Pre-aggregators (``pre=[...]``): ``nnm``, ``bucketing`` (:mod:`.mixing`), ``clip``,
 ``arc`` (:mod:`.clipping`).
 """
 
-from . import clipping, coordinate, ctma, filtering, flag, geomed, krum, mean, mixing, subsets
+from . import (
+    clipping,
+    coordinate,
+    ctma,
+    detox,
+    filtering,
+    flag,
+    geomed,
+    krum,
+    mean,
+    mixing,
+    subsets,
+)
 from ._registry import (
     PREAGGREGATORS,
     RULES,
@@ -55,6 +68,7 @@ __all__ = [
     "clipping",
     "coordinate",
     "ctma",
+    "detox",
     "filtering",
     "flag",
     "geomed",

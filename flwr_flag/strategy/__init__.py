@@ -2,6 +2,7 @@
 
 from .checkpoint import Checkpoint, CheckpointStore
 from .core import RobustCore
+from .detox import Detox
 from .named import (
     CAF,
     CTMA,
@@ -32,6 +33,7 @@ __all__ = [
     "CenteredClipping",
     "Checkpoint",
     "CheckpointStore",
+    "Detox",
     "FlagAggregator",
     "GeometricMedian",
     "Krum",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -96,6 +96,9 @@ class RobustCore:
         self._momentum: torch.Tensor | None = None
         self._previous: torch.Tensor | None = None
         self._uses_previous = "previous" in accepted and "previous" not in self.rule_params
+        self.row_params: Callable[[list[Reply]], dict[str, Any]] | None = None
+        """Optional per-round hyperparameters that depend on which replies are aggregated
+        (DETOX's group label of each row); called with the replies in row order."""
 
     def settings(self) -> dict[str, Any]:
         """The settings, for ``summary()`` logs."""
@@ -209,6 +212,8 @@ class RobustCore:
                 params = dict(self.rule_params)
                 if self._uses_previous and self._previous is not None:
                     params["previous"] = self._previous
+                if self.row_params is not None:
+                    params.update(self.row_params(live))
                 weights = [float(r.num_examples) for r in live]
                 result = aggregate(
                     source, self.rule, self.num_byzantine, weights, pre=self.pre, **params

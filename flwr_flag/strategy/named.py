@@ -6,6 +6,7 @@ does; the rule's own hyperparameters are documented on the rule function named b
 
 from __future__ import annotations
 
+from .detox import Detox
 from .robust import RobustStrategy
 
 
@@ -121,6 +122,7 @@ STRATEGIES: dict[str, type[RobustStrategy]] = {
         SMEA,
         CAF,
         MoNNA,
+        Detox,
     )
 }
 """Rule name -> Message-API strategy class."""

@@ -1,0 +1,139 @@
+r"""DETOX (Rajput, Wang, Charles & Papailiopoulos, NeurIPS 2019): majority vote inside
+redundant groups, then a robust rule over the group winners.
+
+Nodes are split into groups of ``r`` that compute on the same data with the same seed,
+so the honest members of a group send equal updates. Stage 1 keeps, per group, the
+value that more than ``r / 2`` of its ``r`` members agree on (equal within ``tolerance``
+relative to their norm); a group without such a majority is dropped. Stage 2 runs a
+robust rule over the winners with :math:`f' = \lfloor f / \lceil r/2 \rceil \rfloor`:
+a Byzantine winner needs a Byzantine majority in its group, so ``f`` Byzantine nodes
+spoil at most ``f'`` winners. The default second stage is the median of means over
+buckets of winners (bucketing, then coordinate median).
+
+Stage 1 compares the members of each group directly (one ``O(n r p)`` pass); each
+winner is the lowest-index member of its majority, a row of ``P X``, which stage 2 streams
+(its Gram, if the rule needs one, is one pass over the data, as for a flat rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..engine import UpdateSource
+from ._registry import AggregationResult, aggregate, rule
+from .validation import check_float, check_int
+
+DEFAULT_SECOND_STAGE_PRE = (("bucketing", {"s": 2}),)
+
+
+def majority(agree: Tensor, members: list[int], replication: int) -> list[int] | None:
+    """The largest set of members agreeing with one of them (``agree`` is a boolean
+    ``n x n`` matrix), if it has more than ``replication / 2`` members; else ``None``.
+    Ties go to the lower row."""
+    best: list[int] = []
+    for i in members:
+        agreeing = [j for j in members if bool(agree[i, j])]
+        if len(agreeing) > len(best):
+            best = agreeing
+    return best if len(best) > replication / 2 else None
+
+
+def agreement(source: UpdateSource, groups: Sequence[int], tolerance: float) -> Tensor:
+    """``agree[i, j]``: rows ``i``, ``j`` of one group are equal within ``tolerance``
+    relative to the larger norm. Distances are summed directly over the coordinates for
+    the within-group pairs only (one pass), since nearly equal rows are exactly where
+    Gram-derived distances lose their digits."""
+    n = source.n
+    pairs = torch.tensor(
+        [
+            (i, j)
+            for i in range(n)
+            for j in range(i + 1, n)
+            if groups[i] >= 0 and groups[i] == groups[j]
+        ],
+        dtype=torch.long,
+    ).reshape(-1, 2)
+    dist = source.sq_distances_between(pairs).sqrt()
+    norms = source.sq_norms().sqrt()
+    scale = torch.maximum(norms[pairs[:, 0]], norms[pairs[:, 1]]).clamp_min(1e-30)
+    agree = torch.eye(n, dtype=torch.bool)
+    close = dist <= tolerance * scale
+    agree[pairs[:, 0], pairs[:, 1]] = close
+    agree[pairs[:, 1], pairs[:, 0]] = close
+    return agree
+
+
+@rule("detox", needs=(0, 1))
+def detox(
+    source: UpdateSource,
+    f: int,
+    weights: Tensor,
+    groups: Sequence[int] | None = None,
+    replication: int = 3,
+    tolerance: float = 1e-5,
+    stage2: str = "median",
+    stage2_params: Mapping[str, Any] | None = None,
+    stage2_pre: Sequence[Any] = DEFAULT_SECOND_STAGE_PRE,
+) -> AggregationResult:
+    r"""DETOX's hierarchical aggregation (see the module docstring).
+
+    Parameters
+    ----------
+    groups : sequence of int
+        The group label of every row (``-1``: in no group, ignored). Required.
+    replication : int
+        ``r >= 1``, the size groups were formed with (a group that lost members to
+        failures still needs more than ``r / 2`` agreeing members).
+    tolerance : float
+        Relative tolerance of equality, ``||g_i - g_j|| <= tolerance * max(||g_i||, ||g_j||)``.
+    stage2, stage2_params, stage2_pre
+        The second-stage rule, its hyperparameters and pre-aggregators, run on the
+        winners with :math:`f' = \lfloor f / \lceil r/2 \rceil \rfloor`, each winner with
+        its own weight (members of a group share a shard).
+
+    Diagnostics: ``groups``, ``dissenting`` (rows outvoted in their group),
+    ``no_majority`` (rows of dropped groups), ``groups_without_majority``, ``f_prime``,
+    and the second stage's under ``stage2``.
+    """
+    if groups is None or len(groups) != source.n:
+        raise ValueError(f"detox: groups must give a label for each of the n={source.n} rows")
+    replication = check_int("detox", "replication", replication, 1)
+    tolerance = check_float("detox", "tolerance", tolerance, 0.0)
+    groups = [int(g) for g in groups]
+    agree = agreement(source, groups, tolerance)
+    labels = sorted({g for g in groups if g >= 0})
+    mixing, totals = [], []
+    dissenting: list[int] = []
+    no_majority: list[int] = []
+    for label in labels:
+        members = [i for i, g in enumerate(groups) if g == label]
+        winners = majority(agree, members, replication)
+        if winners is None:
+            no_majority += members
+            continue
+        dissenting += [i for i in members if i not in winners]
+        row = torch.zeros(source.n, dtype=torch.float64)
+        row[winners[0]] = 1.0  # one member of the majority: the honest value exactly
+        mixing.append(row)
+        totals.append(float(weights[winners[0]]))
+    f_prime = f // math.ceil(replication / 2)
+    diagnostics: dict[str, Any] = {
+        "groups": len(labels),
+        "dissenting": dissenting,
+        "no_majority": no_majority,
+        "groups_without_majority": len(labels) - len(mixing),
+        "f_prime": f_prime,
+    }
+    if not mixing:
+        raise ValueError("detox: no group has a majority; nothing to aggregate")
+    winners = source.mix(torch.stack(mixing))
+    result = aggregate(
+        winners, stage2, f_prime, totals, pre=stage2_pre, **dict(stage2_params or {})
+    )
+    diagnostics["stage2"] = result.diagnostics
+    return AggregationResult(result.vector, diagnostics)
