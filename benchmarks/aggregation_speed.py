@@ -246,6 +246,35 @@ def run_case(n: int, p: int, device: torch.device, repeats: int, chunk: int | No
     return "\n".join(lines) + "\n"
 
 
+def run_detox_case(n: int, p: int, device: torch.device, repeats: int) -> str:
+    """DETOX (r = 3, default second stage) against flat Multi-Krum and Bulyan on n
+    updates, honest group members equal, one Byzantine node per Byzantine group."""
+    f = (n - 3) // 4
+    groups = [g for g in range(n // 3) for _ in range(3)]
+    x = make_updates(n // 3, p, 0, seed=n).to(device).repeat_interleave(3, dim=0)
+    x[[3 * i for i in range(f)]] *= 10.0
+    none = lambda: None  # noqa: E731
+    rules = {
+        "detox (r=3)": ("detox", {"groups": groups}),
+        "multi-krum": ("multi-krum", {}),
+        "bulyan": ("bulyan", {}),
+    }
+    seconds = {
+        name: measure(
+            lambda r=rule, kw=kw: aggregate(StackedSource(x), r, f, **kw), none, device, repeats
+        )[0]
+        for name, (rule, kw) in rules.items()
+    }
+    detox = seconds["detox (r=3)"]
+    line = (
+        f"| {n} | {f} | "
+        + " | ".join(f"{v:.4f}" for v in seconds.values())
+        + f" | {detox / seconds['multi-krum']:.2f}x | {detox / seconds['bulyan']:.2f}x |"
+    )
+    print(line, flush=True)
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[16, 32, 64])
@@ -254,6 +283,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--detox-n", type=int, nargs="*", default=[15, 30, 60])
+    parser.add_argument("--detox-p", type=int, default=1_000_000)
+    parser.add_argument("--only-detox", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -267,9 +299,26 @@ def main() -> None:
         "updates: Flower as reply ArrayRecords, ByzFL as the stacked tensor.",
         "",
     ]
-    sections = [
-        run_case(n, p, device, args.repeats, args.chunk_size) for p in args.p for n in args.n
-    ]
+    sections = (
+        []
+        if args.only_detox
+        else [run_case(n, p, device, args.repeats, args.chunk_size) for p in args.p for n in args.n]
+    )
+    if args.detox_n:
+        table = [run_detox_case(n, args.detox_p, device, args.repeats) for n in args.detox_n]
+        sections.append(
+            "\n".join(
+                [
+                    f"### DETOX vs flat rules, p = {args.detox_p:,} (one aggregation)",
+                    "",
+                    "| n | f | detox s | multi-krum s | bulyan s | detox / multi-krum "
+                    "| detox / bulyan |",
+                    "|---:|---:|---:|---:|---:|---:|---:|",
+                    *table,
+                ]
+            )
+            + "\n"
+        )
     report = "\n".join(header) + "\n".join(sections)
     print(report)
     out = args.out or RESULTS / f"aggregation_speed_{device.type}.md"
