@@ -249,7 +249,10 @@ def run_case(n: int, p: int, device: torch.device, repeats: int, chunk: int | No
 def run_detox_case(n: int, p: int, device: torch.device, repeats: int) -> str:
     """DETOX (r = 3, default second stage) against flat Multi-Krum and Bulyan on n
     updates, honest group members equal, one Byzantine node per Byzantine group."""
-    f = (n - 3) // 4
+    # The largest f that Bulyan and DETOX's default second stage (median over
+    # ceil(G / 2) bucket means of the G = n / 3 winners, f' = f // 2) both accept.
+    buckets = math.ceil((n // 3) / 2)
+    f = min((n - 3) // 4, 2 * ((buckets - 1) // 2) + 1)
     groups = [g for g in range(n // 3) for _ in range(3)]
     x = make_updates(n // 3, p, 0, seed=n).to(device).repeat_interleave(3, dim=0)
     x[[3 * i for i in range(f)]] *= 10.0

@@ -12,7 +12,7 @@ legacy loop numbers rounds from 1 again.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import Any
 
 from flwr.common import (
     FitIns,
@@ -26,10 +26,9 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
-from .rules.validation import check_int
 from .strategy import named
 from .strategy.detox import DetoxGroups
-from .strategy.options import build_core
+from .strategy.options import RobustOptions
 from .strategy.replies import Reply
 
 
@@ -37,26 +36,12 @@ def _by_position(arrays: list) -> OrderedDict:
     return OrderedDict((str(i), a) for i, a in enumerate(arrays))
 
 
-class RobustStrategy(LegacyFedAvg):
+class RobustStrategy(RobustOptions, LegacyFedAvg):
     """Legacy-API twin of :class:`flwr_flag.strategy.RobustStrategy` (same options;
     Flower's options are those of the legacy ``FedAvg``, e.g. ``fraction_fit``)."""
 
-    rule: ClassVar[str] = "mean"
-
-    def __init__(
-        self,
-        num_byzantine: int = 0,
-        *,
-        rule: str | None = None,
-        resume: bool = False,
-        **options: Any,
-    ) -> None:
-        self.rule = rule or type(self).rule
-        self.core, fedavg_options = build_core(
-            self.rule, num_byzantine, options, LegacyFedAvg.__init__
-        )
-        super().__init__(**fedavg_options)
-        self.resume = resume
+    def __init__(self, num_byzantine: int = 0, **options: Any) -> None:
+        super().__init__(num_byzantine, **options)
         self._sent: list | None = None
 
     def __repr__(self) -> str:
@@ -108,19 +93,6 @@ class Detox(DetoxGroups, RobustStrategy):
     """Legacy-API twin of :class:`flwr_flag.strategy.Detox` (same options)."""
 
     rule = "detox"
-
-    def __init__(
-        self,
-        num_byzantine: int = 0,
-        *,
-        replication: int = 3,
-        redraw: bool = True,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        replication = check_int("detox", "replication", replication, 1)
-        super().__init__(num_byzantine, replication=replication, **options)
-        self._setup_groups(self.core, replication, redraw, seed)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

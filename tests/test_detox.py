@@ -51,8 +51,9 @@ def test_groups_without_majority_are_dropped_and_failed_members_still_count():
     values, groups = grouped(torch.randn(5, 20, generator=G, dtype=torch.float64))
     values[[0, 1]] = torch.randn(2, 20, generator=G, dtype=torch.float64)  # group 0: all differ
     keep = [i for i in range(15) if i != 5]  # group 1 lost a member: 2 of 3 still agree
-    result = aggregate(values[keep], "detox", 0, groups=[groups[i] for i in keep],
-                       stage2="mean", stage2_pre=())
+    result = aggregate(
+        values[keep], "detox", 0, groups=[groups[i] for i in keep], stage2="mean", stage2_pre=()
+    )
     assert result.diagnostics["groups_without_majority"] == 1
     assert result.diagnostics["no_majority"] == [0, 1, 2]
     expected = values[[3, 6, 9, 12]].mean(0)  # group 1's winner: its remaining member 3
@@ -93,15 +94,21 @@ def test_in_process_run_under_attack_learns(attack):
     from clients.models import set_arrays
     from clients.train import evaluate
 
-    config = {"model": "cnn", "local-epochs": 1, "lr": 0.05, "momentum": 0.9,
-              "byzantine-nodes": 2, "attack": attack, "fraction-evaluate": 0.0}
+    config = {
+        "model": "cnn",
+        "local-epochs": 1,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "byzantine-nodes": 2,
+        "attack": attack,
+        "fraction-evaluate": 0.0,
+    }
     grid = InProcessGrid(client_app, 15, run_config=config)  # 5 groups, as in the paper
     strategy = flwr_flag.Detox(num_byzantine=2, device="cpu", fraction_evaluate=0.0)
     model = build_model("cnn", (1, 8, 8), 10)
     test = load_test("digits")
     before = evaluate(model, test)[1]
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                            num_rounds=8)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=8)
     set_arrays(model, {k: v.numpy() for k, v in result.arrays.items()})
     after = evaluate(model, test)[1]
     assert all(np.isfinite(v.numpy()).all() for v in result.arrays.values())

@@ -49,15 +49,25 @@ def form_groups(
 class DetoxGroups:
     """Group assignment shared by the Message-API and legacy DETOX strategies."""
 
-    replication: int
-    redraw: bool
-    seed: int
+    core: RobustCore
     groups: dict[int, int]
 
-    def _setup_groups(self, core: RobustCore, replication: int, redraw: bool, seed: int) -> None:
+    def __init__(
+        self,
+        num_byzantine: int = 0,
+        *,
+        replication: int = 3,
+        redraw: bool = True,
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        replication = check_int("detox", "replication", replication, 1)
+        super().__init__(num_byzantine, replication=replication, **options)
         self.replication, self.redraw, self.seed = replication, redraw, seed
         self.groups = {}
-        core.row_params = lambda live: {"groups": [self.groups.get(r.node_id, -1) for r in live]}
+        self.core.row_params = lambda live: {
+            "groups": [self.groups.get(r.node_id, -1) for r in live]
+        }
 
     def _assign(self, node_ids: list[int], server_round: int) -> dict[int, dict[str, int]]:
         """The extra train config of each node that takes part in this round."""
@@ -105,19 +115,6 @@ class Detox(DetoxGroups, RobustStrategy):
     """
 
     rule = "detox"
-
-    def __init__(
-        self,
-        num_byzantine: int = 0,
-        *,
-        replication: int = 3,
-        redraw: bool = True,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        replication = check_int("detox", "replication", replication, 1)
-        super().__init__(num_byzantine, replication=replication, **options)
-        self._setup_groups(self.core, replication, redraw, seed)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from ..rules import get_rule
 from .core import RobustCore
@@ -41,3 +41,25 @@ def build_core(
         **{k: v for k, v in options.items() if k in CORE_OPTIONS},
     )
     return core, {k: v for k, v in options.items() if k in base}
+
+
+class RobustOptions:
+    """The constructor both Flower APIs' robust strategies share: it splits the options
+    (:func:`build_core`) and passes Flower's to the Flower base class after it in the
+    MRO (``FedAvg`` of either API)."""
+
+    rule: ClassVar[str] = "mean"
+
+    def __init__(
+        self,
+        num_byzantine: int = 0,
+        *,
+        rule: str | None = None,
+        resume: bool = False,
+        **options: Any,
+    ) -> None:
+        self.rule = rule or type(self).rule
+        flower = next(c for c in type(self).__mro__ if c.__module__.startswith("flwr."))
+        self.core, flower_options = build_core(self.rule, num_byzantine, options, flower.__init__)
+        super().__init__(**flower_options)
+        self.resume = resume

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
-from typing import Any, ClassVar
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from .options import build_core
+from .options import RobustOptions
 from .replies import Reply
 
 
-class RobustStrategy(FedAvg):
+class RobustStrategy(RobustOptions, FedAvg):
     """FedAvg's sampling, configuration and evaluation, with robust aggregation.
 
     Each round the updates ``g_i = w_i - w`` relative to the arrays sent in that round
@@ -49,20 +49,8 @@ class RobustStrategy(FedAvg):
     (selected or trimmed node ids, FA's ratio and weight summaries, iterations, ...).
     """
 
-    rule: ClassVar[str] = "mean"
-
-    def __init__(
-        self,
-        num_byzantine: int = 0,
-        *,
-        rule: str | None = None,
-        resume: bool = False,
-        **options: Any,
-    ) -> None:
-        self.rule = rule or type(self).rule
-        self.core, fedavg_options = build_core(self.rule, num_byzantine, options, FedAvg.__init__)
-        super().__init__(**fedavg_options)
-        self.resume = resume
+    def __init__(self, num_byzantine: int = 0, **options: Any) -> None:
+        super().__init__(num_byzantine, **options)
         self._sent: ArrayRecord | None = None
         self._sampled = 0
         self._offset = 0

@@ -1,0 +1,439 @@
+"""Robustness study: every rule against every attack, with Flower's built-ins as peers.
+
+Each cell is a real federated training run of this project's ServerApp strategy and
+ClientApp, in-process (``InProcessGrid``, no Ray): 15 nodes (the FA paper's workers),
+bundled digits, the small CNN, centralized test accuracy per round. The grid:
+
+* rules: ours (``mean`` = FedAvg on updates, Krum, Multi-Krum, Bulyan, median, trimmed
+  mean, geometric median, centered clipping, FA, CTMA over mean / median / geomed / FA,
+  NNM + median, DETOX) and, unchanged, Flower's ``Krum``, ``FedMedian``,
+  ``FedTrimmedAvg`` and ``Bulyan``;
+* attacks: none, sign-flip, label-flip, gaussian, random, ALIE, IPM, min-max, NaN, and
+  ``heavy-augment`` (no attacker: the FA paper's honest nodes with heavily augmented
+  data, as many as the Byzantine fraction);
+* Byzantine fraction 10 / 20 / 30 % of 15 nodes (f = 1, 3, 4); IID and Dirichlet(0.5);
+  3 seeds.
+
+Results are appended per cell to ``--out/cells.jsonl`` and a rerun skips finished cells
+(resumable). At the end it writes ``robustness.md`` (final accuracy mean +- std per
+rule x attack, per fraction and partitioning, the clean FedAvg reference, the best rule
+per column in bold), ``heatmap.png`` and ``curves.png`` (accuracy per round under the
+hardest attacks). ``--quick`` is a small grid for a first look.
+
+    python benchmarks/robustness.py            # the default grid
+    python benchmarks/robustness.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tomllib
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "robustness"
+NODES = 15
+
+OURS = {
+    "mean (FedAvg)": ("mean", {}),
+    "krum": ("krum", {}),
+    "multi-krum": ("multi-krum", {}),
+    "bulyan": ("bulyan", {}),
+    "median": ("median", {}),
+    "trimmed-mean": ("trimmed-mean", {}),
+    "geomed": ("geomed", {}),
+    "centered-clipping": ("centered-clipping", {}),
+    "FA": ("flag", {}),
+    "CTMA(mean)": ("ctma", {"ctma.base": "mean"}),
+    "CTMA(median)": ("ctma", {"ctma.base": "median"}),
+    "CTMA(geomed)": ("ctma", {"ctma.base": "geomed"}),
+    "CTMA(FA)": ("ctma", {"ctma.base": "flag"}),
+    "NNM + median": ("median", {"pre": "nnm"}),
+    "DETOX": ("detox", {}),
+}
+PEERS = ("flower Krum", "flower FedMedian", "flower FedTrimmedAvg", "flower Bulyan")
+ATTACKS = (
+    "none",
+    "sign-flip",
+    "label-flip",
+    "gaussian",
+    "random",
+    "alie",
+    "ipm",
+    "min-max",
+    "nan",
+    "heavy-augment",
+)
+FRACTIONS = (0.1, 0.2, 0.3)
+PARTITIONINGS = ("iid", "dirichlet")
+QUICK = {
+    "rules": ["mean (FedAvg)", "FA", "CTMA(geomed)", "median", "flower Krum"],
+    "attacks": ["none", "sign-flip", "alie"],
+    "fractions": [0.2],
+    "partitionings": ["iid"],
+    "seeds": [0],
+}
+TRAINING = {
+    "model": "cnn",
+    "local-epochs": 1,
+    "batch-size": 32,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "fraction-evaluate": 0.0,
+    "device": "cpu",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    rule: str
+    attack: str
+    fraction: float
+    partitioning: str
+    seed: int
+    rounds: int
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @property
+    def f(self) -> int:
+        return int(self.fraction * NODES)
+
+
+def run_config(cell: Cell) -> dict[str, Any]:
+    from flwr.common.config import flatten_dict
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+    config.update(TRAINING)
+    config.update(
+        {
+            "num-byzantine": cell.f,
+            "seed": cell.seed,
+            "partitioning": cell.partitioning,
+            "num-server-rounds": cell.rounds,
+        }
+    )
+    if cell.attack == "heavy-augment":
+        config.update(
+            {
+                "byzantine-nodes": 0,
+                "heavy-augment": "warp",
+                "heavy-augment-nodes": ",".join(map(str, range(cell.f))),
+            }
+        )
+    elif cell.attack == "none":
+        config["byzantine-nodes"] = 0
+    else:
+        config.update({"byzantine-nodes": cell.f, "attack": cell.attack})
+    if cell.rule in OURS:
+        rule, extra = OURS[cell.rule]
+        config.update({"rule": rule, **extra})
+    return config
+
+
+def strategy_for(cell: Cell, config: dict[str, Any]):
+    from flwr.serverapp import strategy as flower
+
+    from flwr_flag import strategy_from_config
+
+    common = {"fraction_evaluate": 0.0, "min_available_nodes": NODES}
+    if cell.rule == "flower Krum":
+        return flower.Krum(num_malicious_nodes=cell.f, **common)
+    if cell.rule == "flower FedMedian":
+        return flower.FedMedian(**common)
+    if cell.rule == "flower FedTrimmedAvg":
+        return flower.FedTrimmedAvg(beta=cell.f / NODES, **common)
+    if cell.rule == "flower Bulyan":
+        return flower.Bulyan(num_malicious_nodes=cell.f, **common)
+    return strategy_from_config(config)
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """One training run; returns the cell with its accuracy per round."""
+    import torch
+    from flwr.app import ArrayRecord, MetricRecord
+
+    from clients.app import app as client_app
+    from clients.data import load_test
+    from clients.models import build_model, set_arrays
+    from clients.train import evaluate
+    from flwr_flag.inprocess import InProcessGrid
+
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    config = run_config(cell)
+    test = load_test("digits")
+    model = build_model("cnn", (1, 8, 8), 10, cell.seed)
+    accuracy: dict[int, float] = {}
+
+    def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        values = {k: v.numpy() for k, v in arrays.items()}
+        finite = all(
+            torch.isfinite(torch.from_numpy(v.astype("float64"))).all() for v in values.values()
+        )
+        if finite:
+            set_arrays(model, values)
+            accuracy[server_round] = evaluate(model, test)[1]
+        else:  # a peer emitted a non-finite model: it predicts nothing useful
+            accuracy[server_round] = 0.0
+        return MetricRecord({"accuracy": accuracy[server_round]})
+
+    grid = InProcessGrid(client_app, NODES, run_config=config)
+    initial = ArrayRecord(build_model("cnn", (1, 8, 8), 10, cell.seed).state_dict())
+    strategy_for(cell, config).start(
+        grid=grid, initial_arrays=initial, num_rounds=cell.rounds, evaluate_fn=central
+    )
+    return {**asdict(cell), "accuracy": [accuracy[r] for r in sorted(accuracy)]}
+
+
+def grid_cells(rules, attacks, fractions, partitionings, seeds, rounds) -> list[Cell]:
+    cells = []
+    for partitioning in partitionings:
+        for fraction in fractions:
+            for attack in attacks:
+                for rule in rules:
+                    for seed in seeds:
+                        if attack == "none" and fraction != fractions[0]:
+                            continue  # no attacker: the same run for every fraction
+                        cells.append(Cell(rule, attack, fraction, partitioning, seed, rounds))
+    return cells
+
+
+def load(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {Cell(**{k: r[k] for k in Cell.__dataclass_fields__}).key: r for r in rows}
+
+
+def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "cells.jsonl"
+    done = load(store)
+    todo = [c for c in cells if c.key not in done]
+    with (
+        ProcessPoolExecutor(workers) as pool,
+        tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells") as bar,
+    ):
+        futures = {pool.submit(run_cell, c): c for c in todo}
+        for future in as_completed(futures):
+            row = future.result()
+            done[futures[future].key] = row
+            with open(store, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            bar.update()
+    return {c.key: done[c.key] for c in cells}
+
+
+def summary_table(
+    rows: Iterable[dict[str, Any]], rules, attacks, fraction, partitioning
+) -> list[str]:
+    final: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r["partitioning"] != partitioning:
+            continue
+        if r["attack"] == "none" or r["fraction"] == fraction:
+            final.setdefault((r["rule"], r["attack"]), []).append(r["accuracy"][-1])
+    best = {
+        a: max((statistics.mean(v) for (ru, at), v in final.items() if at == a), default=None)
+        for a in attacks
+    }
+    lines = ["| rule | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]
+    for rule in rules:
+        cells = []
+        for attack in attacks:
+            values = final.get((rule, attack))
+            if not values:
+                cells.append("")
+                continue
+            mean = statistics.mean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            text = f"{100 * mean:.1f} ± {100 * std:.1f}"
+            cells.append(
+                f"**{text}**" if best[attack] is not None and mean == best[attack] else text
+            )
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(
+    rows: list[dict[str, Any]],
+    rules,
+    attacks,
+    fractions,
+    partitionings,
+    out: Path,
+    rounds: int,
+    seeds,
+) -> Path:
+    clean = [
+        r["accuracy"][-1]
+        for r in rows
+        if r["rule"] == "mean (FedAvg)" and r["attack"] == "none" and r["partitioning"] == "iid"
+    ]
+    lines = [
+        "# Robustness study",
+        "",
+        f"{NODES} nodes, bundled digits, small CNN, {rounds} rounds, seeds {list(seeds)}; "
+        "final test accuracy in %, mean ± std over seeds; best per column in bold. "
+        "`none` is the same run at every fraction.",
+        "",
+    ]
+    if clean:
+        lines += [
+            f"Reference: clean FedAvg (IID, no attack) {100 * statistics.mean(clean):.1f} %.",
+            "",
+        ]
+    for partitioning in partitionings:
+        for fraction in fractions:
+            lines += [
+                f"## {round(fraction * 100)} % Byzantine (f = {int(fraction * NODES)}), "
+                f"{partitioning}",
+                "",
+            ]
+            lines += [*summary_table(rows, rules, attacks, fraction, partitioning), ""]
+    path = out / "robustness.md"
+    path.write_text("\n".join(lines))
+    plot_heatmap(
+        rows, rules, attacks, fractions[len(fractions) // 2], partitionings[0], out / "heatmap.png"
+    )
+    plot_curves(
+        rows, rules, attacks, fractions[len(fractions) // 2], partitionings[0], out / "curves.png"
+    )
+    return path
+
+
+def _grid_values(rows, rules, attacks, fraction, partitioning):
+    import numpy as np
+
+    values = np.full((len(rules), len(attacks)), np.nan)
+    for i, rule in enumerate(rules):
+        for j, attack in enumerate(attacks):
+            finals = [
+                r["accuracy"][-1]
+                for r in rows
+                if r["rule"] == rule
+                and r["attack"] == attack
+                and r["partitioning"] == partitioning
+                and (attack == "none" or r["fraction"] == fraction)
+            ]
+            if finals:
+                values[i, j] = 100 * statistics.mean(finals)
+    return values
+
+
+def plot_heatmap(rows, rules, attacks, fraction, partitioning, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = _grid_values(rows, rules, attacks, fraction, partitioning)
+    figure, axes = plt.subplots(figsize=(1.0 + 0.9 * len(attacks), 1.0 + 0.4 * len(rules)))
+    image = axes.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    axes.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right")
+    axes.set_yticks(range(len(rules)), rules)
+    for i in range(len(rules)):
+        for j in range(len(attacks)):
+            if values[i, j] == values[i, j]:
+                axes.text(
+                    j,
+                    i,
+                    f"{values[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    color="white" if values[i, j] < 60 else "black",
+                    fontsize=7,
+                )
+    figure.colorbar(image, label="final test accuracy (%)")
+    axes.set_title(f"{round(fraction * 100)} % Byzantine, {partitioning}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_curves(rows, rules, attacks, fraction, partitioning, path: Path) -> None:
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = _grid_values(rows, rules, attacks, fraction, partitioning)
+    mean_accuracy = {a: float(np.nanmean(values[:, j])) for j, a in enumerate(attacks)}
+    hardest = sorted((a for a in attacks if a != "none"), key=mean_accuracy.get)[:3]
+    figure, panels = plt.subplots(
+        1, max(len(hardest), 1), figsize=(5 * max(len(hardest), 1), 4), squeeze=False
+    )
+    for axes, attack in zip(panels[0], hardest, strict=False):
+        for rule in rules:
+            curves = [
+                r["accuracy"]
+                for r in rows
+                if r["rule"] == rule
+                and r["attack"] == attack
+                and r["fraction"] == fraction
+                and r["partitioning"] == partitioning
+            ]
+            if curves:
+                mean = [statistics.mean(c[k] for c in curves) for k in range(len(curves[0]))]
+                axes.plot(range(len(mean)), mean, label=rule)
+        axes.set_title(attack)
+        axes.set_xlabel("round")
+        axes.set_ylim(0, 1)
+        axes.grid(alpha=0.3)
+    panels[0][0].set_ylabel("test accuracy")
+    panels[0][-1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rules", nargs="*", default=[*OURS, *PEERS])
+    parser.add_argument("--attacks", nargs="*", default=list(ATTACKS))
+    parser.add_argument("--fractions", type=float, nargs="*", default=list(FRACTIONS))
+    parser.add_argument("--partitionings", nargs="*", default=list(PARTITIONINGS))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    out = args.out or (RESULTS / ("quick" if args.quick else "default"))
+    cells = grid_cells(
+        args.rules, args.attacks, args.fractions, args.partitionings, args.seeds, args.rounds
+    )
+    rows = list(run(cells, out, args.workers).values())
+    path = report(
+        rows,
+        args.rules,
+        args.attacks,
+        args.fractions,
+        args.partitionings,
+        out,
+        args.rounds,
+        args.seeds,
+    )
+    print(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    main()
