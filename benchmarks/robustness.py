@@ -82,9 +82,9 @@ QUICK = {
 }
 TRAINING = {
     "model": "cnn",
-    "local-epochs": 1,
+    "local-epochs": 2,
     "batch-size": 32,
-    "lr": 0.05,
+    "lr": 0.1,
     "momentum": 0.9,
     "fraction-evaluate": 0.0,
     "device": "cpu",
@@ -395,7 +395,8 @@ def plot_curves(rows, rules, attacks, fraction, partitioning, path: Path) -> Non
         axes.set_ylim(0, 1)
         axes.grid(alpha=0.3)
     panels[0][0].set_ylabel("test accuracy")
-    panels[0][-1].legend(fontsize=7, loc="lower right")
+    if panels[0][-1].get_legend_handles_labels()[0]:
+        panels[0][-1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

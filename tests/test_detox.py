@@ -60,6 +60,18 @@ def test_groups_without_majority_are_dropped_and_failed_members_still_count():
     torch.testing.assert_close(result.vector, expected)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_streaming_equals_in_memory(chunk_size):
+    from flwr_flag.engine import StackedSource
+
+    values, groups = grouped(torch.randn(5, 30, generator=G, dtype=torch.float64))
+    values[4] += 1.0
+    params = {"groups": groups, "stage2": "median", "stage2_pre": ()}
+    expected = aggregate(values, "detox", 1, **params).vector
+    got = aggregate(StackedSource(values, chunk_size=chunk_size), "detox", 1, **params).vector
+    torch.testing.assert_close(got, expected)
+
+
 def test_group_formation():
     groups, left = form_groups(range(10, 20), 3, seed=1)
     assert len(groups) == 9 and len(left) == 1 and sorted(set(groups.values())) == [0, 1, 2]

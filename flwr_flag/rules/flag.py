@@ -22,6 +22,13 @@ Gram space: with :math:`A = B B^T` and :math:`M = X^T B`, the spectrum of
 :math:`Y^T x_i = \Lambda_r^{-1/2} V_r^T B^T K_x e_i`. So every step is ``O(n^3)`` on
 the host and the whole rule is one ``O(n^2 p)`` pass plus one output pass: the
 :math:`p \times p` scatter and any SVD of the data are never formed.
+
+What FA assumes (its paper's model): the honest updates lie near an ``r``-dimensional
+subspace and fill it. When they span fewer dimensions (nearly parallel updates, or
+``r >= p``) the spare dimensions fit far outliers exactly; when they span many more
+(diverse updates), the subspace fits a few updates, outliers among them. Either way the
+default output's clipping to the median norm still bounds an outlier's pull to ``f / n``
+of that norm.
 """
 
 from __future__ import annotations
