@@ -125,3 +125,24 @@ def test_in_process_run_under_attack_learns(attack):
     after = evaluate(model, test)[1]
     assert all(np.isfinite(v.numpy()).all() for v in result.arrays.values())
     assert after > before + 0.3
+
+
+def test_legacy_detox_sends_group_configs():
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server.client_manager import SimpleClientManager
+    from test_strategy_runs import Proxy
+
+    import flwr_flag.legacy
+
+    manager = SimpleClientManager()
+    for node in range(1, 8):
+        manager.register(Proxy(node))
+    strategy = flwr_flag.legacy.Detox(
+        num_byzantine=1, device="cpu", min_fit_clients=7, min_available_clients=7
+    )
+    parameters = ndarrays_to_parameters([np.zeros(3, np.float32)])
+    instructions = strategy.configure_fit(1, parameters, manager)
+    assert len(instructions) == 6  # 7 nodes, groups of 3: one sits out
+    groups = {proxy.node_id: ins.config["detox-group"] for proxy, ins in instructions}
+    assert sorted(groups.values()) == [0, 0, 0, 1, 1, 1] and groups == strategy.groups
+    assert len({ins.config["detox-seed"] for _, ins in instructions}) == 1
