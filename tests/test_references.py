@@ -292,30 +292,12 @@ def test_flag_matches_explicit_scatter(case, lam):
     r = min(3, p - 1)
     steps = 4
     y, ratios = flag_reference(x, r, lam, 1e-6, steps)
-    vector, diagnostics = aggregate(
-        torch.from_numpy(x),
-        "flag",
-        f,
-        subspace_dim=r,
-        lam=lam,
-        eps=1e-6,
-        tol=0.0,
-        max_iter=steps,
-        output="paper",
-    )
+    settings = {"subspace_dim": r, "lam": lam, "eps": 1e-6, "tol": 0.0, "max_iter": steps}
+    vector, diagnostics = aggregate(torch.from_numpy(x), "flag", f, output="paper", **settings)
     np.testing.assert_allclose(diagnostics["ratios"], ratios, atol=1e-8)
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
     np.testing.assert_allclose(vector.numpy(), y @ y.T @ u.sum(axis=0) / r, atol=1e-8)
     norms = np.linalg.norm(x, axis=1)
     clipped_mean = np.mean(x * np.minimum(1, np.median(norms) / norms)[:, None], axis=0)
-    default, _ = aggregate(
-        torch.from_numpy(x),
-        "flag",
-        f,
-        subspace_dim=r,
-        lam=lam,
-        eps=1e-6,
-        tol=0.0,
-        max_iter=steps,
-    )
+    default, _ = aggregate(torch.from_numpy(x), "flag", f, **settings)
     np.testing.assert_allclose(default.numpy(), y @ y.T @ clipped_mean, atol=1e-8)
