@@ -14,7 +14,8 @@ def planted(n_honest: int, n_bad: int, p: int, r: int, seed: int) -> torch.Tenso
     g = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=torch.float64))
     inside, outside = basis[:, :r], basis[:, r:]
-    honest = torch.randn(n_honest, r, generator=g, dtype=torch.float64) @ inside.T
+    # A shared direction inside the subspace, as real updates have, plus spread.
+    honest = (torch.randn(n_honest, r, generator=g, dtype=torch.float64) + 2.0) @ inside.T
     honest += 0.05 * torch.randn(n_honest, p, generator=g, dtype=torch.float64)
     bad = 3 * torch.randn(n_bad, p - r, generator=g, dtype=torch.float64) @ outside.T
     return torch.cat([honest, bad])
@@ -52,6 +53,19 @@ def test_planted_outliers_get_the_lowest_weights():
     # The aggregate has (almost) nothing outside the honest subspace.
     honest_only = aggregate(x[:n_honest], "flag", 0, subspace_dim=3).vector
     assert (result.vector - honest_only).norm() < 0.2 * honest_only.norm()
+
+
+def test_sign_flipped_minority_does_not_shrink_the_default_output():
+    # A subspace cannot tell g from -g: sign-flipped updates are reconstructed like honest
+    # ones. The default output projects a geometric median, which outvotes them; the
+    # projected mean is pulled towards zero (what the robustness study showed).
+    honest = planted(12, 0, p=60, r=3, seed=4) + 2.0
+    x = torch.cat([honest, -honest[:3]])
+    clean = aggregate(honest, "flag", 0, subspace_dim=3).vector
+    default = aggregate(x, "flag", 3, subspace_dim=3).vector
+    mean = aggregate(x, "flag", 3, subspace_dim=3, output="projected-mean").vector
+    assert (default - clean).norm() < 0.15 * clean.norm()
+    assert (mean - clean).norm() > 2 * (default - clean).norm()
 
 
 def test_zero_updates_are_dropped():

@@ -58,7 +58,10 @@ def run(x: torch.Tensor, rule: str, f: int) -> torch.Tensor:
 def test_permutation_invariance(problem, rule):
     x, f, seed = problem
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
-    torch.testing.assert_close(run(x[perm], rule, f), run(x, rule, f), rtol=1e-7, atol=1e-9)
+    # Iterative geometric medians (geomed, FA's default output) stop when the objective
+    # stops decreasing; a flat objective pins the point only to ~sqrt(machine eps), and
+    # the order of the rows changes the rounding. Order dependence shows far above this.
+    torch.testing.assert_close(run(x[perm], rule, f), run(x, rule, f), rtol=1e-6, atol=1e-7)
 
 
 @given(problems(), st.sampled_from(TRANSLATION_EQUIVARIANT))
