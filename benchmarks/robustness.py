@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the report from the cells finished so far"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -421,7 +424,11 @@ def main(argv: list[str] | None = None) -> Path:
     cells = grid_cells(
         args.rules, args.attacks, args.fractions, args.partitionings, args.seeds, args.rounds
     )
-    rows = list(run(cells, out, args.workers).values())
+    if args.report_only:
+        done = load(out / "cells.jsonl")
+        rows = [done[c.key] for c in cells if c.key in done]
+    else:
+        rows = list(run(cells, out, args.workers).values())
     path = report(
         rows,
         args.rules,
