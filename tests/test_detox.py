@@ -146,3 +146,16 @@ def test_legacy_detox_sends_group_configs():
     groups = {proxy.node_id: ins.config["detox-group"] for proxy, ins in instructions}
     assert sorted(groups.values()) == [0, 0, 0, 1, 1, 1] and groups == strategy.groups
     assert len({ins.config["detox-seed"] for _, ins in instructions}) == 1
+
+
+def test_dissenting_members_are_reported_by_node_id():
+    from flwr_flag.strategy.core import summarize
+
+    values, groups = grouped(torch.randn(5, 20, generator=G, dtype=torch.float64))
+    values[4] *= -3.0
+    result = aggregate(values, "detox", 1, groups=groups)
+    node_ids = [100 + i for i in range(15)]
+    metrics = summarize(result.diagnostics, node_ids, 1)
+    assert metrics["robust.dissenting-nodes"] == [104]
+    assert metrics["robust.groups"] == 5
+    assert not any(k.startswith("robust.stage2.") and k.endswith("-nodes") for k in metrics)

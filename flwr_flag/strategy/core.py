@@ -251,22 +251,29 @@ class RobustCore:
         return out
 
 
+NODE_LISTS = ("selected", "trimmed", "dissenting", "no_majority")
+"""Diagnostics that list rows; at the top level rows are the replies, mapped to node ids."""
+
+
 def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int], f: int) -> Metrics:
     """Rule diagnostics as MetricRecord entries, with rows mapped to node ids.
 
-    After bucketing, rows are buckets, not clients: their indices are not mapped.
+    Only top-level rows are replies: nested diagnostics (CTMA's base, DETOX's second
+    stage over group winners) and rows after bucketing are not mapped, and their node
+    lists are left out; their scalars are kept.
     """
     out: Metrics = {}
-    rows_are_clients = "bucketing" not in diagnostics.get("pre", {})
+    mapped = "bucketing" not in diagnostics.get("pre", {})
 
-    def nodes(rows: Sequence[int]) -> list[int]:
-        return [int(node_ids[i]) for i in rows] if rows_are_clients else []
+    def walk(prefix: str, diag: Mapping[str, Any], top: bool) -> None:
+        def nodes(key: str, rows: Sequence[int]) -> None:
+            if top and mapped:
+                out[f"{prefix}{key}"] = [int(node_ids[i]) for i in rows]
 
-    def walk(prefix: str, diag: Mapping[str, Any]) -> None:
         for key, value in diag.items():
             name = f"{prefix}{key.replace('_', '-')}"
-            if key in ("selected", "trimmed"):
-                out[f"{name}-nodes"] = nodes(value)
+            if key in NODE_LISTS:
+                nodes(f"{key.replace('_', '-')}-nodes", value)
             elif key == "ratios":
                 ratios = torch.tensor(value, dtype=torch.float64)
                 out[f"{prefix}ratio-min"] = float(ratios.min())
@@ -275,12 +282,11 @@ def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int], f: int) -
                 weights = torch.tensor(value, dtype=torch.float64)
                 out[f"{prefix}weight-min"] = float(weights.min())
                 out[f"{prefix}weight-median"] = float(weights.median())
-                lowest = torch.argsort(weights)[: max(f, 1)].tolist()
-                out[f"{prefix}lowest-weight-nodes"] = nodes(lowest)
+                nodes("lowest-weight-nodes", torch.argsort(weights)[: max(f, 1)].tolist())
             elif isinstance(value, Mapping):
-                walk(f"{name}.", value)
+                walk(f"{name}.", value, top=False)
             elif isinstance(value, (bool, int, float)) and math.isfinite(value):
                 out[name] = float(value) if isinstance(value, float) else int(value)
 
-    walk("robust.", diagnostics)
+    walk("robust.", diagnostics, top=True)
     return out
