@@ -235,16 +235,6 @@ class Deployment:
             command += ["--auth-supernode-private-key", str(private)]
         self.start(f"supernode-{index}", command)
 
-    def connected_nodes(self) -> int:
-        listing = self.flwr("supernode", "list", "deploy", "--format", "json", timeout=60)
-        import json
-
-        try:
-            nodes = json.loads(listing.stdout).get("nodes", [])
-        except json.JSONDecodeError:
-            return 0
-        return sum(1 for n in nodes if str(n.get("status", "")).lower() in ("online", "connected"))
-
     def close(self) -> None:
         stop({p.pid for p in self.processes})
 
