@@ -14,8 +14,9 @@ the same names, shapes and dtypes as received. For the float arrays it is
 
 Non-float arrays (e.g. BatchNorm's step counters) are sent as trained. The reply's
 MetricRecord has ``num-examples``, ``train-loss`` and ``byzantine`` (0/1); a
-ConfigRecord ``node`` gives the ``partition-id``, the ``behaviour`` and its parameters
-(``behaviour.<name>``), for summaries and studies.
+ConfigRecord ``node`` gives the node's own ``partition-id`` (under DETOX also its
+``detox-group``), the ``behaviour`` and its parameters (``behaviour.<name>``), for
+summaries and studies.
 State across rounds (worker momentum, mu^2-SGD) lives in ``context.state``. A train
 config with ``detox-group`` (sent by the DETOX strategy) makes the node train on that
 group's shard (``detox-group`` of ``detox-groups`` partitions) with ``detox-seed`` and
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -75,22 +76,58 @@ def apply_update(sent: Arrays, trained: Arrays, update: np.ndarray) -> Arrays:
     return out
 
 
-class Node:
-    """One node's round: its settings, data and the arrays it received."""
+@dataclass(frozen=True)
+class Shard:
+    """The data a node trains on when it is not its own partition: DETOX's group shard
+    ``index`` of a ``count``-way split (``detox-shards``), drawn and trained with
+    ``seed``."""
 
-    def __init__(self, settings: ClientSettings, sent: Arrays, server_round: int) -> None:
+    index: int
+    count: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> Shard | None:
+        if "detox-group" not in config:
+            return None
+        count = config.get("detox-shards", config["detox-groups"])
+        return cls(int(config["detox-group"]), int(count), int(config["detox-seed"]))
+
+
+class Node:
+    """One node's round: its settings, data and the arrays it received.
+
+    With a ``shard`` the node trains on it (data and training seed), but keeps its own
+    identity: its partition id and the run's node count are what it reports and what
+    its behaviour sees."""
+
+    def __init__(
+        self, settings: ClientSettings, sent: Arrays, server_round: int, shard: Shard | None = None
+    ) -> None:
         self.settings = settings
         self.sent = sent
         self.server_round = server_round
         self.names = float_names(sent)
-        self.data = self.partition(settings.partition_id)
-        self.seed = round_seed(settings.seed, server_round, settings.partition_id)
+        if shard is None:
+            self.data = self.partition(settings.partition_id)
+            self.seed = round_seed(settings.seed, server_round, settings.partition_id)
+        else:
+            self.data = self.partition(shard.index, shard.count, shard.seed)
+            self.seed = round_seed(shard.seed, server_round, shard.index)
         self.labels = lambda y: settings.behaviour.labels(y, self.data.num_classes)
 
-    def partition(self, partition_id: int) -> Split:
+    def partition(
+        self, partition_id: int, count: int | None = None, seed: int | None = None
+    ) -> Split:
         s = self.settings
         return load_partition(
-            s.dataset, partition_id, s.num_partitions, s.partitioning, s.alpha, s.seed, s.data_files
+            s.dataset,
+            partition_id,
+            count or s.num_partitions,
+            s.partitioning,
+            s.alpha,
+            s.seed if seed is None else seed,
+            s.data_files,
         )
 
     def model(self) -> torch.nn.Module:
@@ -155,8 +192,7 @@ class Node:
             updates = []
             for i in range(k):
                 index = torch.from_numpy(rng.integers(0, len(self.data), len(self.data)))
-                resample = Split(self.data.x[index], self.data.y[index], self.data.num_classes)
-                updates.append(self.sgd_update(resample, self.seed + 1 + i)[0])
+                updates.append(self.sgd_update(self.data.subset(index), self.seed + 1 + i)[0])
             return np.stack(updates)
 
         def honest_update_for(partition_id: int) -> np.ndarray:
@@ -184,17 +220,9 @@ def train(message: Message, context: Context) -> Message | None:
     sent = OrderedDict((k, v.numpy()) for k, v in message.content["arrays"].items())
     config = message.content["config"]
     server_round = int(config.get("server-round", 1))
-    detox = "detox-group" in config
-    if detox:
-        # DETOX: every member of a group trains on the group's shard with its seed.
-        settings = replace(
-            settings,
-            partition_id=int(config["detox-group"]),
-            num_partitions=int(config["detox-groups"]),
-            seed=int(config["detox-seed"]),
-        )
-    node = Node(settings, sent, server_round)
-    with deterministic() if detox else nullcontext():
+    shard = Shard.from_config(config)  # DETOX: the group's shard, for every member
+    node = Node(settings, sent, server_round, shard)
+    with deterministic() if shard else nullcontext():
         update, trained, loss = node.honest_update(context.state)
     behaviour = settings.behaviour
     attack = node.attack_context()
@@ -218,7 +246,13 @@ def train(message: Message, context: Context) -> Message | None:
                     "byzantine": int(behaviour.name != "honest"),
                 }
             ),
-            "node": ConfigRecord({"partition-id": settings.partition_id, **described}),
+            "node": ConfigRecord(
+                {
+                    "partition-id": settings.partition_id,
+                    **({"detox-group": shard.index} if shard else {}),
+                    **described,
+                }
+            ),
         }
     )
     return Message(content, reply_to=message)

@@ -44,10 +44,13 @@ def num_steps(settings: ClientSettings, size: int) -> int:
     return settings.local_epochs * -(-size // settings.batch_size)
 
 
-def view_loss(model: nn.Module, views: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged over the augmented views ``(k, N, C, H, W)``."""
+def view_loss(
+    model: nn.Module, data: Split, views: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy averaged over the augmented views ``(k, N, C, H, W)``, standardised
+    with the data's training statistics."""
     k = views.shape[0]
-    logits = model(views.flatten(0, 1))
+    logits = model(data.standardise(views.flatten(0, 1)))
     return cross_entropy(logits, y.repeat(k))
 
 
@@ -73,7 +76,7 @@ def local_train(
         batches(len(data), settings.batch_size, num_steps(settings, len(data)), rng)
     ):
         views = augmented_views(data.x[index], pipeline, settings.augment_copies, seed + step)
-        loss = view_loss(model, views.to(device), y_all[index].to(device))
+        loss = view_loss(model, data, views.to(device), y_all[index].to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -88,7 +91,7 @@ def batch_gradient(
     """``point -> grad f(point; z)`` on one fixed mini-batch ``z`` (for mu^2-SGD)."""
     rng = np.random.default_rng(seed)
     index = next(batches(len(data), settings.batch_size, 1, rng))
-    x, y = data.x[index], labels(data.y)[index]
+    x, y = data.standardise(data.x[index]), labels(data.y)[index]
     params = [p for p in model.parameters()]
 
     def gradient(point: torch.Tensor) -> torch.Tensor:
@@ -107,7 +110,7 @@ def evaluate(model: nn.Module, data: Split, batch_size: int = 512) -> tuple[floa
     loss, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
         x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
-        logits = model(x)
+        logits = model(data.standardise(x))
         loss += float(cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(dim=1) == y).sum())
     return loss / len(data), correct / len(data)

@@ -15,6 +15,8 @@ Keys, all optional::
     max-update-norm = 0.0         # 0: no bound
     checkpoint-dir = ""           # "": no checkpoints
     resume = false
+    weighting = "auto"            # "uniform" (robust rules' default), "num-examples"
+    max-weight-ratio = "auto"     # cap of "num-examples" weights; "none": no cap
     fraction-train = 1.0          # and fraction-evaluate, min-train-nodes,
                                   # min-evaluate-nodes, min-available-nodes
 
@@ -43,6 +45,8 @@ _CORE = {
     "max-update-norm": "max_update_norm",
     "checkpoint-dir": "checkpoint_dir",
     "resume": "resume",
+    "weighting": "weighting",
+    "max-weight-ratio": "max_weight_ratio",
 }
 _FLOWER = {
     "fraction-train": "fraction_train",
@@ -51,7 +55,13 @@ _FLOWER = {
     "min-evaluate-nodes": "min_evaluate_nodes",
     "min-available-nodes": "min_available_nodes",
 }
-_UNSET = {"chunk-size": 0, "max-update-norm": 0.0, "checkpoint-dir": ""}
+_UNSET = {
+    "chunk-size": 0,
+    "max-update-norm": 0.0,
+    "checkpoint-dir": "",
+    "weighting": "auto",
+    "max-weight-ratio": "auto",
+}
 
 
 def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -90,6 +100,6 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     options: dict[str, Any] = {}
     for key, option in {**_CORE, **_FLOWER}.items():
         if key in config and config[key] != _UNSET.get(key, object()):
-            options[option] = config[key]
+            options[option] = None if config[key] == "none" else config[key]
     cls = STRATEGIES.get(rule, RobustStrategy)
     return cls(int(config.get("num-byzantine", 0)), rule=rule, pre=pre, **params, **options)

@@ -29,7 +29,7 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from .strategy import named
 from .strategy.detox import DetoxGroups
 from .strategy.options import RobustOptions
-from .strategy.replies import Reply
+from .strategy.replies import Reply, decoded
 
 
 def _by_position(arrays: list) -> OrderedDict:
@@ -71,14 +71,15 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
         if self._sent is None:
             raise RuntimeError("aggregate_fit called before configure_fit")
         replies = [
-            Reply(
+            decoded(
                 proxy.node_id,
-                _by_position(parameters_to_ndarrays(res.parameters)),
-                res.num_examples,
+                lambda p=proxy, r=res: Reply(
+                    p.node_id, _by_position(parameters_to_ndarrays(r.parameters)), r.num_examples
+                ),
             )
             for proxy, res in results
         ]
-        arrays, metrics = self.core.round(
+        arrays, metrics, _ = self.core.round(
             server_round, _by_position(self._sent), replies, len(failures)
         )
         scalars: dict[str, Scalar] = {

@@ -98,6 +98,27 @@ def test_honest_group_members_send_identical_updates_through_the_client_app():
                 np.testing.assert_array_equal(first[k].numpy(), other[k].numpy())
     distinct = [by_group[g][0]["0.weight"].numpy() for g in sorted(by_group)]
     assert not np.array_equal(distinct[0], distinct[1])
+    # Each reply names its own partition (node ids 1..7 are partitions 0..6), its group
+    # apart: the group is not an identity.
+    for node, group in strategy.groups.items():
+        record = replies[node].content["node"]
+        assert (record["partition-id"], record["detox-group"]) == (node - 1, group)
+
+
+def test_detox_members_attack_with_the_runs_node_count():
+    from clients.app import Node, Shard
+    from clients.config import ClientSettings
+
+    settings = ClientSettings.from_config(
+        {"model": "mlp", "byzantine-nodes": 2, "attack": "alie", "num-partitions": 15},
+        {"partition-id": 1},
+    )
+    arrays = build_model("mlp", (1, 8, 8), 10).state_dict()
+    sent = {k: v.numpy() for k, v in arrays.items()}
+    node = Node(settings, sent, 1, Shard(index=3, count=5, seed=11))
+    context = node.attack_context()
+    assert (context.num_nodes, context.num_byzantine) == (15, 2)
+    assert len(node.data) == len(node.partition(3, 5, 11))
 
 
 @pytest.mark.parametrize("attack", ["sign-flip", "alie"])

@@ -60,10 +60,11 @@ def normalized_weights(rule: str, weights: Sequence[float] | Tensor | None, n: i
     w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu().flatten()
     if w.numel() != n:
         raise ValueError(f"{rule}: weights has {w.numel()} entries, expected n={n}")
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.max()) <= 0:
         raise ValueError(
             f"{rule}: weights must be finite and >= 0 with a positive sum, got {w.tolist()}"
         )
+    w = w / w.max()  # the sum of weights near float64's maximum would overflow
     return w / w.sum()
 
 

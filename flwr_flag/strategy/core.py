@@ -4,9 +4,12 @@ Data flows one way: replies -> structural checks -> update source (``g_i = w_i -
 streamed, never stacked) -> value checks in the engine's first pass (NaN/Inf, norm
 bound) -> robust rule -> server step ``w <- w + lr * m``, ``m = beta m + agg`` -> arrays.
 
-A round never raises and never emits a non-finite model: replies that fail a check are
-rejected with a logged reason, and if too few remain for the rule's ``f`` (or the rule
-refuses its input) the current model is kept and the reason logged.
+A round never raises because of what a client sent, and never emits a non-finite model:
+a reply that fails a check (it cannot be decoded, its structure or values are wrong, its
+node already replied this round) is rejected with a logged reason; every other reply
+counts once (``weighting="uniform"``; claimed example counts weigh only when the user
+opts in). If too few remain for the rule's ``f`` (or the rule refuses its input) the
+current model is kept and the reason logged.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,9 +31,19 @@ from ..rules._registry import PreStep, check_hyperparameters
 from ..rules.validation import check_float, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, structural_problem
+from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights
 
 Arrays = OrderedDict[str, np.ndarray]
 Metrics = dict[str, int | float | list[int] | list[float]]
+
+
+class RoundOutcome(NamedTuple):
+    """A round's new arrays (``None``: the model is kept), its ``robust.*`` metrics, and
+    the indices of the replies whose updates were aggregated, in row order."""
+
+    arrays: Arrays | None
+    metrics: Metrics
+    used: list[int]
 
 
 class RobustCore:
@@ -58,6 +71,13 @@ class RobustCore:
         Replies whose update norm ``||w_i - w||`` exceeds this are rejected.
     checkpoint_dir : path, optional
         Where each round's global arrays and state are written atomically.
+    weighting : {"uniform", "num-examples"}
+        ``"uniform"`` (default): every valid reply counts once, whatever it claims.
+        ``"num-examples"`` trusts the clients' claimed counts (see
+        :mod:`~flwr_flag.strategy.weighting`).
+    max_weight_ratio : float or None
+        With ``weighting="num-examples"``, each weight is clipped to this multiple of
+        the median weight (default 2); ``None`` removes the cap.
     """
 
     def __init__(
@@ -72,6 +92,8 @@ class RobustCore:
         chunk_size: int | None = None,
         max_update_norm: float | None = None,
         checkpoint_dir: str | None = None,
+        weighting: str = "uniform",
+        max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
         accepted = get_rule(rule).hyperparameters
         check_hyperparameters(rule, rule_params or {}, accepted)
@@ -89,6 +111,7 @@ class RobustCore:
             check_int("strategy", "chunk_size", chunk_size, 1)
         if max_update_norm is not None:
             check_float("strategy", "max_update_norm", max_update_norm, 0.0, low_open=True)
+        self.weighting, self.max_weight_ratio = check_weighting(weighting, max_weight_ratio)
         self.device = resolve_device(device)
         self.chunk_size = chunk_size
         self.max_update_norm = max_update_norm
@@ -112,6 +135,8 @@ class RobustCore:
             "device": str(self.device),
             "chunk_size": self.chunk_size or "auto",
             "max_update_norm": self.max_update_norm,
+            "weighting": self.weighting,
+            "max_weight_ratio": self.max_weight_ratio,
             "checkpoint_dir": str(self.checkpoints.directory) if self.checkpoints else None,
         }
 
@@ -142,20 +167,35 @@ class RobustCore:
 
     def round(
         self, server_round: int, reference: Arrays, replies: Sequence[Reply], failures: int
-    ) -> tuple[Arrays | None, Metrics]:
-        """Aggregate one round: the new global arrays (``None``: keep the model) and metrics."""
+    ) -> RoundOutcome:
+        """Aggregate one round: the new global arrays (``None``: keep the model), the
+        metrics, and which replies (indices into ``replies``) were aggregated."""
         start = time.perf_counter()
         rejected: dict[int, str] = {}
-        accepted = []
-        for reply in replies:
-            problem = structural_problem(reply, list(reference), reference)
+        candidates = []
+        first_reply: dict[int, int] = {}
+        for index, reply in enumerate(replies):
+            if reply.node_id in first_reply:
+                rejected[index] = (
+                    f"node {reply.node_id} replied more than once; its first reply "
+                    f"(#{first_reply[reply.node_id]}) is the one that counts"
+                )
+                continue
+            first_reply[reply.node_id] = index
+            problem = structural_problem(reply, reference)
             if problem is None:
-                accepted.append(reply)
+                candidates.append(index)
             else:
-                rejected[reply.node_id] = problem
-        result, why_kept = self._aggregate(reference, accepted, rejected)
-        for node_id, reason in rejected.items():
-            log(WARNING, "Round %d: rejected reply from node %d: %s", server_round, node_id, reason)
+                rejected[index] = problem
+        result, used, why_kept = self._aggregate(reference, replies, candidates, rejected)
+        for index, reason in rejected.items():
+            log(
+                WARNING,
+                "Round %d: rejected reply from node %d: %s",
+                server_round,
+                replies[index].node_id,
+                reason,
+            )
 
         arrays = None
         if result is not None:
@@ -168,31 +208,43 @@ class RobustCore:
             "robust.received": len(replies),
             "robust.rejected": len(rejected),
             "robust.failed": failures,
-            "robust.rejected-nodes": sorted(rejected),
+            "robust.rejected-nodes": sorted(replies[i].node_id for i in rejected),
             "robust.kept-model": int(arrays is None),
+            "robust.weighted-by-num-examples": int(self.weighting == "num-examples"),
             "robust.aggregation-seconds": time.perf_counter() - start,
         }
         if result is not None:
-            node_ids = [r.node_id for r in accepted if r.node_id not in rejected]
+            node_ids = [replies[i].node_id for i in used]
             metrics.update(summarize(result.diagnostics, node_ids, self.num_byzantine))
         if arrays is not None and self.checkpoints is not None:
             self.checkpoints.save(server_round, arrays, self.state_dict())
-        return arrays, metrics
+        return RoundOutcome(arrays, metrics, used if result is not None else [])
 
     def _aggregate(
-        self, reference: Arrays, accepted: list[Reply], rejected: dict[int, str]
-    ) -> tuple[AggregationResult | None, str | None]:
+        self,
+        reference: Arrays,
+        replies: Sequence[Reply],
+        candidates: list[int],
+        rejected: dict[int, str],
+    ) -> tuple[AggregationResult | None, list[int], str | None]:
+        """The rule's result on the candidates that pass the value checks, and those
+        replies' indices: row ``i`` of the rule's input is ``replies[live[i]]``."""
         names = list(reference)
         requirement = get_rule(self.rule).requirement
-        live = list(accepted)
+        live = list(candidates)
         while True:
             if len(live) < requirement.minimum(self.num_byzantine):
-                return None, (
-                    f"{len(live)} valid replies, but {self.rule} with "
-                    f"f={self.num_byzantine} needs {requirement}"
+                return (
+                    None,
+                    live,
+                    (
+                        f"{len(live)} valid replies, but {self.rule} with "
+                        f"f={self.num_byzantine} needs {requirement}"
+                    ),
                 )
+            rows = [replies[i] for i in live]
             source = ArraysSource(
-                [[r.arrays[k] for k in names] for r in live],
+                [[r.arrays[k] for k in names] for r in rows],
                 base=list(reference.values()),
                 device=self.device,
                 chunk_size=self.chunk_size,
@@ -202,7 +254,7 @@ class RobustCore:
                     norms = source.sq_norms().sqrt().tolist()
                     too_large = {i for i, v in enumerate(norms) if v > self.max_update_norm}
                     for i in too_large:
-                        rejected[live[i].node_id] = (
+                        rejected[live[i]] = (
                             f"update norm {norms[i]:.4g} exceeds "
                             f"max_update_norm={self.max_update_norm}"
                         )
@@ -213,18 +265,21 @@ class RobustCore:
                 if self._uses_previous and self._previous is not None:
                     params["previous"] = self._previous
                 if self.row_params is not None:
-                    params.update(self.row_params(live))
-                weights = [float(r.num_examples) for r in live]
+                    params.update(self.row_params(rows))
+                weights = reply_weights(
+                    [r.num_examples for r in rows], self.weighting, self.max_weight_ratio
+                )
                 result = aggregate(
                     source, self.rule, self.num_byzantine, weights, pre=self.pre, **params
                 )
-                return result, None
+                return result, live, None
             except NonFiniteUpdateError as error:
-                for i in error.rows:
-                    rejected[live[i].node_id] = "update contains NaN or Inf (or overflows)"
-                live = [r for i, r in enumerate(live) if i not in set(error.rows)]
+                bad = set(error.rows)
+                for i in bad:
+                    rejected[live[i]] = "update contains NaN or Inf (or overflows)"
+                live = [r for i, r in enumerate(live) if i not in bad]
             except ValueError as error:
-                return None, str(error)
+                return None, live, str(error)
 
     def _server_step(self, reference: Arrays, aggregate_update: torch.Tensor) -> Arrays | None:
         if not bool(torch.isfinite(aggregate_update).all()):

@@ -2,9 +2,10 @@
 
 Each round the sampled nodes are split into groups of ``r`` (a seeded permutation,
 re-drawn every round or fixed) and every member of group ``g`` is told, in its train
-config, ``detox-group = g``, ``detox-groups = G`` and ``detox-seed``. This project's
-ClientApp then trains on shard ``g`` of a ``G``-way split of the training data with that
-seed and deterministic torch settings, so the honest members of a group send equal
+config, ``detox-group = g``, ``detox-groups = G``, ``detox-shards = S`` and
+``detox-seed``. This project's ClientApp then trains on shard ``g`` of an ``S``-way split
+of the training data with that seed (``S = G`` as in the paper, or the number of sampled
+nodes with ``equal_compute``) and deterministic torch settings, so the honest members of a group send equal
 updates; :func:`flwr_flag.rules.detox.detox` votes and aggregates.
 
 What this assumes about data placement: every member of a group can read its group's
@@ -59,11 +60,16 @@ class DetoxGroups:
         replication: int = 3,
         redraw: bool = True,
         seed: int = 0,
+        equal_compute: bool = False,
         **options: Any,
     ) -> None:
         replication = check_int("detox", "replication", replication, 1)
+        for name, flag in (("redraw", redraw), ("equal_compute", equal_compute)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"detox: {name}={flag!r} must be a bool")
         super().__init__(num_byzantine, replication=replication, **options)
         self.replication, self.redraw, self.seed = replication, redraw, seed
+        self.equal_compute = equal_compute
         self.groups = {}
         self.core.row_params = lambda live: {
             "groups": [self.groups.get(r.node_id, -1) for r in live]
@@ -89,8 +95,14 @@ class DetoxGroups:
                 self.replication,
             )
         count = len(set(self.groups.values()))
+        shards = len(node_ids) if self.equal_compute else count
         return {
-            node: {"detox-group": group, "detox-groups": count, "detox-seed": draw_seed}
+            node: {
+                "detox-group": group,
+                "detox-groups": count,
+                "detox-shards": shards,
+                "detox-seed": draw_seed,
+            }
             for node, group in self.groups.items()
         }
 
@@ -108,6 +120,12 @@ class Detox(DetoxGroups, RobustStrategy):
         Draw new groups every round (default) or keep round 1's.
     seed : int
         Seed of the group assignment and of the groups' training seeds.
+    equal_compute : bool
+        ``False`` (the paper): the data is split among the groups, so each member
+        trains on ``1 / groups`` of it, ``r`` times a flat node's share. ``True``: group
+        ``g`` trains on shard ``g`` of a split into as many shards as sampled nodes, the
+        compute of a flat node (a different split each round with ``redraw``): the
+        like-for-like comparison with flat rules.
     **options
         As for :class:`RobustStrategy`, plus the rule's ``tolerance``, ``stage2``,
         ``stage2_params`` and ``stage2_pre`` (default: median of means over buckets of

@@ -6,15 +6,26 @@ does; the rule's own hyperparameters are documented on the rule function named b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 from .detox import Detox
 from .robust import RobustStrategy
 
 
 class Mean(RobustStrategy):
-    """Weighted mean of the updates: FedAvg on updates, the non-robust baseline
-    (:func:`flwr_flag.rules.mean.mean`)."""
+    """Mean of the updates weighted by the clients' ``num-examples``, uncapped: Flower's
+    FedAvg on updates, the non-robust baseline (:func:`flwr_flag.rules.mean.mean`).
+
+    Unlike every robust strategy it trusts the claimed counts by default
+    (``weighting="num-examples"``, ``max_weight_ratio=None``), as FedAvg does; pass
+    ``weighting="uniform"`` to count each reply once."""
 
     rule = "mean"
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "weighting": "num-examples",
+        "max_weight_ratio": None,
+    }
 
 
 class Median(RobustStrategy):

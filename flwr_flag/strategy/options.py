@@ -49,6 +49,8 @@ class RobustOptions:
     MRO (``FedAvg`` of either API)."""
 
     rule: ClassVar[str] = "mean"
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    """Options a named strategy sets differently from the core's defaults."""
 
     def __init__(
         self,
@@ -60,6 +62,8 @@ class RobustOptions:
     ) -> None:
         self.rule = rule or type(self).rule
         flower = next(c for c in type(self).__mro__ if c.__module__.startswith("flwr."))
-        self.core, flower_options = build_core(self.rule, num_byzantine, options, flower.__init__)
+        self.core, flower_options = build_core(
+            self.rule, num_byzantine, {**self.defaults, **options}, flower.__init__
+        )
         super().__init__(**flower_options)
         self.resume = resume

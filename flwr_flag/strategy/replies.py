@@ -1,47 +1,85 @@
-"""Structural checks of one client reply against the arrays the server sent.
+"""One client reply as both Flower APIs deliver it, and its structural checks.
 
-These need no pass over the values: names, shapes, dtypes and the example count. The
-value checks (NaN/Inf, norm bound) happen in the engine's first pass over the updates.
+A reply is everything a client controls: its arrays, its claimed example count and its
+records. Decoding them is already a check (:func:`decoded`): whatever fails to decode
+becomes the reply's ``problem`` and rejects that reply, never the round. The other
+checks here need no pass over the values: names, shapes, dtypes and the example count.
+The value checks (NaN/Inf, norm bound) happen in the engine's first pass.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Reply:
-    """One client's answer, as both Flower APIs can express it."""
+    """One client's answer. ``node_id`` comes from the runtime (message metadata), the
+    rest from the client: ``partition_id`` is what it says of itself, for summaries
+    only; ``problem`` says why it could not even be decoded."""
 
     node_id: int
-    arrays: Mapping[str, np.ndarray]
-    num_examples: object
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    num_examples: object = None
+    partition_id: int | None = None
+    problem: str | None = None
 
 
-def structural_problem(
-    reply: Reply, names: Sequence[str], reference: Mapping[str, np.ndarray]
-) -> str | None:
-    """Why ``reply`` cannot be aggregated against ``reference``, or ``None`` if it can."""
-    missing = [k for k in names if k not in reply.arrays]
-    extra = [k for k in reply.arrays if k not in reference]
-    if missing or extra:
-        return f"array keys differ: missing {missing}, unexpected {extra}"
-    for name in names:
-        got, want = reply.arrays[name], reference[name]
-        if got.shape != want.shape or got.dtype != want.dtype:
-            return (
-                f"array '{name}' is {got.dtype}{list(got.shape)}, "
-                f"expected {want.dtype}{list(want.shape)}"
-            )
-    count = reply.num_examples
+def decoded(node_id: int, read: Callable[[], Reply]) -> Reply:
+    """The reply that ``read()`` decodes; any exception it raises (garbage bytes, an
+    unknown serialisation type, an object dtype, a malformed record) becomes the
+    reply's ``problem``."""
+    try:
+        return read()
+    except Exception as error:  # whatever a client sent, the round goes on
+        return Reply(node_id, problem=f"reply cannot be decoded ({type(error).__name__}: {error})")
+
+
+def partition_of(record: Mapping[str, object]) -> int | None:
+    """The ``partition-id`` a ``node`` record claims (``None`` if absent); a value
+    that is not an int ``>= 0`` makes the record malformed."""
+    partition = record.get("partition-id")
+    if partition is None:
+        return None
+    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
+        raise ValueError(f"config record 'node': partition-id={partition!r} is not an int >= 0")
+    return partition
+
+
+def count_problem(count: object) -> str | None:
+    """Why ``count`` is not a usable ``num-examples`` (a finite real > 0), or ``None``."""
     if count is None:
         return "num-examples is missing"
     if isinstance(count, bool) or not isinstance(count, (int, float, np.number)):
         return f"num-examples={count!r} is not a number"
-    if not math.isfinite(count) or count <= 0:
+    try:
+        value = float(count)
+    except OverflowError:
+        return "num-examples overflows float64"
+    if not math.isfinite(value) or value <= 0:
         return f"num-examples={count} must be finite and > 0"
     return None
+
+
+def structural_problem(reply: Reply, reference: Mapping[str, np.ndarray]) -> str | None:
+    """Why ``reply`` cannot be aggregated against ``reference``, or ``None`` if it can."""
+    if reply.problem is not None:
+        return reply.problem
+    missing = [k for k in reference if k not in reply.arrays]
+    extra = [k for k in reply.arrays if k not in reference]
+    if missing or extra:
+        return f"array keys differ: missing {missing}, unexpected {extra}"
+    for name, want in reference.items():
+        got = reply.arrays[name]
+        if not isinstance(got, np.ndarray) or got.shape != want.shape or got.dtype != want.dtype:
+            described = (
+                f"{got.dtype}{list(got.shape)}"
+                if isinstance(got, np.ndarray)
+                else (type(got).__name__)
+            )
+            return f"array '{name}' is {described}, expected {want.dtype}{list(want.shape)}"
+    return count_problem(reply.num_examples)

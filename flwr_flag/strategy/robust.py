@@ -13,19 +13,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from .options import RobustOptions
-from .replies import Reply
+from .replies import Reply, decoded, partition_of
 
 
 class RobustStrategy(RobustOptions, FedAvg):
     """FedAvg's sampling, configuration and evaluation, with robust aggregation.
 
     Each round the updates ``g_i = w_i - w`` relative to the arrays sent in that round
-    are checked (array keys, shapes, dtypes, ``num-examples``, NaN/Inf, optionally a
-    norm bound), aggregated by the rule on the configured device without stacking the
-    replies, and applied as ``w <- w + server_lr * m`` (``m`` with optional server
-    momentum). Invalid replies are rejected with a logged reason; with too few valid
-    replies for the rule's ``f`` the round keeps the current model. Replies are never
-    modified.
+    are checked (decodable, one reply per node, array keys, shapes, dtypes, a
+    well-formed ``num-examples``, NaN/Inf, optionally a norm bound), aggregated by the
+    rule on the configured device without stacking the replies, each valid reply
+    counting once (``weighting="uniform"``; ``"num-examples"`` opts in to trusting the
+    clients' claimed counts, capped by ``max_weight_ratio``), and applied as
+    ``w <- w + server_lr * m`` (``m`` with optional server momentum). Invalid replies
+    are rejected with a logged reason; with too few valid replies for the rule's ``f``
+    the round keeps the current model. Replies are never modified.
 
     Parameters
     ----------
@@ -57,8 +59,9 @@ class RobustStrategy(RobustOptions, FedAvg):
         self.history: dict[int, MetricRecord] = {}
         """Each round's ``robust.*`` metrics, by round (for recorders)."""
         self.partitions: dict[int, int] = {}
-        """Node id -> partition id, for nodes whose replies carry a ConfigRecord ``node``
-        with a ``partition-id`` (as this project's ClientApp sends)."""
+        """Node id -> the partition id its first decodable reply claimed in a ConfigRecord
+        ``node`` (as this project's ClientApp sends): a client's word, used only to name
+        nodes in summaries."""
 
     def summary(self) -> None:
         """Log the robust aggregation settings, then FedAvg's."""
@@ -90,10 +93,6 @@ class RobustStrategy(RobustOptions, FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         replies = list(replies)
         answered = [m for m in replies if not m.has_error()]
-        for message in answered:
-            node = message.content.config_records.get("node", {})
-            if "partition-id" in node:
-                self.partitions[message.metadata.src_node_id] = int(node["partition-id"])
         for message in replies:
             if message.has_error():
                 log(
@@ -105,40 +104,49 @@ class RobustStrategy(RobustOptions, FedAvg):
                 )
         failed = max(self._sampled, len(replies)) - len(answered)
         reference = OrderedDict((k, self._sent[k].numpy()) for k in self._sent.keys())
-        arrays, metrics = self.core.round(
-            server_round + self._offset, reference, [self._reply(m) for m in answered], failed
+        decoded_replies = [decoded(m.metadata.src_node_id, self._reader(m)) for m in answered]
+        arrays, metrics, used = self.core.round(
+            server_round + self._offset, reference, decoded_replies, failed
         )
         self.history[server_round + self._offset] = MetricRecord(metrics)
-        rejected = set(metrics["robust.rejected-nodes"])
-        kept = [m.content for m in answered if m.metadata.src_node_id not in rejected]
+        for reply in decoded_replies:
+            if reply.partition_id is not None:
+                self.partitions.setdefault(reply.node_id, reply.partition_id)
         record = MetricRecord(metrics)
-        if kept:
+        if used:
             try:
-                record = MetricRecord(
-                    {**self.train_metrics_aggr_fn(kept, self.weighted_by_key), **metrics}
-                )
-            except (KeyError, TypeError, ValueError) as error:
+                kept = [answered[i].content for i in used]
+                client_metrics = self.train_metrics_aggr_fn(kept, self.weighted_by_key)
+                record = MetricRecord({**client_metrics, **metrics})
+            except (ArithmeticError, KeyError, TypeError, ValueError) as error:
                 log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
         if arrays is None:
             return None, record
         return ArrayRecord(OrderedDict((k, Array(v)) for k, v in arrays.items())), record
 
-    def _reply(self, message: Message) -> Reply:
-        content = message.content
-        records = content.array_records
-        record = records.get(self.arrayrecord_key)
-        if record is None and len(records) == 1:
-            record = next(iter(records.values()))
-        arrays = {} if record is None else {k: record[k].numpy() for k in record.keys()}
-        count = next(
-            (
-                m[self.weighted_by_key]
-                for m in content.metric_records.values()
-                if self.weighted_by_key in m
-            ),
-            None,
-        )
-        return Reply(message.metadata.src_node_id, arrays, count)
+    def _reader(self, message: Message) -> Callable[[], Reply]:
+        """How to decode a reply: its arrays, example count and ``node`` record (run
+        inside the round's checks by :func:`~.replies.decoded`)."""
+
+        def read() -> Reply:
+            content = message.content
+            records = content.array_records
+            record = records.get(self.arrayrecord_key)
+            if record is None and len(records) == 1:
+                record = next(iter(records.values()))
+            arrays = {} if record is None else {k: record[k].numpy() for k in record.keys()}
+            count = next(
+                (
+                    m[self.weighted_by_key]
+                    for m in content.metric_records.values()
+                    if self.weighted_by_key in m
+                ),
+                None,
+            )
+            partition = partition_of(content.config_records.get("node", {}))
+            return Reply(message.metadata.src_node_id, arrays, count, partition)
+
+        return read
 
     def start(
         self,

@@ -1,0 +1,62 @@
+"""How much each valid reply counts: once (the robust default), or by its claimed size.
+
+A reply's ``num-examples`` is the client's own word. Robust rules are defined on
+unweighted updates (every paper's rule counts each input once), and handing them
+self-reported counts as weights lets ``f`` clients outvote the rest by claiming large
+datasets: with ``n = 10`` and ``f = 2`` claiming ``1e9`` examples, a weighted geometric
+median or CTMA lands on the attackers. So:
+
+* ``"uniform"`` (default of every robust strategy): each valid reply has weight
+  ``1 / n``; ``num-examples`` only has to be a well-formed positive number.
+* ``"num-examples"``: weights proportional to the claimed counts, **trusting the
+  clients**, each clipped to ``max_weight_ratio`` times the (lower) median claim. With the cap
+  ``c`` and honest replies at the median, ``f`` liars hold at most
+  ``f c / (f c + n - f)`` of the weight; the rule's breakdown point must exceed that
+  (``c = 2``, ``f / n = 0.2``: one third). ``max_weight_ratio=None`` removes the cap
+  (Flower's FedAvg; our ``Mean`` baseline uses it).
+
+Weights are normalised by their maximum first, so claims up to ``1.8e308`` cannot
+overflow the sum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..rules.validation import check_choice, check_float
+
+WEIGHTINGS = ("uniform", "num-examples")
+DEFAULT_MAX_WEIGHT_RATIO = 2.0
+
+
+def check_weighting(weighting: object, max_weight_ratio: object) -> tuple[str, float | None]:
+    """Validate the two options; a cap is a real ``>= 1`` or ``None``."""
+    weighting = check_choice("strategy", "weighting", weighting, WEIGHTINGS)
+    if max_weight_ratio is not None:
+        max_weight_ratio = check_float("strategy", "max_weight_ratio", max_weight_ratio, 1.0)
+        if math.isinf(max_weight_ratio):
+            raise ValueError(
+                "strategy: max_weight_ratio=inf is out of range; allowed 1 <= max_weight_ratio "
+                "< inf, or None for no cap"
+            )
+    return weighting, max_weight_ratio
+
+
+def reply_weights(
+    counts: Sequence[float], weighting: str, max_weight_ratio: float | None
+) -> Tensor | None:
+    """Normalised float64 weights of the replies (``None``: uniform).
+
+    ``counts`` are finite and positive (the reply checks guarantee it).
+    """
+    if weighting == "uniform":
+        return None
+    w = torch.tensor([float(c) for c in counts], dtype=torch.float64)
+    w = w / w.max()
+    if max_weight_ratio is not None:
+        w = w.clamp(max=max_weight_ratio * float(w.median()))
+    return w / w.sum()
