@@ -173,7 +173,9 @@ def cannot_run(cell: Cell) -> str | None:
     such a cell is reported ``n/a``, not trained."""
     from flwr_flag.rules import Requirement, get_rule
 
-    if cell.rule in FLOWER_NEEDS:
+    if cell.rule in PEERS:
+        if cell.rule not in FLOWER_NEEDS:
+            return None
         requirement = Requirement(*FLOWER_NEEDS[cell.rule])
     elif OURS[cell.rule][0] == "detox":
         # r = 3: NODES // 3 winners, buckets of 2, a median over f' = f // 2 of them.

@@ -55,4 +55,6 @@ def augmented_views(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         views = [torch.stack([pipeline(sample) for sample in x]) for _ in range(copies)]
-    return torch.stack(views).clamp_(0.0, 1.0)
+    # A random perspective can draw a degenerate homography, whose warped pixels come
+    # out NaN; those pixels lie outside the source image, whose fill value is 0.
+    return torch.stack(views).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)

@@ -145,6 +145,19 @@ def test_augmentation_is_deterministic_and_keeps_shapes(name):
         assert not torch.equal(views, augmented_views(x, pipeline, 3, seed=6))
 
 
+@pytest.mark.parametrize("name", PIPELINES)
+def test_augmented_views_are_finite_images(name):
+    # The warp's random perspective draws degenerate homographies on 8x8 digits (NaN
+    # pixels at seeds 3, 4, 7 of 20): honest heavy-augment nodes then sent NaN updates,
+    # were rejected, and left Bulyan (n = 4f + 3 exactly) below its requirement.
+    x = load_partition("digits", 0, 15).x
+    pipeline = build_pipeline(name, 8)
+    for seed in range(20):
+        views = augmented_views(x, pipeline, 1, seed)
+        assert torch.isfinite(views).all(), seed
+        assert views.min() >= 0 and views.max() <= 1
+
+
 def test_mu2_sgd_matches_the_update_equations_and_converges():
     a = torch.tensor([[2.0, 0.3], [0.3, 1.0]], dtype=torch.float64)
     b = torch.tensor([1.0, -1.0], dtype=torch.float64)

@@ -1,5 +1,5 @@
 """Smoke test of the robustness study: its smallest cell produces the table and the
-heatmap, and learning under no attack beats chance by a wide margin."""
+heatmap and reaches the converged reference; a rule that cannot run is ``n/a``."""
 
 from __future__ import annotations
 
@@ -21,9 +21,21 @@ def test_smallest_quick_cell(tmp_path):
     path = robustness.main(smallest)
     (row,) = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
     assert len(row["accuracy"]) == 11  # round 0 and ten rounds
-    assert row["accuracy"][-1] > 0.5  # ten classes: chance is 0.1
+    assert row["accuracy"][-1] > 0.9  # converged (the unstandardised task gave 69 %)
     table = path.read_text()
     assert "| mean (FedAvg) |" in table and "Reference: clean FedAvg" in table
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert robustness.main(smallest).read_text() == table  # resumed, not run again
     assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_rule_that_cannot_run_is_na_not_an_accuracy(tmp_path):
+    args = [
+        "--rules", "bulyan", "FA", "--attacks", "sign-flip", "--fractions", "0.3",
+        "--partitionings", "iid", "--seeds", "0", "--rounds", "1", "--workers", "1",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    table = robustness.main(args).read_text()
+    assert "| bulyan | n/a (needs n >= 4f+3) |" in table
+    fa_row = next(line for line in table.splitlines() if line.startswith("| FA |"))
+    assert fa_row.startswith("| FA | **")  # the only number is the column's best

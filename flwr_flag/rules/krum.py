@@ -79,7 +79,9 @@ def bulyan(source: UpdateSource, f: int, weights: Tensor) -> AggregationResult:
     2. For each coordinate, the mean of the ``beta = theta - 2f`` selected values
        closest to the coordinate median of the selection.
 
-    Needs ``n >= 4f + 3``. Weights are ignored. Cost: ``O(n^2 p)`` plus ``O(theta p)``.
+    Needs ``n >= 4f + 3``, so a strategy run at exactly ``n = 4f + 3`` keeps the model
+    in every round where one reply is rejected (the robustness study's 15 nodes with
+    ``f = 3``). Weights are ignored. Cost: ``O(n^2 p)`` plus ``O(theta p)``.
     """
     dist = source.gram().sq_distances()
     remaining = list(range(source.n))
