@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 import tomllib
 from collections.abc import Iterable
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the app's clients/: not an installed package
 RESULTS = ROOT / "benchmarks" / "results" / "robustness"
 NODES = 15
 

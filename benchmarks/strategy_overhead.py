@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the app's clients/
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 

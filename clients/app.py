@@ -10,7 +10,7 @@ the same names, shapes and dtypes as received. For the float arrays it is
 * ``optimizer = "mu2-sgd"``: ``u = -lr d_t``, the double-momentum estimate of
   :mod:`clients.optim` (one mini-batch per round);
 * a Byzantine node replaces ``u`` by what its behaviour returns
-  (:mod:`clients.behaviours`).
+  (:mod:`flwr_flag.attacks`; label flip: :mod:`clients.label_flip`).
 
 Non-float arrays (e.g. BatchNorm's step counters) are sent as trained. The reply's
 MetricRecord has ``num-examples``, ``train-loss`` and ``byzantine`` (0/1); a
@@ -31,10 +31,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .behaviours import AttackContext
+from flwr_flag.attacks import AttackContext
+from flwr_flag.attacks.updates import (
+    Arrays,
+    apply_update,
+    flatten,
+    float_names,
+    round_seed,
+    to_record,
+)
+
 from .config import ClientSettings
 from .data import Split, load_partition
 from .models import build_model, get_arrays, set_arrays
@@ -42,38 +51,6 @@ from .optim import Mu2State, mu2_step
 from .train import batch_gradient, deterministic, evaluate, local_train
 
 app = ClientApp()
-
-Arrays = OrderedDict[str, np.ndarray]
-
-
-def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """Numpy arrays as an ArrayRecord, names and order kept."""
-    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays.items()))
-
-
-def round_seed(seed: int, server_round: int, partition_id: int) -> int:
-    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
-
-
-def float_names(arrays: Arrays) -> list[str]:
-    return [k for k, v in arrays.items() if v.dtype.kind == "f"]
-
-
-def flatten(arrays: Arrays, names: list[str]) -> np.ndarray:
-    return np.concatenate([arrays[k].ravel().astype(np.float32) for k in names])
-
-
-def apply_update(sent: Arrays, trained: Arrays, update: np.ndarray) -> Arrays:
-    out: Arrays = OrderedDict()
-    offset = 0
-    for name, value in sent.items():
-        if value.dtype.kind != "f":
-            out[name] = trained[name]
-            continue
-        piece = update[offset : offset + value.size].reshape(value.shape)
-        out[name] = (value + piece).astype(value.dtype)
-        offset += value.size
-    return out
 
 
 @dataclass(frozen=True)

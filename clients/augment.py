@@ -9,17 +9,30 @@ reproducible; training averages the loss over the views.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torchvision.transforms import v2
 
 PIPELINES = ("none", "flip-crop", "color", "strong", "warp")
 
+Pipeline = Callable[[torch.Tensor], torch.Tensor] | None
+"""A transform of one image; ``None`` for ``"none"``."""
 
-def build_pipeline(name: str, size: int) -> v2.Transform:
-    """Pipeline ``name`` for square images of side ``size``."""
+
+def build_pipeline(name: str, size: int) -> Pipeline:
+    """Pipeline ``name`` for square images of side ``size`` (``None`` for ``"none"``).
+
+    torchvision is imported here, not at module level: a node without augmentation
+    does not pay its import (seconds per message on a SuperNode, which starts a fresh
+    ClientApp process for every message)."""
+    if name not in PIPELINES:
+        raise ValueError(f"augment={name!r} is not one of {list(PIPELINES)}")
+    if name == "none":
+        return None
+    from torchvision.transforms import v2
+
     pad = max(1, size // 8)
     pipelines = {
-        "none": lambda: v2.Identity(),
         "flip-crop": lambda: v2.Compose(
             [v2.RandomHorizontalFlip(), v2.RandomCrop(size, padding=pad)]
         ),
@@ -39,18 +52,14 @@ def build_pipeline(name: str, size: int) -> v2.Transform:
             ]
         ),
     }
-    if name not in pipelines:
-        raise ValueError(f"augment={name!r} is not one of {list(PIPELINES)}")
     return pipelines[name]()
 
 
-def augmented_views(
-    x: torch.Tensor, pipeline: v2.Transform, copies: int, seed: int
-) -> torch.Tensor:
+def augmented_views(x: torch.Tensor, pipeline: Pipeline, copies: int, seed: int) -> torch.Tensor:
     """``(copies, N, C, H, W)`` views of the batch ``x``; deterministic for ``seed``."""
     if copies < 1:
         raise ValueError(f"augment-copies={copies} is out of range; allowed >= 1")
-    if isinstance(pipeline, v2.Identity):
+    if pipeline is None:
         return x.unsqueeze(0).expand(copies, *x.shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -24,33 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flwr_flag.attacks import Behaviour, make_behaviour, node_list
 from flwr_flag.config import section
 from flwr_flag.rules.validation import check_choice, check_float, check_int
 
+from . import label_flip  # noqa: F401  (registers "label-flip")
 from .augment import PIPELINES
-from .behaviours import Behaviour, make_behaviour
 from .data import check_data_options
 from .models import MODELS
 
 OPTIMIZERS = ("sgd", "mu2-sgd")
-
-
-def node_list(key: str, value: Any, num_partitions: int) -> tuple[int, ...]:
-    """``N`` -> ``(0, ..., N-1)``; ``"0,4,7"`` -> ``(0, 4, 7)``; all in range."""
-    if isinstance(value, bool):
-        raise ValueError(f"{key}={value!r} must be a count or a comma-separated list")
-    if isinstance(value, int):
-        nodes = tuple(range(value))
-        if value < 0:
-            raise ValueError(f"{key}={value} is out of range; allowed >= 0")
-    else:
-        nodes = tuple(int(v) for v in str(value).split(",") if v.strip())
-    if any(not 0 <= v < num_partitions for v in nodes) or len(nodes) > num_partitions:
-        raise ValueError(
-            f"{key}={value!r} names more nodes than the {num_partitions} partitions "
-            f"(allowed ids 0..{num_partitions - 1})"
-        )
-    return nodes
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,7 @@ def num_steps(settings: ClientSettings, size: int) -> int:
     return settings.local_epochs * -(-size // settings.batch_size)
 
 
-def view_loss(
-    model: nn.Module, data: Split, views: torch.Tensor, y: torch.Tensor
-) -> torch.Tensor:
+def view_loss(model: nn.Module, data: Split, views: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy averaged over the augmented views ``(k, N, C, H, W)``, standardised
     with the data's training statistics."""
     k = views.shape[0]

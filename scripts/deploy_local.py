@@ -17,7 +17,8 @@ What it does, as on real hosts (README, "Across machines"):
 4. stops every process it started, by PID, also on failure or Ctrl-C.
 
 Results go to ``--output-dir`` (default ``outputs/``); logs of every process to
-``<work-dir>/logs``.
+``<work-dir>/logs``. The work directory (mode 0700; private keys 0600) is a temporary
+one, removed at the end, unless ``--work-dir`` names one to keep.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -106,14 +108,23 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     }
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
+    write_private(
+        paths["key"],
         server_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
-        )
+        ),
     )
     return paths
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only (0600), from its creation on."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    path.chmod(0o600)
 
 
 def make_node_keys(directory: Path, name: str) -> tuple[Path, Path]:
@@ -123,12 +134,13 @@ def make_node_keys(directory: Path, name: str) -> tuple[Path, Path]:
 
     private = ec.generate_private_key(ec.SECP384R1())
     private_path, public_path = directory / name, directory / f"{name}.pub"
-    private_path.write_bytes(
+    write_private(
+        private_path,
         private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
-        )
+        ),
     )
     public_path.write_bytes(
         private.public_key().public_bytes(
@@ -143,6 +155,8 @@ class Deployment:
 
     def __init__(self, work: Path, tls: bool, auth: bool) -> None:
         self.work, self.tls, self.auth = work, tls or auth, auth
+        work.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o700)  # keys and the connection config live here
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.processes: list[subprocess.Popen] = []
@@ -260,6 +274,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    temporary = args.work_dir is None
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="flwr-flag-deploy-"))
     deployment = Deployment(work, args.tls, args.auth)
     try:
@@ -292,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         return run.returncode
     finally:
         deployment.close()
+        if temporary:  # keys and logs of a throw-away deployment go with it
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
     config.json     the resolved run config
     rounds.csv      round, accuracy, loss, received, rejected, failed, kept-model,
-                    aggregation-seconds, rejected-nodes (";"-separated)
+                    aggregation-seconds, elapsed-seconds (since the recorder started:
+                    wall time per round), rejected-nodes (";"-separated)
     rounds.jsonl    the same rows with every diagnostic of the rule
     final_model.pt  the final global arrays (torch.save of name -> tensor)
 """
@@ -30,6 +31,7 @@ COLUMNS = [
     "failed",
     "kept-model",
     "aggregation-seconds",
+    "elapsed-seconds",
     "rejected-nodes",
 ]
 
@@ -49,13 +51,15 @@ class RunRecorder:
         with open(self.directory / "rounds.csv", "w", newline="") as handle:
             csv.writer(handle).writerow(COLUMNS)
         self.rows: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
 
     def record(
         self, server_round: int, evaluation: Mapping[str, float], diagnostics: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Append one round: central evaluation and the strategy's ``robust.*`` metrics."""
         robust = {k.removeprefix("robust."): v for k, v in diagnostics.items()}
-        row = {"round": server_round, **evaluation, **robust}
+        elapsed = time.perf_counter() - self.start
+        row = {"round": server_round, **evaluation, **robust, "elapsed-seconds": elapsed}
         self.rows.append(row)
         with open(self.directory / "rounds.jsonl", "a") as handle:
             handle.write(json.dumps(row) + "\n")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from flwr.common.config import flatten_dict
 
-from clients.behaviours import BEHAVIOURS
-from clients.config import ClientSettings
+from clients.config import ClientSettings  # also registers label-flip
 from flwr_flag import strategy_from_config
+from flwr_flag.attacks import BEHAVIOURS
 from flwr_flag.rules import PREAGGREGATORS, RULES
 
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"

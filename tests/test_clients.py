@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from clients.augment import PIPELINES, augmented_views, build_pipeline
-from clients.behaviours import BEHAVIOURS, AttackContext, make_behaviour
-from clients.behaviours.colluding import MinMax, MinSum, alie_z
 from clients.config import ClientSettings
 from clients.data import dirichlet_indices, iid_indices, load_partition, load_test
 from clients.optim import mu2_schedules, mu2_step
+from flwr_flag.attacks import BEHAVIOURS, AttackContext, make_behaviour
+from flwr_flag.attacks.colluding import MinMax, MinSum, alie_z
 
 HONEST = np.linspace(-1, 1, 50).astype(np.float32)
 SAMPLES = np.random.default_rng(0).normal(size=(5, 50)).astype(np.float32)
@@ -245,7 +245,7 @@ def test_bad_settings_fail_at_start(config, message):
 
 
 def test_registry_maps_each_name_to_its_own_class():
-    from clients.behaviours import Behaviour
+    from flwr_flag.attacks import Behaviour
 
     assert BEHAVIOURS["honest"] is Behaviour
     assert all(cls.__dict__.get("name", "honest") == name for name, cls in BEHAVIOURS.items())

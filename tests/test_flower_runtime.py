@@ -91,3 +91,8 @@ def test_loopback_deployment(tmp_path, mode, no_leftovers):
     if mode:
         refused = (tmp_path / "work" / "logs" / "supernode-2.log").read_text()
         assert "Failed to activate SuperNode" in refused
+        work = tmp_path / "work"
+        assert work.stat().st_mode & 0o777 == 0o700
+        private = [work / "server.key", *work.glob("supernode-?")]
+        assert len(private) == 4  # the server's TLS key and three SuperNodes' keys
+        assert all(p.stat().st_mode & 0o777 == 0o600 for p in private)

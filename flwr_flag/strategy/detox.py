@@ -5,8 +5,8 @@ re-drawn every round or fixed) and every member of group ``g`` is told, in its t
 config, ``detox-group = g``, ``detox-groups = G``, ``detox-shards = S`` and
 ``detox-seed``. This project's ClientApp then trains on shard ``g`` of an ``S``-way split
 of the training data with that seed (``S = G`` as in the paper, or the number of sampled
-nodes with ``equal_compute``) and deterministic torch settings, so the honest members of a group send equal
-updates; :func:`flwr_flag.rules.detox.detox` votes and aggregates.
+nodes with ``equal_compute``) and deterministic torch settings, so the honest members
+of a group send equal updates; :func:`flwr_flag.rules.detox.detox` votes and aggregates.
 
 What this assumes about data placement: every member of a group can read its group's
 shard. In a simulation all shards are on one machine. In a deployment it means the

@@ -1,4 +1,4 @@
-"""The interface every client behaviour implements, and the registry of behaviours.
+"""The interface every node behaviour implements, and the registry of behaviours.
 
 A behaviour acts at three points of a training round, all optional:
 
@@ -8,8 +8,9 @@ A behaviour acts at three points of a training round, all optional:
   ``None`` sends no reply;
 * :meth:`Behaviour.before_reply` -- side effects (crash, straggle).
 
-The ClientApp sends ``w + update`` for float arrays (others stay as trained), so the
-server sees exactly the update a behaviour returns. Randomness comes only from
+This project's ClientApp and :func:`~flwr_flag.attacks.mod.byzantine_mod` send
+``w + update`` for float arrays (others stay as trained), so the server sees exactly the
+update a behaviour returns. Randomness comes only from
 ``context.rng``, seeded by (run seed, round, partition): a behaviour is deterministic
 given the seed. Subclasses register themselves by ``name``; a new behaviour is one
 module in this package.
@@ -51,6 +52,9 @@ class Behaviour:
     """Honest by default; subclasses override what they change."""
 
     name: ClassVar[str] = "honest"
+    needs: ClassVar[str | None] = None
+    """What the behaviour needs beyond the node's own update (training data), if
+    anything; :func:`~flwr_flag.attacks.mod.byzantine_mod` refuses such behaviours."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -16,6 +16,7 @@ class Mimic(Behaviour):
     machine; on a real host this needs the target's data or a copy of its update."""
 
     name = "mimic"
+    needs = "another partition's training data"
 
     def __init__(self, target: int = 0) -> None:
         self.target = check_int("attack mimic", "target", target, 0)

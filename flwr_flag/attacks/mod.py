@@ -1,0 +1,163 @@
+"""``byzantine_mod``: this library's Byzantine behaviours for any Flower ClientApp.
+
+::
+
+    from flwr_flag.attacks import byzantine_mod
+
+    app = ClientApp(mods=[byzantine_mod])
+
+Configuration, Flower's way: keys in the project's ``[tool.flwr.app.config]`` (so
+``--run-config`` can override them)::
+
+    byzantine.nodes = "0,1"         # partition ids, or a count N (partitions 0..N-1); "" none
+    byzantine.attack = "sign-flip"  # any behaviour of flwr_flag.attacks but label-flip, mimic
+    byzantine.sign-flip.k = 10.0    # byzantine.<attack>.<param>
+    byzantine.seed = 0              # the behaviours' randomness
+
+A node's ``partition-id`` and ``num-partitions`` come from its node config (the
+simulation sets them; on a SuperNode, ``--node-config``), and ``--node-config
+"byzantine=true"`` (or ``false``) decides for that node alone.
+
+On a Byzantine node a train reply's float arrays become ``w + attack(u)``, where ``w``
+is what the node received and ``u = w_local - w`` its honest update; other arrays, the
+metrics and every other record pass through. Honest nodes' replies and evaluate
+messages are returned as the ClientApp made them. ``drop`` answers with an error reply;
+``crash`` raises; ``straggle`` sleeps before training.
+
+The colluding attacks (ALIE, IPM, min-max, min-sum) estimate the honest updates' mean
+and spread the way one node can without data access: by running the wrapped ClientApp
+``samples`` more times on copies of the message and context. That spread is the app's
+own training noise (batch order, augmentation); an app that trains deterministically
+has none, and ALIE then sends its honest update. Behaviours that need training data
+(``label-flip``, ``mimic``) are refused: they live in a ClientApp with data access, as
+this project's ``clients/``.
+
+Every key is checked at each message, honest nodes included, so a bad setting is an
+error at the first message, naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
+
+from ..config import section
+from .base import AttackContext, Behaviour, make_behaviour
+from .selection import node_list
+from .updates import Arrays, apply_update, flatten, float_names, round_seed, to_record
+
+MOD_ERROR = 410
+"""The error code of a dropped reply."""
+
+
+@dataclass(frozen=True)
+class ByzantinePlan:
+    """One node's part in the attack, read from its context (see the module docstring)."""
+
+    behaviour: Behaviour | None
+    partition_id: int
+    num_nodes: int
+    num_byzantine: int
+    seed: int
+
+    @classmethod
+    def from_context(cls, context: Context) -> ByzantinePlan:
+        run, node = context.run_config, context.node_config
+        num_nodes = _int(node, "num-partitions", 1, low=1)
+        partition = _int(node, "partition-id", 0, low=0)
+        if partition >= num_nodes:
+            raise ValueError(
+                f"node config partition-id={partition} is out of range; allowed "
+                f"0 <= partition-id < num-partitions={num_nodes}"
+            )
+        nodes = node_list("byzantine.nodes", run.get("byzantine.nodes", ""), num_nodes)
+        attack = run.get("byzantine.attack", "sign-flip")
+        if not isinstance(attack, str):
+            raise ValueError(f"byzantine.attack={attack!r} must be a string")
+        try:
+            behaviour = make_behaviour(attack, section(run, f"byzantine.{attack}"))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"byzantine.attack / byzantine.{attack}.*: {error}") from None
+        if behaviour.needs:
+            raise ValueError(
+                f"byzantine.attack={attack!r} needs {behaviour.needs}, which a mod cannot "
+                "reach; use it in a ClientApp with data access (this project's clients/)"
+            )
+        flag = node.get("byzantine", partition in nodes)
+        if not isinstance(flag, bool):
+            raise ValueError(f"node config byzantine={flag!r} must be true or false")
+        return cls(
+            behaviour if flag else None,
+            partition,
+            num_nodes,
+            len(nodes),
+            _int(run, "byzantine.seed", 0, low=0),
+        )
+
+
+def _int(config, key: str, default: int, low: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key}={value!r} must be an int >= {low}")
+    return value
+
+
+def _arrays(content: RecordDict) -> tuple[str, ArrayRecord]:
+    """The train message's (or reply's) one ArrayRecord, with its key."""
+    records = content.array_records
+    if len(records) != 1:
+        raise ValueError(f"byzantine_mod: expected one ArrayRecord, found {sorted(records)}")
+    return next(iter(records.items()))
+
+
+def _numpy(record: ArrayRecord) -> Arrays:
+    return OrderedDict((k, v.numpy()) for k, v in record.items())
+
+
+def byzantine_mod(message: Message, context: Context, call_next) -> Message:
+    """A Flower ClientApp mod: Byzantine nodes replace their train replies' updates by
+    their behaviour's (see the module docstring); everything else passes through."""
+    plan = ByzantinePlan.from_context(context)
+    category = message.metadata.message_type.split(".")[0]
+    if plan.behaviour is None or category != MessageType.TRAIN:
+        return call_next(message, context)
+    _, sent_record = _arrays(message.content)
+    sent = _numpy(sent_record)
+    names = float_names(sent)
+    config = message.content.config_records.get("config", {})
+    server_round = int(config.get("server-round", 0))
+
+    def update_of(reply: Message) -> tuple[str, Arrays, np.ndarray]:
+        key, record = _arrays(reply.content)
+        trained = _numpy(record)
+        return key, trained, flatten(trained, names) - flatten(sent, names)
+
+    def honest_samples(k: int) -> np.ndarray:
+        replies = [call_next(copy.deepcopy(message), copy.deepcopy(context)) for _ in range(k)]
+        return np.stack([update_of(r)[2] for r in replies if not r.has_error()])
+
+    def not_reachable(partition_id: int) -> np.ndarray:
+        raise ValueError("byzantine_mod: another node's update is not reachable from a mod")
+
+    attack = AttackContext(
+        np.random.default_rng(round_seed(plan.seed, server_round, plan.partition_id)),
+        server_round,
+        plan.num_nodes,
+        plan.num_byzantine,
+        honest_samples,
+        not_reachable,
+    )
+    plan.behaviour.before_reply(attack)
+    reply = call_next(message, context)
+    if reply.has_error():
+        return reply
+    key, trained, update = update_of(reply)
+    reported = plan.behaviour.update(update, attack)
+    if reported is None:
+        return Message(Error(MOD_ERROR, "byzantine_mod: reply dropped"), reply_to=message)
+    reply.content[key] = to_record(apply_update(sent, trained, reported.astype(np.float32)))
+    return reply

@@ -1,0 +1,192 @@
+"""``byzantine_mod``: attacks for any Flower ClientApp, and the wheel ships only the library."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flower_helpers import arrays_of, linear_app, random_model
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.config import flatten_dict
+from flwr.serverapp.strategy import FedAvg
+
+import flwr_flag
+from flwr_flag.attacks import ByzantinePlan, byzantine_mod
+from flwr_flag.inprocess import InProcessGrid
+
+ROOT = Path(__file__).parents[1]
+TEMPLATE = ROOT / "examples" / "pytorch_template"
+
+
+def with_mod(app: ClientApp) -> ClientApp:
+    """``app``'s train and evaluate functions behind ``byzantine_mod``."""
+    wrapped = ClientApp(mods=[byzantine_mod])
+    wrapped.train()(lambda message, context: app(message, context))
+    wrapped.evaluate()(lambda message, context: app(message, context))
+    return wrapped
+
+
+def context(run_config: dict, partition: int = 0, **node) -> Context:
+    node_config = {"partition-id": partition, "num-partitions": 4, **node}
+    return Context(1, partition + 1, node_config, RecordDict(), run_config)
+
+
+def train_message(kind: str = "train") -> Message:
+    content = RecordDict(
+        {
+            "arrays": arrays_of(random_model(0)),
+            "config": ConfigRecord({"server-round": 3}),
+        }
+    )
+    return Message(content=content, dst_node_id=1, message_type=kind)
+
+
+def arrays(reply: Message) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in reply.content["arrays"].items()}
+
+
+ATTACK = {"byzantine.nodes": "1", "byzantine.attack": "sign-flip", "byzantine.sign-flip.k": 3.0}
+
+
+def test_honest_replies_and_evaluate_messages_pass_through_byte_for_byte():
+    plain, attacked = linear_app(), with_mod(linear_app())
+    for partition, kind in [(0, "train"), (2, "train"), (1, "evaluate")]:
+        message = train_message(kind)
+        want = plain(copy.deepcopy(message), context(ATTACK, partition))
+        got = attacked(copy.deepcopy(message), context(ATTACK, partition))
+        assert got.content == want.content
+
+
+@pytest.mark.parametrize(
+    ("attack", "params", "expected"),
+    [
+        ("sign-flip", {"k": 3.0}, lambda u: -3.0 * u),
+        ("scale", {"k": 10.0}, lambda u: 10.0 * u),
+        ("zero", {}, lambda u: 0.0 * u),
+    ],
+)
+def test_a_byzantine_reply_is_the_behaviour_applied_to_the_update(attack, params, expected):
+    run = {"byzantine.nodes": 2, "byzantine.attack": attack}
+    run |= {f"byzantine.{attack}.{k}": v for k, v in params.items()}
+    message = train_message()
+    sent = {k: v.numpy() for k, v in message.content["arrays"].items()}
+    honest = arrays(linear_app()(copy.deepcopy(message), context(run, 1)))
+    got = arrays(with_mod(linear_app())(copy.deepcopy(message), context(run, 1)))
+    for k in sent:
+        np.testing.assert_allclose(
+            got[k] - sent[k], expected(honest[k] - sent[k]), rtol=1e-5, atol=1e-5
+        )
+    # On a SuperNode the node config decides: partition 3 is not in "nodes" but says so.
+    flagged = with_mod(linear_app())(copy.deepcopy(message), context(run, 3, byzantine=True))
+    plain = linear_app()(copy.deepcopy(message), context(run, 3))
+    assert flagged.content != plain.content
+
+
+def test_drop_answers_with_an_error_and_crash_raises():
+    dropped = with_mod(linear_app())(
+        train_message(), context({"byzantine.nodes": 1, "byzantine.attack": "drop"})
+    )
+    assert dropped.has_error() and "dropped" in dropped.error.reason
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        with_mod(linear_app())(
+            train_message(), context({"byzantine.nodes": 1, "byzantine.attack": "crash"})
+        )
+
+
+@pytest.mark.parametrize(
+    ("run", "node", "key"),
+    [
+        ({"byzantine.attack": "nope"}, {}, "byzantine.attack"),
+        ({"byzantine.attack": "sign-flip", "byzantine.sign-flip.k": "x"}, {}, "byzantine.sign-flip"),
+        ({"byzantine.attack": "gaussian", "byzantine.gaussian.sigma": -1.0}, {}, "sigma"),
+        ({"byzantine.attack": "sign-flip", "byzantine.sign-flip.bogus": 1}, {}, "bogus"),
+        ({"byzantine.nodes": "0,x"}, {}, "byzantine.nodes"),
+        ({"byzantine.nodes": "0,9"}, {}, "byzantine.nodes"),
+        ({"byzantine.attack": "label-flip"}, {}, "training labels"),
+        ({"byzantine.attack": "mimic"}, {}, "another partition"),
+        ({"byzantine.seed": -1}, {}, "byzantine.seed"),
+        ({}, {"byzantine": "yes"}, "byzantine='yes'"),
+        ({}, {"partition-id": 7}, "partition-id=7"),
+    ],
+)
+def test_configuration_errors_name_the_key(run, node, key):
+    import clients.label_flip  # noqa: F401  (a registered behaviour the mod must refuse)
+
+    with pytest.raises(ValueError, match=key.replace(".", r"\.").replace("*", r"\*")):
+        ByzantinePlan.from_context(context(run, **node))
+    # The same error through an honest node's app, at its first message.
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        with_mod(linear_app())(train_message(), context(run, 3, **node))
+
+
+def template(tmp_path, monkeypatch):
+    """The PyTorch template with the attack mod added (two lines of client_app.py)."""
+    project = tmp_path / "pytorch_template"
+    import shutil
+
+    shutil.copytree(TEMPLATE, project)
+    client = project / "pytorch_template" / "client_app.py"
+    original = client.read_text()
+    changed = original.replace(
+        "from flwr.clientapp import ClientApp\n",
+        "from flwr.clientapp import ClientApp\nfrom flwr_flag.attacks import byzantine_mod\n",
+    ).replace("app = ClientApp()", "app = ClientApp(mods=[byzantine_mod])")
+    assert len(changed.splitlines()) == len(original.splitlines()) + 1
+    client.write_text(changed)
+    monkeypatch.syspath_prepend(str(project))
+    for name in [m for m in sys.modules if m.startswith("pytorch_template")]:
+        monkeypatch.delitem(sys.modules, name)
+    config = flatten_dict(
+        tomllib.loads((project / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    )
+    return importlib.import_module("pytorch_template.client_app").app, config
+
+
+def test_template_attacked_collapses_under_fedavg_and_holds_under_a_robust_strategy(
+    tmp_path, monkeypatch
+):
+    app, config = template(tmp_path, monkeypatch)
+    task = importlib.import_module("pytorch_template.task")
+    x, y = task.load_data(0, 1)
+
+    def accuracy(strategy, attacked: bool) -> float:
+        run = {**config, "local-epochs": 10, "lr": 0.5, "byzantine.nodes": int(attacked)}
+        run |= {"byzantine.attack": "sign-flip", "byzantine.sign-flip.k": 4.0}
+        net = task.Net()
+        result = strategy.start(
+            grid=InProcessGrid(app, 5, run_config=run),
+            initial_arrays=ArrayRecord(net.state_dict()),
+            num_rounds=10,
+            train_config=ConfigRecord({"lr": 0.5}),
+        )
+        net.load_state_dict(result.arrays.to_torch_state_dict())
+        return task.test(net, x, y)[1]
+
+    clean = accuracy(FedAvg(), attacked=False)
+    attacked = accuracy(FedAvg(), attacked=True)
+    robust = accuracy(flwr_flag.FlagAggregator(num_byzantine=1, device="cpu"), attacked=True)
+    assert clean > 0.9
+    assert attacked < 0.5
+    assert robust > clean - 0.05
+
+
+def test_the_wheel_ships_only_the_library(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("flwr_flag-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"flwr_flag"}
+    assert "flwr_flag/attacks/mod.py" in names
