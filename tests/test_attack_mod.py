@@ -105,7 +105,7 @@ def test_drop_answers_with_an_error_and_crash_raises():
     ("run", "node", "key"),
     [
         ({"byzantine.attack": "nope"}, {}, "byzantine.attack"),
-        ({"byzantine.attack": "sign-flip", "byzantine.sign-flip.k": "x"}, {}, "byzantine.sign-flip"),
+        ({"byzantine.attack": "sign-flip", "byzantine.sign-flip.k": "x"}, {}, "sign-flip.k"),
         ({"byzantine.attack": "gaussian", "byzantine.gaussian.sigma": -1.0}, {}, "sigma"),
         ({"byzantine.attack": "sign-flip", "byzantine.sign-flip.bogus": 1}, {}, "bogus"),
         ({"byzantine.nodes": "0,x"}, {}, "byzantine.nodes"),
