@@ -46,7 +46,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 
 from ..config import section
-from .base import AttackContext, Behaviour, make_behaviour
+from .base import BEHAVIOURS, AttackContext, Behaviour, make_behaviour
 from .selection import node_list
 from .updates import Arrays, apply_update, flatten, float_names, round_seed, to_record
 
@@ -78,10 +78,14 @@ class ByzantinePlan:
         attack = run.get("byzantine.attack", "sign-flip")
         if not isinstance(attack, str):
             raise ValueError(f"byzantine.attack={attack!r} must be a string")
+        if attack not in BEHAVIOURS:
+            raise ValueError(f"byzantine.attack={attack!r} is not one of {sorted(BEHAVIOURS)}")
         try:
             behaviour = make_behaviour(attack, section(run, f"byzantine.{attack}"))
         except (TypeError, ValueError) as error:
-            raise ValueError(f"byzantine.attack / byzantine.{attack}.*: {error}") from None
+            # "attack sign-flip: k='x' must be ..." names the key byzantine.sign-flip.k
+            named = str(error).replace(f"attack {attack}: ", f"byzantine.{attack}.")
+            raise ValueError(named) from None
         if behaviour.needs:
             raise ValueError(
                 f"byzantine.attack={attack!r} needs {behaviour.needs}, which a mod cannot "
