@@ -5,8 +5,8 @@ Run-config keys (defaults in pyproject ``[tool.flwr.app.config]``)::
     dataset = "digits"        partitioning = "iid"      dirichlet-alpha = 0.5
     data-dir = ""             # with dataset = "parquet": train.parquet, test.parquet
     seed = 0                  model = "cnn"             client-device = "cpu"
-    local-epochs = 1          local-steps = 0           # steps > 0 overrides epochs
-    batch-size = 32           lr = 0.05                 momentum = 0.0
+    local-epochs = 2          local-steps = 0           # steps > 0 overrides epochs
+    batch-size = 32           lr = 0.1                  momentum = 0.9
     weight-decay = 0.0        worker-momentum = 0.0     optimizer = "sgd"
     mu2.beta-min = 0.1        mu2.gamma-min = 0.1       # optimizer = "mu2-sgd"
     augment = "none"          augment-copies = 1
@@ -21,24 +21,49 @@ set ``byzantine = true`` and any key above for that node alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from flwr_flag.attacks import Behaviour, make_behaviour, node_list
 from flwr_flag.config import section
-from flwr_flag.rules.validation import check_choice, check_float, check_int
+from flwr_flag.rules.validation import Boolean, Choice, Integer, Param, Real, Text, check_int
 
 from . import label_flip  # noqa: F401  (registers "label-flip")
 from .augment import PIPELINES
-from .data import check_data_options
+from .data import DATASETS, PARTITIONINGS, check_data_options
 from .models import MODELS
 
 OPTIMIZERS = ("sgd", "mu2-sgd")
 
+SETTINGS: dict[str, tuple[str, Param]] = {
+    "dataset": ("dataset", Choice(choices=(*DATASETS, "parquet"))),
+    "partitioning": ("partitioning", Choice(choices=PARTITIONINGS)),
+    "dirichlet-alpha": ("alpha", Real(0.0, low_open=True)),
+    "data-dir": ("data_dir", Text()),
+    "seed": ("seed", Integer(0)),
+    "model": ("model", Choice(choices=MODELS)),
+    "client-device": ("device", Text()),
+    "local-epochs": ("local_epochs", Integer(0)),
+    "local-steps": ("local_steps", Integer(0)),
+    "batch-size": ("batch_size", Integer(1)),
+    "lr": ("lr", Real(0.0, low_open=True)),
+    "momentum": ("momentum", Real(0.0, 1.0, high_open=True)),
+    "weight-decay": ("weight_decay", Real(0.0)),
+    "worker-momentum": ("worker_momentum", Real(0.0, 1.0, high_open=True)),
+    "optimizer": ("optimizer", Choice(choices=OPTIMIZERS)),
+    "mu2.beta-min": ("mu2_beta_min", Real(0.0, 1.0, low_open=True)),
+    "mu2.gamma-min": ("mu2_gamma_min", Real(0.0, 1.0, low_open=True)),
+    "augment": ("augment", Choice(choices=PIPELINES)),
+    "augment-copies": ("augment_copies", Integer(1)),
+    "heavy-augment": ("heavy_augment", Choice(choices=PIPELINES)),
+}
+"""Run-config key -> (field, kind): every plain client setting, declared once."""
+
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """Validated settings of one node (see the module docstring for the keys)."""
+    """Validated settings of one node (see the module docstring for the keys). The field
+    defaults are the app's defaults; pyproject declares the same values (a test checks)."""
 
     partition_id: int
     num_partitions: int
@@ -49,11 +74,11 @@ class ClientSettings:
     seed: int = 0
     model: str = "cnn"
     device: str = "cpu"
-    local_epochs: int = 1
+    local_epochs: int = 2
     local_steps: int = 0
     batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.0
+    lr: float = 0.1
+    momentum: float = 0.9
     weight_decay: float = 0.0
     worker_momentum: float = 0.0
     optimizer: str = "sgd"
@@ -81,47 +106,26 @@ class ClientSettings:
     def from_config(
         cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any]
     ) -> ClientSettings:
+        """The settings of the node whose node config is ``node_config``; every key is
+        checked (types strict, no coercion), for honest nodes too."""
         c = {**run_config, **node_config}
         n = check_int("client", "num-partitions", c.get("num-partitions", 1), 1)
         pid = check_int("client", "partition-id", c.get("partition-id", 0), 0, n - 1)
         byzantine = node_list("byzantine-nodes", c.get("byzantine-nodes", 0), n)
         heavy = node_list("heavy-augment-nodes", c.get("heavy-augment-nodes", ""), n)
-        is_byzantine = bool(c["byzantine"]) if "byzantine" in c else pid in byzantine
-        attack = str(c.get("attack", "sign-flip"))
+        flag = c.get("byzantine", pid in byzantine)
+        is_byzantine = Boolean().check("client", "byzantine", flag)
+        attack = Text().check("client", "attack", c.get("attack", "sign-flip"))
         behaviour = make_behaviour(attack, section(c, attack))  # validated on every node
+        defaults = {f.name: f.default for f in fields(cls)}
+        values = {
+            name: kind.check("client", key, c.get(key, defaults[name]))
+            for key, (name, kind) in SETTINGS.items()
+        }
         settings = cls(
             partition_id=pid,
             num_partitions=n,
-            dataset=str(c.get("dataset", "digits")),
-            partitioning=str(c.get("partitioning", "iid")),
-            alpha=float(c.get("dirichlet-alpha", 0.5)),
-            data_dir=str(c.get("data-dir", "")),
-            seed=int(c.get("seed", 0)),
-            model=check_choice("client", "model", c.get("model", "cnn"), MODELS),
-            device=str(c.get("client-device", "cpu")),
-            local_epochs=check_int("client", "local-epochs", c.get("local-epochs", 1), 0),
-            local_steps=check_int("client", "local-steps", c.get("local-steps", 0), 0),
-            batch_size=check_int("client", "batch-size", c.get("batch-size", 32), 1),
-            lr=check_float("client", "lr", c.get("lr", 0.05), 0.0, low_open=True),
-            momentum=check_float(
-                "client", "momentum", c.get("momentum", 0.0), 0.0, 1.0, high_open=True
-            ),
-            weight_decay=check_float("client", "weight-decay", c.get("weight-decay", 0.0), 0.0),
-            worker_momentum=check_float(
-                "client", "worker-momentum", c.get("worker-momentum", 0.0), 0.0, 1.0, high_open=True
-            ),
-            optimizer=check_choice("client", "optimizer", c.get("optimizer", "sgd"), OPTIMIZERS),
-            mu2_beta_min=check_float(
-                "client", "mu2.beta-min", c.get("mu2.beta-min", 0.1), 0.0, 1.0, low_open=True
-            ),
-            mu2_gamma_min=check_float(
-                "client", "mu2.gamma-min", c.get("mu2.gamma-min", 0.1), 0.0, 1.0, low_open=True
-            ),
-            augment=check_choice("client", "augment", c.get("augment", "none"), PIPELINES),
-            augment_copies=check_int("client", "augment-copies", c.get("augment-copies", 1), 1),
-            heavy_augment=check_choice(
-                "client", "heavy-augment", c.get("heavy-augment", "warp"), PIPELINES
-            ),
+            **values,
             heavy_augment_nodes=heavy,
             byzantine_nodes=byzantine,
             behaviour=behaviour if is_byzantine else Behaviour(),

@@ -33,7 +33,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .rules import PREAGGREGATORS, get_rule
+from .rules import PREAGGREGATORS
+from .rules._registry import RuleName
+from .rules.validation import Integer
 from .strategy.named import STRATEGIES
 from .strategy.robust import RobustStrategy
 
@@ -87,8 +89,7 @@ def pre_steps(config: Mapping[str, Any], key: str, spec: Any) -> list[tuple[str,
 
 def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     """The Message-API strategy that ``config`` describes (see the module docstring)."""
-    rule = str(config.get("rule", "flag"))
-    get_rule(rule)
+    rule = RuleName().check("config", "rule", config.get("rule", "flag"))
     params = section(config, rule)
     if rule == "ctma":
         base = str(params.get("base", "geomed"))
@@ -101,5 +102,9 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     for key, option in {**_CORE, **_FLOWER}.items():
         if key in config and config[key] != _UNSET.get(key, object()):
             options[option] = None if config[key] == "none" else config[key]
-    cls = STRATEGIES.get(rule, RobustStrategy)
-    return cls(int(config.get("num-byzantine", 0)), rule=rule, pre=pre, **params, **options)
+    return STRATEGIES[rule](
+        Integer(0).check("config", "num-byzantine", config.get("num-byzantine", 0)),
+        pre=pre,
+        **params,
+        **options,
+    )

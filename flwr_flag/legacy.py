@@ -5,8 +5,9 @@ subclass whose ``aggregate_fit`` runs the shared :class:`~flwr_flag.strategy.Rob
 (the one the Message-API classes use): only the conversion of ``FitRes`` lives here.
 Arrays have no names in this API; they are checked and reported by position.
 Metrics are returned as scalars (node-id lists as comma-separated strings). With
-``resume=True``, ``initialize_parameters`` starts from the newest checkpoint; the
-legacy loop numbers rounds from 1 again.
+``resume=True``, ``initialize_parameters`` starts from the newest checkpoint and the
+rounds this strategy aggregates and saves are numbered after it (Flower's legacy loop
+itself counts from 1 and runs its configured number of rounds again).
 """
 
 from __future__ import annotations
@@ -43,16 +44,25 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
     def __init__(self, num_byzantine: int = 0, **options: Any) -> None:
         super().__init__(num_byzantine, **options)
         self._sent: list | None = None
+        self._offset = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.core.settings()})"
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        """The newest checkpoint's arrays when resuming, else FedAvg's."""
-        checkpoint = self.core.resume() if self.resume else None
-        if checkpoint is not None:
-            return ndarrays_to_parameters(list(checkpoint.arrays.values()))
-        return super().initialize_parameters(client_manager)
+        """The newest checkpoint's arrays when resuming (checked against the initial
+        parameters, when given), else FedAvg's. Round numbers continue after the
+        checkpoint's: Flower's legacy loop counts from 1, this strategy adds the offset."""
+        initial = super().initialize_parameters(client_manager)
+        if not self.resume:
+            return initial
+        if initial is None:
+            raise ValueError("resume=True needs initial_parameters to check the checkpoint against")
+        checkpoint = self.core.resume(_by_position(parameters_to_ndarrays(initial)))
+        if checkpoint is None:
+            return initial
+        self._offset = checkpoint.server_round
+        return ndarrays_to_parameters(list(checkpoint.arrays.values()))
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -80,7 +90,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
             for proxy, res in results
         ]
         arrays, metrics, _ = self.core.round(
-            server_round, _by_position(self._sent), replies, len(failures)
+            server_round + self._offset, _by_position(self._sent), replies, len(failures)
         )
         scalars: dict[str, Scalar] = {
             k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in metrics.items()
@@ -100,7 +110,9 @@ class Detox(DetoxGroups, RobustStrategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """FedAvg's sampling, then groups of ``r`` with their shard and seed."""
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        extra = self._assign([proxy.node_id for proxy, _ in instructions], server_round)
+        extra = self._assign(
+            [proxy.node_id for proxy, _ in instructions], server_round + self._offset
+        )
         return [
             (proxy, FitIns(ins.parameters, {**ins.config, **extra[proxy.node_id]}))
             for proxy, ins in instructions
@@ -112,7 +124,12 @@ def _legacy(cls: type) -> type[RobustStrategy]:
     return type(
         cls.__name__,
         (RobustStrategy,),
-        {"rule": cls.rule, "__doc__": cls.__doc__, "__module__": __name__},
+        {
+            "rule": cls.rule,
+            "defaults": cls.defaults,
+            "__doc__": cls.__doc__,
+            "__module__": __name__,
+        },
     )
 
 

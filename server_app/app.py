@@ -10,34 +10,57 @@ written to the run directory (:mod:`server_app.results`); the run ends with a su
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from logging import INFO
+from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from clients.config import ClientSettings
 from clients.data import load_test
 from clients.models import build_model, set_arrays
 from clients.train import evaluate
-from flwr_flag import strategy_from_config
+from flwr_flag import RobustStrategy, strategy_from_config
+from flwr_flag.rules.validation import Integer, Text
 
 from .results import RunRecorder
 
 app = ServerApp()
 
 
+NUM_SERVER_ROUNDS = 20
+OUTPUT_DIR = "outputs"
+
+
+def validated(
+    config: Mapping[str, Any], num_nodes: int
+) -> tuple[RobustStrategy, ClientSettings, int]:
+    """The strategy, the clients' settings and the number of rounds, every key of the
+    run config checked, server and client keys alike, before any round: a mistake stops
+    the run here, naming the key, instead of failing every client every round.
+
+    ``num_nodes`` (connected nodes; 0 when none has connected yet) bounds the node ids of
+    ``byzantine-nodes`` and ``heavy-augment-nodes``."""
+    strategy = strategy_from_config(config)
+    rounds = Integer(1).check(
+        "run config", "num-server-rounds", config.get("num-server-rounds", NUM_SERVER_ROUNDS)
+    )
+    Text().check("run config", "output-dir", config.get("output-dir", OUTPUT_DIR))
+    node = {"partition-id": 0, "num-partitions": num_nodes or 2**31 - 1}
+    return strategy, ClientSettings.from_config(config, node), rounds
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Build the strategy and model from the run config, train, record, summarize."""
     config = context.run_config
-    strategy = strategy_from_config(config)
-    dataset, seed = str(config.get("dataset", "digits")), int(config.get("seed", 0))
-    data_dir = str(config.get("data-dir", ""))
-    files = {s: f"{data_dir}/{s}.parquet" for s in ("train", "test")} if data_dir else None
-    test = load_test(dataset, seed, files)
-    model_name = str(config.get("model", "cnn"))
-    model = build_model(model_name, tuple(test.x.shape[1:]), test.num_classes, seed)
-    recorder = RunRecorder(config.get("output-dir", "outputs"), strategy.rule, config)
+    strategy, settings, rounds = validated(config, len(list(grid.get_node_ids())))
+    test = load_test(settings.dataset, settings.seed, settings.data_files)
+    shape = tuple(test.x.shape[1:])
+    model = build_model(settings.model, shape, test.num_classes, settings.seed)
+    recorder = RunRecorder(config.get("output-dir", OUTPUT_DIR), strategy.rule, config)
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         set_arrays(model, OrderedDict((k, v.numpy()) for k, v in arrays.items()))
@@ -52,7 +75,7 @@ def main(grid: Grid, context: Context) -> None:
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=int(config.get("num-server-rounds", 10)),
+        num_rounds=rounds,
         evaluate_fn=central_evaluation,
     )
     recorder.save_model(OrderedDict((k, v.numpy()) for k, v in result.arrays.items()))

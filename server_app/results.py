@@ -82,7 +82,7 @@ class RunRecorder:
         for row in self.rows:
             for node in row.get("rejected-nodes", []):
                 rejected[node] = rejected.get(node, 0) + 1
-            for node in row.get("lowest-weight-nodes", row.get("trimmed-nodes", [])):
+            for node in row.get("outvoted-nodes", []):
                 lowest[node] = lowest.get(node, 0) + 1
 
         def listing(counts: dict[int, int]) -> str:

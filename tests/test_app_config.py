@@ -3,6 +3,7 @@ declare every hyperparameter so that ``--run-config`` can override it."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import tomllib
 from pathlib import Path
@@ -58,3 +59,30 @@ def test_every_attack_parameter_is_declared(attack):
 def test_main_job_defaults():
     assert (CONFIG["rule"], CONFIG["attack"], CONFIG["byzantine-nodes"]) == ("flag", "alie", 2)
     assert CONFIG["dataset"] == "digits"
+
+
+def test_pyproject_values_are_the_declared_defaults():
+    """One source of defaults: pyproject declares what the code would use anyway."""
+    from clients.config import SETTINGS
+    from flwr_flag.strategy.core import RobustCore
+    from server_app.app import NUM_SERVER_ROUNDS, OUTPUT_DIR
+
+    def value(key):
+        return None if CONFIG[key] == "auto" else CONFIG[key]
+
+    for name, entry in {**RULES, **PREAGGREGATORS}.items():
+        for param, default in entry.defaults.items():
+            key = f"{name}.{param.replace('_', '-')}"
+            if key in CONFIG and key != "detox.stage2-pre":  # a list as one string
+                assert value(key) == default, key
+    fields = {f.name: f.default for f in dataclasses.fields(ClientSettings)}
+    for key, (name, _) in SETTINGS.items():
+        assert CONFIG[key] == fields[name], key
+    for attack, cls in BEHAVIOURS.items():
+        for param in cls.parameters():
+            default = inspect.signature(cls.__init__).parameters[param].default
+            assert value(f"{attack}.{param.replace('_', '-')}") == default, (attack, param)
+    core = inspect.signature(RobustCore.__init__).parameters
+    for key in ("server-lr", "server-momentum", "device"):
+        assert CONFIG[key] == core[key.replace("-", "_")].default, key
+    assert (CONFIG["num-server-rounds"], CONFIG["output-dir"]) == (NUM_SERVER_ROUNDS, OUTPUT_DIR)

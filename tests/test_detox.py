@@ -176,7 +176,15 @@ def test_dissenting_members_are_reported_by_node_id():
     values[4] *= -3.0
     result = aggregate(values, "detox", 1, groups=groups)
     node_ids = [100 + i for i in range(15)]
-    metrics = summarize(result.diagnostics, node_ids, 1)
+    metrics = summarize(result.diagnostics, node_ids)
     assert metrics["robust.dissenting-nodes"] == [104]
+    assert metrics["robust.outvoted-nodes"] == [104]
     assert metrics["robust.groups"] == 5
+    # The default second stage runs on buckets of winners: rows no node id can name.
     assert not any(k.startswith("robust.stage2.") and k.endswith("-nodes") for k in metrics)
+    # Without bucketing, the second stage's rows are winners: named by their node ids.
+    result = aggregate(values, "detox", 1, groups=groups, stage2="multi-krum", stage2_pre=())
+    metrics = summarize(result.diagnostics, node_ids)
+    winners = metrics["robust.stage2.selected-nodes"]
+    assert len(winners) == 5 and all(groups[n - 100] >= 0 for n in winners)
+    assert len({groups[n - 100] for n in winners}) == 5  # one member of each group

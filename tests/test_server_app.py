@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_results_files_and_plot(tmp_path):
     assert [int(r["round"]) for r in table] == [0, 1, 2]
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in table)
     assert table[1]["received"] == "6" and table[1]["rejected"] == "0"
-    assert "ratio-min" in rows(first)[1]
+    assert "ratios-min" in rows(first)[1]
     assert "selected-nodes" in rows(second)[1]
     png = plot_runs([first, second], tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -97,3 +98,41 @@ def test_a_resumed_run_continues_from_its_checkpoint(tmp_path):
     a, b = torch.load(straight / "final_model.pt"), torch.load(resumed / "final_model.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+class CountingGrid(InProcessGrid):
+    """Counts the messages pushed: a refused configuration pushes none."""
+
+    pushed = 0
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        CountingGrid.pushed += len(messages)
+        return super().push_messages(messages)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"attack": "nope"}, "attack='nope'"),
+        ({"attack": "gaussian", "gaussian.sigma": -1.0}, "sigma=-1.0"),
+        ({"byzantine-nodes": "0,99"}, "byzantine-nodes='0,99'"),
+        ({"lr": -1.0}, "lr=-1.0"),
+        ({"batch-size": 0}, "batch-size=0"),
+        ({"dirichlet-alpha": 0.0}, "dirichlet-alpha=0.0"),
+        ({"local-epochs": "2"}, "local-epochs='2'"),
+        ({"model": "vgg"}, "model='vgg'"),
+        ({"num-server-rounds": -3}, "num-server-rounds=-3"),
+        ({"num-server-rounds": 0}, "num-server-rounds=0"),
+        ({"rule": "flag", "flag.subspace-dim": 2.5}, "subspace_dim=2.5"),
+        ({"fraction-train": 5.0}, "fraction_train=5.0"),
+    ],
+)
+def test_a_configuration_mistake_stops_the_run_before_round_1(tmp_path, overrides, key):
+    config = {**DEFAULTS, **FAST, "output-dir": str(tmp_path / "out"), **overrides}
+    CountingGrid.pushed = 0
+    grid = CountingGrid(client_app, 10, run_config=config)
+    with pytest.raises((TypeError, ValueError), match=re.escape(key)):
+        main(grid, Context(1, 0, {}, RecordDict(), config))
+    assert CountingGrid.pushed == 0
+    assert not (tmp_path / "out").exists()

@@ -164,7 +164,8 @@ def test_flag_diagnostics_name_the_outliers():
     )
     _, metrics = strategy.aggregate_train(1, messages)
     assert sorted(metrics["robust.lowest-weight-nodes"]) == [9, 10]
-    assert metrics["robust.ratio-min"] < 0.5 < metrics["robust.ratio-median"]
+    assert metrics["robust.ratios-min"] < 0.5 < metrics["robust.ratios-median"]
+    assert metrics["robust.outvoted-nodes"] == [9, 10]
 
 
 def test_server_learning_rate_and_momentum():

@@ -80,7 +80,7 @@ def test_bad_weights(weights):
         (
             "flag",
             {"subspace_dim": 10},
-            r"subspace_dim=10 is out of range; allowed 1 <= subspace_dim <= 9",
+            r"subspace_dim=10 is out of range for n=9 updates; allowed <= 9",
         ),
         ("flag", {"output": "best"}, r"output='best' is not one of"),
         ("flag", {"eps": 0.0}, r"allowed 0.0 < eps"),
@@ -91,10 +91,10 @@ def test_bad_weights(weights):
             {"trim_fraction": 1.0},
             r"trim_fraction=1.0 is out of range; allowed 0.0 <= trim_fraction < 1.0",
         ),
-        ("ctma", {"base": "ctma"}, r"base='ctma' is not allowed"),
-        ("ctma", {"base": "nope"}, r"rule='nope' is not one of"),
+        ("ctma", {"base": "ctma"}, r"base='ctma' is not one of"),
+        ("ctma", {"base": "nope"}, r"base='nope' is not one of"),
         ("mda", {"max_subsets": 10}, r"C\(n=9, f=1\) = 9 subsets exceeds max_subsets=5"),
-        ("krum", {"tau": 1.0}, r"unknown hyperparameter\(s\) \['tau'\]"),
+        ("krum", {"tau": 1.0}, r"hyperparameter 'tau' is unknown"),
     ],
 )
 def test_bad_hyperparameters(rule, params, message):

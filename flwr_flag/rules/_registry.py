@@ -2,8 +2,11 @@
 
 A rule is written as ``impl(source, f, weights, **hyper)`` where ``source`` is an
 :class:`~flwr_flag.engine.UpdateSource` and ``weights`` are already normalised. The
-decorators below register it under a name and wrap it so that every call goes through
-the same checks (:mod:`.validation`) before the rule sees its inputs:
+decorators below register it under a name with its declared hyperparameters
+(``params``: name -> kind, the one place their types and ranges live; the defaults are
+the signature's) and its round ``state`` (inputs the strategy supplies each round, never
+configured), and wrap it so that every call goes through the same checks
+(:mod:`.validation`, :func:`check_params`) before the rule sees its inputs:
 
 * :func:`rule` -- the implementation returns an :class:`AggregationResult`;
 * :func:`span_rule` -- the implementation returns coefficients ``c`` such that the
@@ -24,9 +27,36 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..engine import UpdateSource, as_source
-from .validation import Requirement, check_updates, normalized_weights
+from .validation import Param, Requirement, check_updates, normalized_weights
 
 Diagnostics = dict[str, Any]
+
+
+class Rows(list):
+    """Diagnostics: indices of rows of the rule's input, so a caller can name them (a
+    strategy maps them to node ids). ``outvoted``: rows the rule set aside (trimmed,
+    outvoted, lowest weight) rather than rows it kept."""
+
+    def __init__(self, rows: Iterable[int] = (), *, outvoted: bool = False) -> None:
+        super().__init__(int(r) for r in rows)
+        self.outvoted = outvoted
+
+
+class PerRow(list):
+    """Diagnostics: one value per row of the rule's input (scores, weights, ratios)."""
+
+    def __init__(self, values: Iterable[float] = ()) -> None:
+        super().__init__(float(v) for v in values)
+
+
+class Nested(dict):
+    """Diagnostics of a rule run on other rows than the caller's: row ``i`` there stands
+    for the caller's row ``rows[i]`` (``rows=None``: rows that mix several inputs, as
+    after bucketing, which no caller can name)."""
+
+    def __init__(self, diagnostics: Mapping[str, Any], rows: Iterable[int] | None) -> None:
+        super().__init__(diagnostics)
+        self.rows = None if rows is None else [int(r) for r in rows]
 
 
 class AggregationResult(NamedTuple):
@@ -37,12 +67,14 @@ class AggregationResult(NamedTuple):
 
 
 class Preaggregated(NamedTuple):
-    """A pre-aggregator's output: the rows, ``f`` and weights the next rule sees."""
+    """A pre-aggregator's output: the rows, ``f`` and weights the next rule sees, and
+    which input row each output row stands for (``None``: rows mixing several inputs)."""
 
     source: UpdateSource
     f: int
     weights: Tensor
     diagnostics: Diagnostics
+    rows: list[int] | None
 
 
 @dataclass(frozen=True)
@@ -57,43 +89,55 @@ class Rule:
     name: str
     function: Callable[..., AggregationResult]
     requirement: Requirement
-    hyperparameters: frozenset[str]
+    params: Mapping[str, Param]
+    defaults: Mapping[str, Any]
+    state: frozenset[str] = frozenset()
     coefficients: Callable[..., tuple[Tensor, Diagnostics]] | None = None
+
+    @property
+    def hyperparameters(self) -> frozenset[str]:
+        """Every keyword the rule takes: its hyperparameters and its round state."""
+        return frozenset(self.params) | self.state
 
 
 @dataclass(frozen=True)
 class Preaggregator:
-    """A registered pre-aggregator: ``function(updates, f=0, weights=None, **hyper)``."""
+    """A registered pre-aggregator: ``function(updates, f=0, weights=None, **hyper)``;
+    ``rows(n, params)`` is how many rows it hands on for ``n``."""
 
     name: str
     function: Callable[..., Preaggregated]
     requirement: Requirement
+    params: Mapping[str, Param]
+    defaults: Mapping[str, Any]
+    rows: Callable[[int, Mapping[str, Any]], int] = lambda n, params: n
+    state: frozenset[str] = frozenset()
 
 
+PreStep = str | tuple[str, Mapping[str, Any]]
 RULES: dict[str, Rule] = {}
 PREAGGREGATORS: dict[str, Preaggregator] = {}
 
 
-def hyperparameters(impl: Callable) -> frozenset[str]:
-    """The names an implementation ``impl(source, f, weights, **hyper)`` accepts."""
-    return frozenset(list(inspect.signature(impl).parameters)[3:])
-
-
-def check_hyperparameters(name: str, given: Iterable[str], accepted: frozenset[str]) -> None:
-    """Reject names that ``name`` does not accept, listing the accepted ones."""
-    unknown = set(given) - accepted
-    if unknown:
+def _declared(
+    name: str, impl: Callable, params: Mapping[str, Param], state: Iterable[str]
+) -> dict[str, Any]:
+    """The signature defaults of ``impl(source, f, weights, **hyper)``; every keyword
+    must be declared as a hyperparameter or as round state."""
+    signature = list(inspect.signature(impl).parameters.values())[3:]
+    names = {p.name for p in signature}
+    if names != set(params) | set(state):
         raise TypeError(
-            f"{name}: unknown hyperparameter(s) {sorted(unknown)}; accepted: {sorted(accepted)}"
+            f"{name}: declare every keyword as a param or state: signature {sorted(names)}, "
+            f"declared {sorted(set(params) | set(state))}"
         )
+    return {p.name: p.default for p in signature if p.name in params}
 
 
 def _validated(name: str, impl: Callable, requirement: Requirement) -> Callable:
-    accepted = hyperparameters(impl)
-
     @wraps(impl)
     def call(updates, f: int = 0, weights=None, **hyper):
-        check_hyperparameters(name, hyper, accepted)
+        hyper = check_params(name, hyper, allow_state=True)
         source = as_source(updates)
         check_updates(name, source, f, requirement)
         return impl(source, int(f), normalized_weights(name, weights, source.n), **hyper)
@@ -101,22 +145,38 @@ def _validated(name: str, impl: Callable, requirement: Requirement) -> Callable:
     return call
 
 
-def rule(name: str, *, needs: tuple[int, int] = (2, 1)) -> Callable:
+def rule(
+    name: str,
+    *,
+    needs: tuple[int, int] = (2, 1),
+    params: Mapping[str, Param] | None = None,
+    state: Iterable[str] = (),
+) -> Callable:
     """Register ``impl`` returning an :class:`AggregationResult`; needs ``n >= a f + b``."""
 
     def register(impl: Callable[..., AggregationResult]) -> Callable[..., AggregationResult]:
+        declared = dict(params or {})
+        defaults = _declared(name, impl, declared, state)
         requirement = Requirement(*needs)
         function = _validated(name, impl, requirement)
-        RULES[name] = Rule(name, function, requirement, hyperparameters(impl))
+        RULES[name] = Rule(name, function, requirement, declared, defaults, frozenset(state))
         return function
 
     return register
 
 
-def span_rule(name: str, *, needs: tuple[int, int] = (2, 1)) -> Callable:
+def span_rule(
+    name: str,
+    *,
+    needs: tuple[int, int] = (2, 1),
+    params: Mapping[str, Param] | None = None,
+    state: Iterable[str] = (),
+) -> Callable:
     """Register ``impl`` returning ``(c, diagnostics)``; the aggregate is ``X^T c``."""
 
     def register(impl: Callable[..., tuple[Tensor, Diagnostics]]) -> Callable:
+        declared = dict(params or {})
+        defaults = _declared(name, impl, declared, state)
         requirement = Requirement(*needs)
         coefficients = _validated(name, impl, requirement)
 
@@ -126,22 +186,140 @@ def span_rule(name: str, *, needs: tuple[int, int] = (2, 1)) -> Callable:
             coef, diagnostics = coefficients(source, f, weights, **hyper)
             return AggregationResult(source.combine(coef), diagnostics)
 
-        RULES[name] = Rule(name, function, requirement, hyperparameters(impl), coefficients)
+        RULES[name] = Rule(
+            name, function, requirement, declared, defaults, frozenset(state), coefficients
+        )
         return function
 
     return register
 
 
-def preaggregator(name: str, *, needs: tuple[int, int] = (2, 1)) -> Callable:
-    """Register a pre-aggregator ``impl`` returning a :class:`Preaggregated`."""
+def preaggregator(
+    name: str,
+    *,
+    needs: tuple[int, int] = (2, 1),
+    params: Mapping[str, Param] | None = None,
+    rows: Callable[[int, Mapping[str, Any]], int] | None = None,
+) -> Callable:
+    """Register a pre-aggregator ``impl`` returning a :class:`Preaggregated`; ``rows``
+    gives the rows it hands on for ``n`` and its params (default: ``n``)."""
 
     def register(impl: Callable[..., Preaggregated]) -> Callable[..., Preaggregated]:
+        declared = dict(params or {})
+        defaults = _declared(name, impl, declared, ())
         requirement = Requirement(*needs)
         function = _validated(name, impl, requirement)
-        PREAGGREGATORS[name] = Preaggregator(name, function, requirement)
+        PREAGGREGATORS[name] = Preaggregator(
+            name, function, requirement, declared, defaults, rows or (lambda n, params: n)
+        )
         return function
 
     return register
+
+
+@dataclass(frozen=True)
+class RuleName(Param):
+    """The name of a registered rule, other than ``exclude``."""
+
+    exclude: frozenset[str] = frozenset()
+
+    def _check(self, rule: str, name: str, value: object) -> str:
+        choices = sorted(set(RULES) - self.exclude)
+        if value not in choices:
+            raise ValueError(f"{rule}: {name}={value!r} is not one of {choices}")
+        return str(value)
+
+    def _describe(self) -> str:
+        return "a rule name" + (f" other than {sorted(self.exclude)}" if self.exclude else "")
+
+
+@dataclass(frozen=True)
+class RuleParams(Param):
+    """The hyperparameters of the rule that the sibling parameter ``rule_key`` names
+    (checked against that rule's declarations)."""
+
+    rule_key: str = ""
+
+    def _check(self, rule: str, name: str, value: object) -> dict[str, Any]:
+        raise AssertionError("checked by check_params, which knows the sibling rule")
+
+    def _describe(self) -> str:
+        return f"a mapping of the hyperparameters of the rule named by {self.rule_key}"
+
+
+@dataclass(frozen=True)
+class PreSteps(Param):
+    """Pre-aggregators: names or ``(name, params)`` pairs, each checked."""
+
+    def _check(self, rule: str, name: str, value: object) -> list[PreStep]:
+        return check_pre(f"{rule}: {name}", value)
+
+    def _describe(self) -> str:
+        return "pre-aggregators: names or (name, params) pairs"
+
+
+def _registered(name: str) -> Rule | Preaggregator:
+    return RULES[name] if name in RULES else PREAGGREGATORS[name]
+
+
+def check_params(
+    name: str, given: Mapping[str, Any], *, allow_state: bool = False, label: str = ""
+) -> dict[str, Any]:
+    """``given`` hyperparameters of rule or pre-aggregator ``name``, each checked against
+    its declaration, nested ones (a base rule's params, pre-aggregators) recursively.
+
+    Unknown names and round state raise ``TypeError`` (state is supplied by the strategy,
+    never configured, unless ``allow_state``); bad values ``TypeError`` / ``ValueError``,
+    naming the rule, the parameter and what is allowed.
+    """
+    entry = _registered(name)
+    label = label or name
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if key in entry.state and allow_state:
+            out[key] = value
+            continue
+        if key not in entry.params:
+            what = "round state, supplied by the strategy" if key in entry.state else "unknown"
+            raise TypeError(
+                f"{label}: hyperparameter {key!r} is {what}; accepted: {sorted(entry.params)}"
+            )
+        kind = entry.params[key]
+        if isinstance(kind, RuleParams):
+            target = given.get(kind.rule_key, entry.defaults[kind.rule_key])
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"{label}: {key}={value!r} must be a mapping of {target}'s params")
+            out[key] = check_params(target, value or {}, label=f"{label} {key} ({target})")
+        else:
+            out[key] = kind.check(label, key, value)
+    return out
+
+
+def check_pre(what: str, steps: object) -> list[PreStep]:
+    """A list of pre-aggregator steps, each name registered and its params checked."""
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
+        raise TypeError(f"{what}={steps!r} must be a list of names or (name, params) pairs")
+    out: list[PreStep] = []
+    for step in steps:
+        step_name, params = (step, {}) if isinstance(step, str) else tuple(step)
+        try:
+            get_preaggregator(step_name)
+        except ValueError as error:
+            raise ValueError(f"{what}: {error}") from None
+        if not isinstance(params, Mapping):
+            raise TypeError(f"{what}: params of {step_name!r} must be a mapping, got {params!r}")
+        checked = check_params(step_name, params, label=f"{what} {step_name}")
+        out.append((step_name, checked) if checked else step_name)
+    return out
+
+
+def rows_after(steps: Iterable[PreStep], n: int) -> int:
+    """How many rows the rule sees after the pre-aggregators ``steps`` on ``n`` rows."""
+    for step in steps:
+        step_name, params = (step, {}) if isinstance(step, str) else step
+        entry = PREAGGREGATORS[step_name]
+        n = entry.rows(n, {**entry.defaults, **params})
+    return n
 
 
 def get_rule(name: str) -> Rule:
@@ -162,9 +340,6 @@ def get_preaggregator(name: str) -> Preaggregator:
         ) from None
 
 
-PreStep = str | tuple[str, Mapping[str, Any]]
-
-
 def aggregate(
     updates,
     rule: str,
@@ -183,12 +358,17 @@ def aggregate(
     chosen = get_rule(rule)
     source = as_source(updates)
     pre_diagnostics: Diagnostics = {}
+    rows: list[int] | None = list(range(source.n))
     for step in pre:
         step_name, params = (step, {}) if isinstance(step, str) else step
         out = get_preaggregator(step_name).function(source, f, weights, **dict(params))
         source, f, weights = out.source, out.f, out.weights
         pre_diagnostics[step_name] = out.diagnostics
+        rows = None if rows is None or out.rows is None else [rows[i] for i in out.rows]
     result = chosen.function(source, f, weights, **hyper)
-    if pre_diagnostics:
-        result.diagnostics["pre"] = pre_diagnostics
-    return result
+    if not pre_diagnostics:
+        return result
+    diagnostics = {**result.diagnostics, "pre": pre_diagnostics}
+    if rows != list(range(source.n if rows is None else len(rows))):
+        diagnostics = Nested(diagnostics, rows)
+    return AggregationResult(result.vector, diagnostics)

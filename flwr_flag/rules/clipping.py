@@ -12,12 +12,17 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import AggregationResult, Preaggregated, preaggregator, rule
+from ._registry import AggregationResult, Preaggregated, Rows, preaggregator, rule
 from .coordinate import coordinate_median
-from .validation import check_float, check_int
+from .validation import Integer, Real
 
 
-@rule("centered-clipping", needs=(2, 1))
+@rule(
+    "centered-clipping",
+    needs=(2, 1),
+    params={"tau": Real(0.0, low_open=True, optional=True), "iterations": Integer(1)},
+    state=("previous",),
+)
 def centered_clipping(
     source: UpdateSource,
     f: int,
@@ -34,12 +39,12 @@ def centered_clipping(
 
     for ``l < L = iterations`` (the paper finds ``L = 1`` enough with worker momentum).
     ``previous`` is the last round's aggregate (zeros when ``None``), kept by the caller.
-    ``tau >= 0``; ``None`` takes the median of ``||g_i - v_0||`` each call (a scale-free
-    default, our choice, not the paper's). Each ``v_l`` is a combination of the rows
-    of ``[X; v_0]``, so all ``L`` iterations run on the ``(n+1)``-Gram: one
-    ``O(n^2 p)`` pass (none extra when ``previous`` is ``None``) and one output pass.
+    ``tau > 0`` (0 would never move the model); ``None`` takes the median of
+    ``||g_i - v_0||`` each call (a scale-free default, our choice, not the paper's).
+    Each ``v_l`` is a combination of the rows of ``[X; v_0]``, so all ``L`` iterations
+    run on the ``(n+1)``-Gram: one ``O(n^2 p)`` pass (none extra when ``previous`` is
+    ``None``) and one output pass.
     """
-    iterations = check_int("centered-clipping", "iterations", iterations, 1)
     n = source.n
     if previous is None:
         with_origin = torch.cat([torch.eye(n, dtype=torch.float64), torch.zeros(1, n)])
@@ -57,7 +62,6 @@ def centered_clipping(
     rows = torch.eye(n + 1, dtype=torch.float64)
     if tau is None:
         tau = float(coordinate_median(gram.sq_distances_to(b)[:n].sqrt()))
-    tau = check_float("centered-clipping", "tau", tau, 0.0)
     clipped = 0
     for _ in range(iterations):
         dist = gram.sq_distances_to(b).sqrt()
@@ -71,16 +75,17 @@ def centered_clipping(
 
 
 def _rescaled(source: UpdateSource, f: int, weights: Tensor, scale: Tensor) -> Preaggregated:
+    n = source.n
     clipped = torch.nonzero(scale < 1).flatten().tolist()
-    return Preaggregated(source.mix(torch.diag(scale)), f, weights, {"clipped": clipped})
+    diagnostics = {"clipped": Rows(clipped)}
+    return Preaggregated(source.mix(torch.diag(scale)), f, weights, diagnostics, list(range(n)))
 
 
-@preaggregator("clip", needs=(0, 1))
+@preaggregator("clip", needs=(0, 1), params={"tau": Real(0.0, low_open=True)})
 def static_clipping(
     source: UpdateSource, f: int, weights: Tensor, tau: float = 1.0
 ) -> Preaggregated:
     r"""Static clipping: :math:`g_i \leftarrow g_i \min(1, \tau / \|g_i\|)`, ``tau > 0``."""
-    tau = check_float("clip", "tau", tau, 0.0, low_open=True)
     norms = source.sq_norms().sqrt()
     return _rescaled(source, f, weights, (tau / norms.clamp_min(1e-300)).clamp(max=1.0))
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..engine import UpdateSource
 from ._registry import AggregationResult, rule
-from .validation import check_int
+from .validation import Integer, within_n
 
 
 def _by_coordinate(chunk: Tensor) -> Tensor:
@@ -56,7 +56,7 @@ def median(source: UpdateSource, f: int, weights: Tensor) -> AggregationResult:
     return AggregationResult(source.map_columns(lambda c: coordinate_median(_by_coordinate(c))), {})
 
 
-@rule("trimmed-mean", needs=(2, 1))
+@rule("trimmed-mean", needs=(2, 1), params={"trim": Integer(0, optional=True)})
 def trimmed_mean(
     source: UpdateSource, f: int, weights: Tensor, trim: int | None = None
 ) -> AggregationResult:
@@ -67,7 +67,7 @@ def trimmed_mean(
     Cost: a sort per coordinate, ``O(n log n p)``.
     """
     n = source.n
-    b = f if trim is None else check_int("trimmed-mean", "trim", trim, 0, (n - 1) // 2)
+    b = f if trim is None else within_n("trimmed-mean", "trim", trim, (n - 1) // 2, n)
 
     def trim_chunk(chunk: Tensor) -> Tensor:
         ordered = _by_coordinate(chunk).sort(dim=-1).values

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import Diagnostics, get_rule, span_rule
-from .validation import check_float
+from ._registry import Diagnostics, Rows, RuleName, RuleParams, get_rule, span_rule
+from .validation import Real
 
 
 def trimmed_weights(distances: Tensor, weights: Tensor, trim_fraction: float) -> Tensor:
@@ -30,7 +30,15 @@ def trimmed_weights(distances: Tensor, weights: Tensor, trim_fraction: float) ->
     return out / out.sum()
 
 
-@span_rule("ctma", needs=(2, 1))
+@span_rule(
+    "ctma",
+    needs=(2, 1),
+    params={
+        "base": RuleName(exclude=frozenset({"ctma", "detox"})),
+        "base_params": RuleParams(optional=True, rule_key="base"),
+        "trim_fraction": Real(0.0, 1.0, high_open=True, optional=True),
+    },
+)
 def ctma(
     source: UpdateSource,
     f: int,
@@ -54,12 +62,8 @@ def ctma(
     ``O(n^2)``; otherwise (median, trimmed mean, ...) from one ``O(n p)`` pass. Then
     one output pass.
     """
-    if base == "ctma":
-        raise ValueError("ctma: base='ctma' is not allowed; choose another rule")
     base_rule = get_rule(base)
-    n = source.n
-    lam = f / n if trim_fraction is None else trim_fraction
-    lam = check_float("ctma", "trim_fraction", lam, 0.0, 1.0, high_open=True)
+    lam = f / source.n if trim_fraction is None else trim_fraction
     params = dict(base_params or {})
     if base_rule.coefficients is not None:
         anchor, base_diagnostics = base_rule.coefficients(source, f, weights, **params)
@@ -70,4 +74,8 @@ def ctma(
         distances = source.sq_distances_to(result.vector)
     coefficients = trimmed_weights(distances, weights, lam)
     trimmed = torch.nonzero(coefficients == 0).flatten().tolist()
-    return coefficients, {"trimmed": trimmed, "base": base, "base_diagnostics": base_diagnostics}
+    return coefficients, {
+        "trimmed": Rows(trimmed, outvoted=True),
+        "base": base,
+        "base_diagnostics": base_diagnostics,
+    }

@@ -25,8 +25,17 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import AggregationResult, aggregate, rule
-from .validation import check_float, check_int
+from ._registry import (
+    AggregationResult,
+    Nested,
+    PreSteps,
+    Rows,
+    RuleName,
+    RuleParams,
+    aggregate,
+    rule,
+)
+from .validation import InputRangeError, Integer, Real
 
 DEFAULT_SECOND_STAGE_PRE = (("bucketing", {"s": 2}),)
 
@@ -68,7 +77,18 @@ def agreement(source: UpdateSource, groups: Sequence[int], tolerance: float) -> 
     return agree
 
 
-@rule("detox", needs=(0, 1))
+@rule(
+    "detox",
+    needs=(0, 1),
+    params={
+        "replication": Integer(1),
+        "tolerance": Real(0.0),
+        "stage2": RuleName(exclude=frozenset({"detox"})),
+        "stage2_params": RuleParams(optional=True, rule_key="stage2"),
+        "stage2_pre": PreSteps(),
+    },
+    state=("groups",),
+)
 def detox(
     source: UpdateSource,
     f: int,
@@ -102,12 +122,10 @@ def detox(
     """
     if groups is None or len(groups) != source.n:
         raise ValueError(f"detox: groups must give a label for each of the n={source.n} rows")
-    replication = check_int("detox", "replication", replication, 1)
-    tolerance = check_float("detox", "tolerance", tolerance, 0.0)
     groups = [int(g) for g in groups]
     agree = agreement(source, groups, tolerance)
     labels = sorted({g for g in groups if g >= 0})
-    mixing, totals = [], []
+    mixing, totals, winner_rows = [], [], []
     dissenting: list[int] = []
     no_majority: list[int] = []
     for label in labels:
@@ -118,22 +136,23 @@ def detox(
             continue
         dissenting += [i for i in members if i not in winners]
         row = torch.zeros(source.n, dtype=torch.float64)
-        row[winners[0]] = 1.0  # one member of the majority: the honest value exactly
+        row[winners[0]] = 1.0
+        winner_rows.append(winners[0])  # one member of the majority: the honest value exactly
         mixing.append(row)
         totals.append(float(weights[winners[0]]))
     f_prime = f // math.ceil(replication / 2)
     diagnostics: dict[str, Any] = {
         "groups": len(labels),
-        "dissenting": dissenting,
-        "no_majority": no_majority,
+        "dissenting": Rows(dissenting, outvoted=True),
+        "no_majority": Rows(no_majority, outvoted=True),
         "groups_without_majority": len(labels) - len(mixing),
         "f_prime": f_prime,
     }
     if not mixing:
-        raise ValueError("detox: no group has a majority; nothing to aggregate")
+        raise InputRangeError("detox: no group has a majority; nothing to aggregate")
     winners = source.mix(torch.stack(mixing))
     result = aggregate(
         winners, stage2, f_prime, totals, pre=stage2_pre, **dict(stage2_params or {})
     )
-    diagnostics["stage2"] = result.diagnostics
+    diagnostics["stage2"] = Nested(result.diagnostics, winner_rows)
     return AggregationResult(result.vector, diagnostics)

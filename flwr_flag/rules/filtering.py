@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import Diagnostics, span_rule
+from ._registry import Diagnostics, PerRow, span_rule
 
 
 def _weighted_top_direction(gram: Tensor, c: Tensor) -> tuple[float, Tensor, Tensor]:
@@ -60,4 +60,4 @@ def covariance_agnostic_filter(
             break
         tau = tau * (c > 0)  # the maximum is taken over rows still in play
         c = c * (1 - tau / tau.max())
-    return best, {"steps": steps, "max_eigenvalue": best_value, "weights": c.tolist()}
+    return best, {"steps": steps, "max_eigenvalue": best_value, "weights": PerRow(c.tolist())}

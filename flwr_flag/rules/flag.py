@@ -39,10 +39,10 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource, pairwise_sq_distances
-from ._registry import Diagnostics, span_rule
+from ._registry import Diagnostics, PerRow, Rows, span_rule
 from .coordinate import coordinate_median
 from .geomed import weiszfeld
-from .validation import check_choice, check_float, check_int
+from .validation import Choice, Integer, Real, within_n
 
 OUTPUTS = ("projected-geomed", "projected-mean", "paper")
 
@@ -66,7 +66,18 @@ def _residuals(kx: Tensor, projections: Tensor) -> tuple[Tensor, Tensor]:
     return unit, pair
 
 
-@span_rule("flag", needs=(2, 1))
+@span_rule(
+    "flag",
+    needs=(2, 1),
+    params={
+        "subspace_dim": Integer(1, optional=True),
+        "lam": Real(0.0),
+        "eps": Real(0.0, low_open=True),
+        "tol": Real(0.0),
+        "max_iter": Integer(1),
+        "output": Choice(choices=OUTPUTS),
+    },
+)
 def flag_aggregator(
     source: UpdateSource,
     f: int,
@@ -113,19 +124,17 @@ def flag_aggregator(
     one) per client, iterations, objective, the subspace dimension used.
     """
     n = source.n
-    r = math.ceil(n / 2) if subspace_dim is None else subspace_dim
-    r = check_int("flag", "subspace_dim", r, 1, n)
-    lam = check_float("flag", "lam", lam, 0.0)
-    eps = check_float("flag", "eps", eps, 0.0, low_open=True)
-    tol = check_float("flag", "tol", tol, 0.0)
-    max_iter = check_int("flag", "max_iter", max_iter, 1)
-    output = check_choice("flag", "output", output, OUTPUTS)
+    r = (
+        math.ceil(n / 2)
+        if subspace_dim is None
+        else within_n("flag", "subspace_dim", subspace_dim, n, n)
+    )
 
     gram = source.gram()
     norms = gram.sq_norms.sqrt()
     live = norms > 0
     if not bool(live.any()):
-        return torch.zeros(n, dtype=torch.float64), {"ratios": [0.0] * n, "iterations": 0}
+        return torch.zeros(n, dtype=torch.float64), {"ratios": PerRow([0.0] * n), "iterations": 0}
     inverse = torch.where(live, 1 / norms, 0.0)
     raw = gram.raw()
     kx = inverse[:, None] * raw * inverse[None, :]
@@ -167,8 +176,9 @@ def flag_aggregator(
     irls = torch.where(live, d2, 0.0)
     ratios = torch.where(live, kx.diagonal() - unit, 0.0)
     return coefficients, {
-        "ratios": ratios.tolist(),
-        "irls_weights": (irls / irls.sum()).tolist(),
+        "ratios": PerRow(ratios.tolist()),
+        "irls_weights": PerRow((irls / irls.sum()).tolist()),
+        "lowest_weight": Rows(torch.argsort(irls)[: max(f, 1)].tolist(), outvoted=True),
         "iterations": iterations,
         "objective": objective,
         "converged": converged,

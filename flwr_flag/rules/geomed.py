@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from ..engine import Gram, UpdateSource
-from ._registry import Diagnostics, span_rule
-from .validation import check_float, check_int
+from ._registry import Diagnostics, PerRow, span_rule
+from .validation import Integer, Real
 
 
 def weiszfeld(
@@ -35,7 +35,11 @@ def weiszfeld(
     return b, {"iterations": iterations, "objective": objective}
 
 
-@span_rule("geomed", needs=(2, 1))
+@span_rule(
+    "geomed",
+    needs=(2, 1),
+    params={"nu": Real(0.0, low_open=True), "max_iter": Integer(1), "tol": Real(0.0)},
+)
 def geometric_median(
     source: UpdateSource,
     f: int,
@@ -51,9 +55,6 @@ def geometric_median(
     costs nothing extra over the data: one ``O(n^2 p)`` pass and one output pass.
     ``f`` does not enter the rule; it needs ``n >= 2f + 1`` (breakdown point 1/2).
     """
-    nu = check_float("geomed", "nu", nu, 0.0, low_open=True)
-    max_iter = check_int("geomed", "max_iter", max_iter, 1)
-    tol = check_float("geomed", "tol", tol, 0.0)
     b, diagnostics = weiszfeld(source.gram(), weights, nu, max_iter, tol)
-    diagnostics["weights"] = b.tolist()
+    diagnostics["weights"] = PerRow(b.tolist())
     return b, diagnostics

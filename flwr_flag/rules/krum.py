@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import AggregationResult, Diagnostics, rule, span_rule
+from ._registry import AggregationResult, Diagnostics, PerRow, Rows, rule, span_rule
 from .coordinate import _by_coordinate, mean_around_median
-from .validation import check_int
+from .validation import Integer, within_n
 
 
 def krum_scores(dist: Tensor, f: int) -> Tensor:
@@ -48,10 +48,10 @@ def krum(source: UpdateSource, f: int, weights: Tensor) -> tuple[Tensor, Diagnos
     chosen = _lowest(scores, dist, 1)
     coefficients = torch.zeros(source.n, dtype=torch.float64)
     coefficients[chosen] = 1.0
-    return coefficients, {"selected": chosen.tolist(), "scores": scores.tolist()}
+    return coefficients, {"selected": Rows(chosen.tolist()), "scores": PerRow(scores.tolist())}
 
 
-@span_rule("multi-krum", needs=(2, 3))
+@span_rule("multi-krum", needs=(2, 3), params={"m": Integer(1, optional=True)})
 def multi_krum(
     source: UpdateSource, f: int, weights: Tensor, m: int | None = None
 ) -> tuple[Tensor, Diagnostics]:
@@ -60,13 +60,16 @@ def multi_krum(
     Scores are computed once on all ``n`` updates; ``m`` defaults to ``n - f``
     (allowed ``1 <= m <= n``). Needs ``n >= 2f + 3``. Cost: ``O(n^2 p)``.
     """
-    m = source.n - f if m is None else check_int("multi-krum", "m", m, 1, source.n)
+    m = source.n - f if m is None else within_n("multi-krum", "m", m, source.n, source.n)
     dist = source.gram().sq_distances()
     scores = krum_scores(dist, f)
     chosen = _lowest(scores, dist, m)
     coefficients = torch.zeros(source.n, dtype=torch.float64)
     coefficients[chosen] = weights[chosen] / weights[chosen].sum()
-    return coefficients, {"selected": sorted(chosen.tolist()), "scores": scores.tolist()}
+    return coefficients, {
+        "selected": Rows(sorted(chosen.tolist())),
+        "scores": PerRow(scores.tolist()),
+    }
 
 
 @rule("bulyan", needs=(4, 3))
@@ -94,4 +97,4 @@ def bulyan(source: UpdateSource, f: int, weights: Tensor) -> AggregationResult:
     beta = len(selected) - 2 * f
     chosen = source.subset(selected)
     vector = chosen.map_columns(lambda c: mean_around_median(_by_coordinate(c), beta))
-    return AggregationResult(vector, {"selected": sorted(selected), "beta": beta})
+    return AggregationResult(vector, {"selected": Rows(sorted(selected)), "beta": beta})

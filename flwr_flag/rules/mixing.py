@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import Diagnostics, Preaggregated, preaggregator, span_rule
-from .validation import check_int
+from ._registry import Diagnostics, Preaggregated, Rows, preaggregator, span_rule
+from .validation import Integer, within_n
 
 
 def nearest(dist: Tensor, k: int) -> Tensor:
@@ -36,10 +36,17 @@ def nearest_neighbor_mixing(source: UpdateSource, f: int, weights: Tensor) -> Pr
     neighbours = nearest(source.gram().sq_distances(), n - f)
     mixing = torch.zeros(n, n, dtype=torch.float64)
     mixing.scatter_(1, neighbours, 1.0 / (n - f))
-    return Preaggregated(source.mix(mixing), f, weights, {"neighbours": neighbours.tolist()})
+    # Row i is node i's neighbourhood mean: it still stands for node i.
+    diagnostics = {"neighbours": neighbours.tolist()}
+    return Preaggregated(source.mix(mixing), f, weights, diagnostics, list(range(n)))
 
 
-@preaggregator("bucketing", needs=(1, 1))
+@preaggregator(
+    "bucketing",
+    needs=(1, 1),
+    params={"s": Integer(1), "seed": Integer(0, optional=True)},
+    rows=lambda n, params: -(-n // params["s"]),
+)
 def bucketing(
     source: UpdateSource, f: int, weights: Tensor, s: int = 2, seed: int | None = None
 ) -> Preaggregated:
@@ -53,7 +60,7 @@ def bucketing(
     ``ceil(n / s)`` rows with that ``f``.
     """
     n = source.n
-    s = check_int("bucketing", "s", s, 1, n)
+    s = within_n("bucketing", "s", s, n, n)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     order = torch.randperm(n, generator=generator)
     buckets = [order[i : i + s] for i in range(0, n, s)]
@@ -61,10 +68,11 @@ def bucketing(
     for row, members in enumerate(buckets):
         mixing[row, members] = weights[members] / weights[members].sum()
     totals = torch.stack([weights[members].sum() for members in buckets])
-    return Preaggregated(source.mix(mixing), f, totals, {"buckets": [b.tolist() for b in buckets]})
+    diagnostics = {"buckets": [b.tolist() for b in buckets]}
+    return Preaggregated(source.mix(mixing), f, totals, diagnostics, None)
 
 
-@span_rule("monna", needs=(2, 1))
+@span_rule("monna", needs=(2, 1), params={"reference": Integer(0)})
 def monna(
     source: UpdateSource, f: int, weights: Tensor, reference: int = 0
 ) -> tuple[Tensor, Diagnostics]:
@@ -74,9 +82,9 @@ def monna(
     The paper runs it on each honest peer with its own vector as reference; on a
     server, ``reference`` must be an update the server trusts. Cost: ``O(n^2 p)``.
     """
-    reference = check_int("monna", "reference", reference, 0, source.n - 1)
+    reference = within_n("monna", "reference", reference, source.n - 1, source.n)
     dist = source.gram().sq_distances()
     chosen = nearest(dist, source.n - f)[reference]
     coefficients = torch.zeros(source.n, dtype=torch.float64)
     coefficients[chosen] = 1.0 / len(chosen)
-    return coefficients, {"selected": sorted(chosen.tolist())}
+    return coefficients, {"selected": Rows(sorted(chosen.tolist()))}

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from ..engine import Gram, UpdateSource
-from ._registry import Diagnostics, span_rule
-from .validation import check_int
+from ._registry import Diagnostics, Rows, span_rule
+from .validation import InputRangeError, Integer
 
 DEFAULT_MAX_SUBSETS = 1_000_000
 _BATCH = 4096
@@ -41,10 +41,9 @@ def _best_subset(
     spread: Callable[[Gram, Tensor], Tensor],
 ) -> tuple[Tensor, Diagnostics]:
     n = source.n
-    max_subsets = check_int(rule, "max_subsets", max_subsets, 1)
     count = math.comb(n, f)
     if count > max_subsets:
-        raise ValueError(
+        raise InputRangeError(
             f"{rule}: exact search over C(n={n}, f={f}) = {count} subsets exceeds "
             f"max_subsets={max_subsets}; raise max_subsets or use another rule"
         )
@@ -57,7 +56,7 @@ def _best_subset(
             best_value, best_mask = float(values[i]), masks[i]
     coefficients = best_mask / best_mask.sum()
     selected = torch.nonzero(best_mask).flatten().tolist()
-    return coefficients, {"selected": selected, "spread": best_value, "subsets": count}
+    return coefficients, {"selected": Rows(selected), "spread": best_value, "subsets": count}
 
 
 def _diameters(gram: Gram, masks: Tensor) -> Tensor:
@@ -77,7 +76,7 @@ def _max_covariance_eigenvalues(gram: Gram, masks: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(restricted)[:, -1]
 
 
-@span_rule("mda", needs=(2, 1))
+@span_rule("mda", needs=(2, 1), params={"max_subsets": Integer(1)})
 def minimum_diameter_averaging(
     source: UpdateSource, f: int, weights: Tensor, max_subsets: int = DEFAULT_MAX_SUBSETS
 ) -> tuple[Tensor, Diagnostics]:
@@ -93,7 +92,7 @@ def minimum_diameter_averaging(
     return _best_subset("mda", source, f, max_subsets, _diameters)
 
 
-@span_rule("smea", needs=(2, 1))
+@span_rule("smea", needs=(2, 1), params={"max_subsets": Integer(1)})
 def smallest_maximum_eigenvalue_averaging(
     source: UpdateSource, f: int, weights: Tensor, max_subsets: int = DEFAULT_MAX_SUBSETS
 ) -> tuple[Tensor, Diagnostics]:

@@ -1,20 +1,140 @@
 """The one place where aggregation inputs and hyperparameters are checked.
 
 Errors name the rule, the parameter, the value and the allowed range, in the manner of
-scikit-learn's parameter validation.
+scikit-learn's parameter validation. Two kinds:
+
+* a hyperparameter's type and range that do not depend on the updates are declared with
+  the rule (:class:`Integer`, :class:`Real`, :class:`Choice`, :class:`Boolean`, and the
+  registry's nested kinds) and checked when a strategy is built, before any round;
+* what depends on the round's updates (``n`` too small for ``f``, ``subspace_dim > n``,
+  ...) raises :class:`InputRangeError`: the round keeps the model and says why. Any
+  other exception in a round is a bug and propagates.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
+
+
+class InputRangeError(ValueError):
+    """This round's updates do not fit the rule (too few for ``f``, a hyperparameter
+    bounded by ``n``): the strategy keeps the model for the round and logs the reason."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared hyperparameter kind; ``optional`` admits ``None`` (a computed default,
+    ``"auto"`` in run configs)."""
+
+    optional: bool = field(default=False, kw_only=True)
+
+    def check(self, rule: str, name: str, value: object) -> object:
+        """The value, checked; a ``TypeError`` / ``ValueError`` naming rule and name."""
+        if value is None and self.optional:
+            return None
+        return self._check(rule, name, value)
+
+    def _check(self, rule: str, name: str, value: object) -> object:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self._describe() + (" or None (automatic)" if self.optional else "")
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Integer(Param):
+    """An int in ``[low, high]``."""
+
+    low: int = 0
+    high: float = math.inf
+
+    def _check(self, rule: str, name: str, value: object) -> int:
+        return check_int(rule, name, value, self.low, self.high)
+
+    def _describe(self) -> str:
+        return f"int >= {self.low}" + ("" if self.high == math.inf else f", <= {self.high}")
+
+
+@dataclass(frozen=True)
+class Real(Param):
+    """A finite real in ``[low, high]``, ends excluded when ``*_open``."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def _check(self, rule: str, name: str, value: object) -> float:
+        value = check_float(
+            rule, name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open
+        )
+        if math.isinf(value):
+            raise ValueError(f"{rule}: {name}={value} is out of range; allowed finite values")
+        return value
+
+    def _describe(self) -> str:
+        left = "" if self.low == -math.inf else f"{self.low} {'<' if self.low_open else '<='} "
+        right = "" if self.high == math.inf else f" {'<' if self.high_open else '<='} {self.high}"
+        return f"{left}real{right}"
+
+
+@dataclass(frozen=True)
+class Choice(Param):
+    """One of ``choices``."""
+
+    choices: tuple[str, ...] = ()
+
+    def _check(self, rule: str, name: str, value: object) -> str:
+        return check_choice(rule, name, value, self.choices)
+
+    def _describe(self) -> str:
+        return " | ".join(repr(c) for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Boolean(Param):
+    """``True`` or ``False``."""
+
+    def _check(self, rule: str, name: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{rule}: {name}={value!r} must be a bool")
+        return value
+
+    def _describe(self) -> str:
+        return "bool"
+
+
+@dataclass(frozen=True)
+class Text(Param):
+    """A string."""
+
+    def _check(self, rule: str, name: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{rule}: {name}={value!r} must be a string")
+        return value
+
+    def _describe(self) -> str:
+        return "str"
+
+
+def within_n(rule: str, name: str, value: int, high: int, n: int) -> int:
+    """``value <= high`` for this round's ``n``, else :class:`InputRangeError`."""
+    if value > high:
+        raise InputRangeError(
+            f"{rule}: {name}={value} is out of range for n={n} updates; allowed <= {high}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -38,7 +158,7 @@ def check_updates(rule: str, source: UpdateSource, f: int, requirement: Requirem
     """Check ``n >= 1`` and that ``f`` is within the rule's range for this ``n``."""
     n = source.n
     if n < 1:
-        raise ValueError(f"{rule}: got n=0 updates; at least one update is required")
+        raise InputRangeError(f"{rule}: got n=0 updates; at least one update is required")
     if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
         raise TypeError(f"{rule}: f={f!r} must be an int")
     if f < 0 or n < requirement.minimum(f):
@@ -47,7 +167,7 @@ def check_updates(rule: str, source: UpdateSource, f: int, requirement: Requirem
         else:
             top = (n - requirement.offset) // requirement.factor
             allowed = f"0 <= f <= {top}" if top >= 0 else "none (too few updates)"
-        raise ValueError(
+        raise InputRangeError(
             f"{rule}: f={f} is out of range for n={n} updates; {rule} needs "
             f"{requirement}, so allowed: {allowed}"
         )

@@ -40,7 +40,18 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
         if keep < 2:
             raise ValueError(f"keep={keep} is out of range; allowed keep >= 2")
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            raise TypeError(f"checkpoint_dir={directory!r} must be a non-empty path")
         self.directory = Path(directory)
+        blocking = next((p for p in (self.directory, *self.directory.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(
+                f"checkpoint_dir={str(directory)!r} cannot be a directory: {blocking} is a file"
+            )
+        try:  # created now, so that a directory we cannot write fails before round 1
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"checkpoint_dir={str(directory)!r}: {error}") from None
         self.keep = keep
 
     def _files(self) -> list[tuple[int, Path]]:
@@ -81,8 +92,11 @@ class CheckpointStore:
         return final
 
     def latest(self) -> Checkpoint | None:
-        """The newest checkpoint that loads, or ``None``."""
-        for server_round, path in reversed(self._files()):
+        """The newest checkpoint that loads; ``None`` when there is none at all. When
+        every file is unreadable it raises: starting over silently would discard the
+        run's progress (``resume=False`` starts fresh on purpose)."""
+        files = self._files()
+        for server_round, path in reversed(files):
             try:
                 payload = torch.load(path, map_location="cpu", weights_only=True)
                 arrays = OrderedDict((k, v.numpy()) for k, v in payload["arrays"].items())
@@ -92,4 +106,9 @@ class CheckpointStore:
                 log(WARNING, "Checkpoint %s is unreadable (%s); trying an older one", path, error)
                 continue
             return Checkpoint(server_round, arrays, dict(payload["state"]))
+        if files:
+            raise ValueError(
+                f"resume: none of the {len(files)} checkpoints in {self.directory} is "
+                "readable; remove them, or pass resume=False to start a new run"
+            )
         return None

@@ -26,9 +26,17 @@ import torch
 from flwr.common.logger import log
 
 from ..engine import ArraysSource, NonFiniteUpdateError, resolve_device
-from ..rules import AggregationResult, aggregate, get_preaggregator, get_rule
-from ..rules._registry import PreStep, check_hyperparameters
-from ..rules.validation import check_float, check_int
+from ..rules import AggregationResult, aggregate, get_rule
+from ..rules._registry import (
+    Nested,
+    PerRow,
+    PreStep,
+    Rows,
+    check_params,
+    check_pre,
+    rows_after,
+)
+from ..rules.validation import InputRangeError, Integer, Real, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, structural_problem
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights
@@ -95,30 +103,27 @@ class RobustCore:
         weighting: str = "uniform",
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        accepted = get_rule(rule).hyperparameters
-        check_hyperparameters(rule, rule_params or {}, accepted)
-        for step in pre:
-            get_preaggregator(step if isinstance(step, str) else step[0])
+        entry = get_rule(rule)
         self.rule = rule
         self.num_byzantine = check_int("strategy", "num_byzantine", num_byzantine, 0)
-        self.rule_params = dict(rule_params or {})
-        self.pre = list(pre)
-        self.server_lr = check_float("strategy", "server_lr", server_lr, 0.0, low_open=True)
-        self.server_momentum = check_float(
-            "strategy", "server_momentum", server_momentum, 0.0, 1.0, high_open=True
+        self.rule_params = check_params(rule, rule_params or {})
+        self.pre = check_pre("pre", pre)
+        self.server_lr = Real(0.0, low_open=True).check("strategy", "server_lr", server_lr)
+        self.server_momentum = Real(0.0, 1.0, high_open=True).check(
+            "strategy", "server_momentum", server_momentum
         )
-        if chunk_size is not None:
-            check_int("strategy", "chunk_size", chunk_size, 1)
-        if max_update_norm is not None:
-            check_float("strategy", "max_update_norm", max_update_norm, 0.0, low_open=True)
+        Integer(1, optional=True).check("strategy", "chunk_size", chunk_size)
+        Real(0.0, low_open=True, optional=True).check(
+            "strategy", "max_update_norm", max_update_norm
+        )
         self.weighting, self.max_weight_ratio = check_weighting(weighting, max_weight_ratio)
         self.device = resolve_device(device)
         self.chunk_size = chunk_size
         self.max_update_norm = max_update_norm
-        self.checkpoints = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoints = None if checkpoint_dir is None else CheckpointStore(checkpoint_dir)
         self._momentum: torch.Tensor | None = None
         self._previous: torch.Tensor | None = None
-        self._uses_previous = "previous" in accepted and "previous" not in self.rule_params
+        self._uses_previous = "previous" in entry.state
         self.row_params: Callable[[list[Reply]], dict[str, Any]] | None = None
         """Optional per-round hyperparameters that depend on which replies are aggregated
         (DETOX's group label of each row); called with the replies in row order."""
@@ -148,21 +153,55 @@ class RobustCore:
             state["previous"] = self._previous
         return state
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], size: int | None = None) -> None:
+        """Restore the state; with ``size`` (the model's parameter count), refuse state
+        of another model."""
+        expected = {"momentum"} | ({"previous"} if self._uses_previous else set())
+        unknown = set(state) - expected
+        if unknown:
+            raise ValueError(f"resume: state {sorted(unknown)} does not belong to {self.rule}")
+        for key, value in state.items():
+            if size is not None and tuple(value.shape) != (size,):
+                raise ValueError(
+                    f"resume: state {key!r} has shape {tuple(value.shape)}, but the model has "
+                    f"{size} parameters"
+                )
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"resume: state {key!r} is not finite")
         self._momentum = state["momentum"].to(self.device) if "momentum" in state else None
         self._previous = state["previous"].to(self.device) if "previous" in state else None
 
-    def resume(self) -> Checkpoint | None:
-        """Load the newest readable checkpoint's state; returns it (``None`` if none)."""
-        checkpoint = self.checkpoints.latest() if self.checkpoints else None
-        if checkpoint is not None:
-            self.load_state_dict(checkpoint.state)
-            log(
-                INFO,
-                "Resuming after round %d from %s",
-                checkpoint.server_round,
-                self.checkpoints.directory,
+    def resume(self, initial: Arrays) -> Checkpoint | None:
+        """The newest readable checkpoint, checked against the ``initial`` arrays (names,
+        shapes, dtypes, finite values) with its state loaded; ``None`` if there is none."""
+        if self.checkpoints is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        checkpoint = self.checkpoints.latest()
+        if checkpoint is None:
+            return None
+        where = (
+            f"resume: checkpoint of round {checkpoint.server_round} in {self.checkpoints.directory}"
+        )
+        if list(checkpoint.arrays) != list(initial):
+            raise ValueError(
+                f"{where} holds arrays {list(checkpoint.arrays)}, the model {list(initial)}"
             )
+        for name, want in initial.items():
+            got = checkpoint.arrays[name]
+            if got.shape != want.shape or got.dtype != want.dtype:
+                raise ValueError(
+                    f"{where}: array '{name}' is {got.dtype}{list(got.shape)}, the model's "
+                    f"{want.dtype}{list(want.shape)}"
+                )
+            if got.dtype.kind in "fc" and not np.isfinite(got).all():
+                raise ValueError(f"{where}: array '{name}' is not finite")
+        self.load_state_dict(checkpoint.state, sum(a.size for a in initial.values()))
+        log(
+            INFO,
+            "Resuming after round %d from %s",
+            checkpoint.server_round,
+            self.checkpoints.directory,
+        )
         return checkpoint
 
     def round(
@@ -215,7 +254,7 @@ class RobustCore:
         }
         if result is not None:
             node_ids = [replies[i].node_id for i in used]
-            metrics.update(summarize(result.diagnostics, node_ids, self.num_byzantine))
+            metrics.update(summarize(result.diagnostics, node_ids))
         if arrays is not None and self.checkpoints is not None:
             self.checkpoints.save(server_round, arrays, self.state_dict())
         return RoundOutcome(arrays, metrics, used if result is not None else [])
@@ -233,18 +272,17 @@ class RobustCore:
         requirement = get_rule(self.rule).requirement
         live = list(candidates)
         while True:
-            if len(live) < requirement.minimum(self.num_byzantine):
-                return (
-                    None,
-                    live,
-                    (
-                        f"{len(live)} valid replies, but {self.rule} with "
-                        f"f={self.num_byzantine} needs {requirement}"
-                    ),
+            rows = rows_after(self.pre, len(live))
+            if rows < requirement.minimum(self.num_byzantine):
+                after = f" ({rows} rows after {self.pre})" if rows != len(live) else ""
+                why = (
+                    f"{len(live)} valid replies{after}, but {self.rule} with "
+                    f"f={self.num_byzantine} needs {requirement}"
                 )
-            rows = [replies[i] for i in live]
+                return None, live, why
+            chosen = [replies[i] for i in live]
             source = ArraysSource(
-                [[r.arrays[k] for k in names] for r in rows],
+                [[r.arrays[k] for k in names] for r in chosen],
                 base=list(reference.values()),
                 device=self.device,
                 chunk_size=self.chunk_size,
@@ -265,9 +303,9 @@ class RobustCore:
                 if self._uses_previous and self._previous is not None:
                     params["previous"] = self._previous
                 if self.row_params is not None:
-                    params.update(self.row_params(rows))
+                    params.update(self.row_params(chosen))
                 weights = reply_weights(
-                    [r.num_examples for r in rows], self.weighting, self.max_weight_ratio
+                    [r.num_examples for r in chosen], self.weighting, self.max_weight_ratio
                 )
                 result = aggregate(
                     source, self.rule, self.num_byzantine, weights, pre=self.pre, **params
@@ -278,7 +316,7 @@ class RobustCore:
                 for i in bad:
                     rejected[live[i]] = "update contains NaN or Inf (or overflows)"
                 live = [r for i, r in enumerate(live) if i not in bad]
-            except ValueError as error:
+            except InputRangeError as error:
                 return None, live, str(error)
 
     def _server_step(self, reference: Arrays, aggregate_update: torch.Tensor) -> Arrays | None:
@@ -302,46 +340,39 @@ class RobustCore:
             return None
         if self.server_momentum > 0:
             self._momentum = step
-        self._previous = aggregate_update
+        if self._uses_previous:
+            self._previous = aggregate_update
         return out
 
 
-NODE_LISTS = ("selected", "trimmed", "dissenting", "no_majority")
-"""Diagnostics that list rows; at the top level rows are the replies, mapped to node ids."""
-
-
-def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int], f: int) -> Metrics:
-    """Rule diagnostics as MetricRecord entries, with rows mapped to node ids.
-
-    Only top-level rows are replies: nested diagnostics (CTMA's base, DETOX's second
-    stage over group winners) and rows after bucketing are not mapped, and their node
-    lists are left out; their scalars are kept.
-    """
+def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int]) -> Metrics:
+    """A rule's diagnostics as MetricRecord entries: every :class:`Rows` list mapped to
+    node ids (``<key>-nodes``, nested rules' too, through :class:`Nested` row maps; lists
+    over mixed rows, as after bucketing, are left out), every :class:`PerRow` as its min
+    and median, finite scalars as they are; ``outvoted-nodes`` gathers every node some
+    list marks as set aside. Knows no rule's key names."""
     out: Metrics = {}
-    mapped = "bucketing" not in diagnostics.get("pre", {})
+    outvoted: set[int] = set()
 
-    def walk(prefix: str, diag: Mapping[str, Any], top: bool) -> None:
-        def nodes(key: str, rows: Sequence[int]) -> None:
-            if top and mapped:
-                out[f"{prefix}{key}"] = [int(node_ids[i]) for i in rows]
-
+    def walk(prefix: str, diag: Mapping[str, Any], ids: list[int] | None) -> None:
+        if isinstance(diag, Nested):
+            ids = None if ids is None or diag.rows is None else [ids[i] for i in diag.rows]
         for key, value in diag.items():
             name = f"{prefix}{key.replace('_', '-')}"
-            if key in NODE_LISTS:
-                nodes(f"{key.replace('_', '-')}-nodes", value)
-            elif key == "ratios":
-                ratios = torch.tensor(value, dtype=torch.float64)
-                out[f"{prefix}ratio-min"] = float(ratios.min())
-                out[f"{prefix}ratio-median"] = float(ratios.median())
-            elif key == "irls_weights":
-                weights = torch.tensor(value, dtype=torch.float64)
-                out[f"{prefix}weight-min"] = float(weights.min())
-                out[f"{prefix}weight-median"] = float(weights.median())
-                nodes("lowest-weight-nodes", torch.argsort(weights)[: max(f, 1)].tolist())
+            if isinstance(value, Rows):
+                if ids is not None:
+                    out[f"{name}-nodes"] = [int(ids[i]) for i in value]
+                    if value.outvoted:
+                        outvoted.update(ids[i] for i in value)
+            elif isinstance(value, PerRow):
+                values = torch.tensor(value, dtype=torch.float64)
+                out[f"{name}-min"] = float(values.min())
+                out[f"{name}-median"] = float(values.median())
             elif isinstance(value, Mapping):
-                walk(f"{name}.", value, top=False)
+                walk(f"{name}.", value, ids)
             elif isinstance(value, (bool, int, float)) and math.isfinite(value):
                 out[name] = float(value) if isinstance(value, float) else int(value)
 
-    walk("robust.", diagnostics, top=True)
+    walk("robust.", diagnostics, [int(i) for i in node_ids])
+    out["robust.outvoted-nodes"] = sorted(outvoted)
     return out

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from ..rules import get_rule
+from ..rules.validation import Integer, Real
 from .core import RobustCore
 
 CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)[1:]) - {
@@ -19,6 +20,26 @@ CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)
     "num_byzantine",
     "rule_params",
 }
+
+
+FLOWER_PARAMS = {
+    "fraction_train": Real(0.0, 1.0, low_open=True),
+    "fraction_fit": Real(0.0, 1.0, low_open=True),
+    "fraction_evaluate": Real(0.0, 1.0),
+    **{
+        k: Integer(0)
+        for k in (
+            "min_train_nodes",
+            "min_evaluate_nodes",
+            "min_available_nodes",
+            "min_fit_clients",
+            "min_evaluate_clients",
+            "min_available_clients",
+        )
+    },
+}
+"""Flower's sampling options (both APIs), checked here: Flower's sampler waits forever
+for a fraction above 1 of the nodes."""
 
 
 def build_core(
@@ -34,6 +55,9 @@ def build_core(
             f"{sorted(hyper)}, the aggregation options {sorted(CORE_OPTIONS)} and Flower's "
             f"strategy options {sorted(base)}"
         )
+    for key, kind in FLOWER_PARAMS.items():
+        if key in options:
+            kind.check("strategy", key, options[key])
     core = RobustCore(
         rule,
         num_byzantine,
@@ -41,6 +65,20 @@ def build_core(
         **{k: v for k, v in options.items() if k in CORE_OPTIONS},
     )
     return core, {k: v for k, v in options.items() if k in base}
+
+
+HEADING = "Hyperparameters of rule"
+
+
+def describe_rule(rule: str) -> str:
+    """``HEADING`` and one line per declared hyperparameter: kind and default."""
+    entry = get_rule(rule)
+    lines = [f"{HEADING} {rule!r} (keyword options):"]
+    for name, kind in entry.params.items():
+        lines.append(f"    {name}: {kind.describe()}; default {entry.defaults[name]!r}")
+    if not entry.params:
+        lines.append("    none")
+    return "\n".join(lines)
 
 
 class RobustOptions:
@@ -52,6 +90,13 @@ class RobustOptions:
     defaults: ClassVar[Mapping[str, Any]] = {}
     """Options a named strategy sets differently from the core's defaults."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A named strategy's docstring lists its rule's hyperparameters: their kinds and
+        defaults, from the rule's declarations (``help(FlagAggregator)`` shows them)."""
+        super().__init_subclass__(**kwargs)
+        if "rule" in cls.__dict__ and cls.__doc__ and HEADING not in cls.__doc__:
+            cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_rule(cls.rule)
+
     def __init__(
         self,
         num_byzantine: int = 0,
@@ -60,10 +105,19 @@ class RobustOptions:
         resume: bool = False,
         **options: Any,
     ) -> None:
+        if rule is not None and "rule" in type(self).__dict__:
+            raise TypeError(
+                f"{type(self).__name__} always runs {type(self).rule!r}; rule={rule!r} is "
+                "for RobustStrategy"
+            )
+        if not isinstance(resume, bool):
+            raise TypeError(f"strategy: resume={resume!r} must be a bool")
         self.rule = rule or type(self).rule
         flower = next(c for c in type(self).__mro__ if c.__module__.startswith("flwr."))
         self.core, flower_options = build_core(
             self.rule, num_byzantine, {**self.defaults, **options}, flower.__init__
         )
         super().__init__(**flower_options)
+        if resume and self.core.checkpoints is None:
+            raise ValueError("strategy: resume=True needs checkpoint_dir")
         self.resume = resume

@@ -161,7 +161,8 @@ class RobustStrategy(RobustOptions, FedAvg):
         """Flower's loop; with ``resume=True`` it continues after the last checkpoint."""
         done = 0
         if self.resume:
-            checkpoint = self.core.resume()
+            initial = OrderedDict((k, v.numpy()) for k, v in initial_arrays.items())
+            checkpoint = self.core.resume(initial)
             if checkpoint is not None:
                 done = checkpoint.server_round
                 initial_arrays = ArrayRecord(
