@@ -243,3 +243,47 @@ def test_integer_and_zero_dimensional_arrays_keep_their_dtype_and_shape():
     arrays, _ = strategy.aggregate_train(1, messages)
     steps = arrays["steps"].numpy()
     assert steps.shape == () and steps.dtype == np.int64 and int(steps) == 12
+
+
+def test_the_float32_server_step_equals_the_float64_one_within_float32_resolution():
+    rng = np.random.default_rng(4)
+    reference = {
+        "w": rng.normal(scale=100, size=(50, 40)).astype(np.float32),
+        "b": rng.normal(size=40).astype(np.float32),
+        "steps": np.array(10, dtype=np.int64),
+    }
+    size = sum(a.size for a in reference.values())
+    update = torch.from_numpy(rng.normal(scale=1e-3, size=size)).float()
+    core = flwr_flag.Mean(device="cpu", server_lr=0.7).core
+    got = core._server_step(reference, update)
+    offset = 0
+    for name, base in reference.items():
+        piece = 0.7 * update[offset : offset + base.size].double().numpy().reshape(base.shape)
+        exact = base.astype(np.float64) + piece
+        offset += base.size
+        assert got[name].dtype == base.dtype and got[name].shape == base.shape
+        if base.dtype.kind == "i":
+            assert got[name] == np.rint(exact)
+            continue
+        ulp = np.spacing(np.maximum(np.abs(exact), np.abs(piece)).astype(np.float32))
+        assert np.all(np.abs(got[name].astype(np.float64) - exact) <= 2 * ulp)
+
+
+def test_replies_are_read_without_copying_their_bytes():
+    from flwr.app import Array
+
+    from flwr_flag.strategy.replies import numpy_view
+
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for array in (values, np.asfortranarray(values), np.array(3.5), np.zeros(0)):
+        record = Array(array)
+        view = numpy_view(record)
+        np.testing.assert_array_equal(view, record.numpy())
+        assert view.dtype == record.numpy().dtype and view.shape == record.numpy().shape
+        assert not view.flags.writeable  # a view of the message's bytes, never mutated
+    record = Array(values)
+    view = numpy_view(record)
+    assert np.shares_memory(view, np.frombuffer(record.data, dtype=np.uint8))
+    short = Array("float32", (3, 4), "numpy.ndarray", Array(values).data[:-4])
+    with pytest.raises(ValueError, match="payload holds 44 bytes"):
+        numpy_view(short)

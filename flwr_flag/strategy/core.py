@@ -320,22 +320,28 @@ class RobustCore:
                 return None, live, str(error)
 
     def _server_step(self, reference: Arrays, aggregate_update: torch.Tensor) -> Arrays | None:
+        """``w + lr * m`` array by array, in each array's own dtype: the step is moved to
+        the host once, in float32 unless an array is float64 (one rounding of the step
+        and one of the sum, so the result is within two float32 ulps of the float64
+        step's); integer arrays (step counters) get the rounded float64 step."""
         if not bool(torch.isfinite(aggregate_update).all()):
             return None
         step = aggregate_update
         if self.server_momentum > 0:
             momentum = self._momentum if self._momentum is not None else torch.zeros_like(step)
             step = self.server_momentum * momentum + aggregate_update
+        wide = any(a.dtype == np.float64 for a in reference.values())
+        delta = (self.server_lr * step).to(torch.float64 if wide else torch.float32).cpu().numpy()
         out: Arrays = OrderedDict()
         offset = 0
         for name, base in reference.items():
-            size = base.size
-            piece = self.server_lr * step[offset : offset + size].double().cpu().numpy()
-            value = base.astype(np.float64) + piece.reshape(base.shape)
-            if not np.issubdtype(base.dtype, np.floating):
-                value = np.rint(value)
+            piece = delta[offset : offset + base.size].reshape(base.shape)
+            if np.issubdtype(base.dtype, np.floating):
+                value = base + piece.astype(base.dtype, copy=False)
+            else:
+                value = np.rint(base.astype(np.float64) + piece.astype(np.float64))
             out[name] = np.asarray(value, dtype=base.dtype)  # 0-d arrays stay arrays
-            offset += size
+            offset += base.size
         if not all(np.isfinite(a).all() for a in out.values() if a.dtype.kind in "fc"):
             return None
         if self.server_momentum > 0:

@@ -9,11 +9,14 @@ The value checks (NaN/Inf, norm bound) happen in the engine's first pass.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from flwr.app import Array
+from flwr.common.constant import SType
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,40 @@ def partition_of(record: Mapping[str, object]) -> int | None:
     if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
         raise ValueError(f"config record 'node': partition-id={partition!r} is not an int >= 0")
     return partition
+
+
+def numpy_view(array: Array) -> np.ndarray:
+    """An ``Array``'s values as a read-only view of its bytes, without a copy.
+
+    Flower's ``Array.numpy()`` parses the same ``.npy`` payload with ``np.load``, which
+    copies it: for ``n`` replies that is ``n p`` bytes more before aggregation starts.
+    Here the header is parsed and the data viewed in place; object dtypes and a payload
+    whose length does not match its header are refused (``ValueError``), as is any
+    serialisation other than numpy's (``TypeError``). Cost: ``O(header)``.
+    """
+    if array.stype != SType.NUMPY:
+        raise TypeError(f"Unsupported serialization type for numpy conversion: '{array.stype}'")
+    data = array.data
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        return array.numpy()
+    shape, fortran, dtype = readers[version](stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not accepted")
+    count = math.prod(shape)
+    offset = stream.tell()
+    if len(data) - offset != count * dtype.itemsize:
+        raise ValueError(
+            f"payload holds {len(data) - offset} bytes, its header {shape} x {dtype} needs "
+            f"{count * dtype.itemsize}"
+        )
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return values.reshape(shape, order="F" if fortran else "C")
 
 
 def count_problem(count: object) -> str | None:

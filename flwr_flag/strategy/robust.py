@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from .options import RobustOptions
-from .replies import Reply, decoded, partition_of
+from .replies import Reply, decoded, numpy_view, partition_of
 
 
 class RobustStrategy(RobustOptions, FedAvg):
@@ -103,7 +103,7 @@ class RobustStrategy(RobustOptions, FedAvg):
                     message.error.reason,
                 )
         failed = max(self._sampled, len(replies)) - len(answered)
-        reference = OrderedDict((k, self._sent[k].numpy()) for k in self._sent.keys())
+        reference = OrderedDict((k, numpy_view(self._sent[k])) for k in self._sent.keys())
         decoded_replies = [decoded(m.metadata.src_node_id, self._reader(m)) for m in answered]
         arrays, metrics, used = self.core.round(
             server_round + self._offset, reference, decoded_replies, failed
@@ -134,7 +134,7 @@ class RobustStrategy(RobustOptions, FedAvg):
             record = records.get(self.arrayrecord_key)
             if record is None and len(records) == 1:
                 record = next(iter(records.values()))
-            arrays = {} if record is None else {k: record[k].numpy() for k in record.keys()}
+            arrays = {} if record is None else {k: numpy_view(record[k]) for k in record.keys()}
             count = next(
                 (
                     m[self.weighted_by_key]
