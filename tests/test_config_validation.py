@@ -19,7 +19,7 @@ import flwr_flag
 import flwr_flag.legacy
 from flwr_flag.rules import PREAGGREGATORS, RULES
 from flwr_flag.rules._registry import PreSteps, RuleName, RuleParams
-from flwr_flag.rules.validation import Boolean, Choice, Integer, Real
+from flwr_flag.rules.validation import Choice, Integer, Real, Typed
 from flwr_flag.strategy import STRATEGIES
 
 
@@ -36,7 +36,7 @@ def invalid_values(kind) -> list:
         return bad
     if isinstance(kind, Choice):
         return ["bogus", 3]
-    if isinstance(kind, Boolean):
+    if isinstance(kind, Typed) and kind.kind is bool:
         return ["yes", 1]
     if isinstance(kind, RuleName):
         return ["nope", *sorted(kind.exclude)]

@@ -120,18 +120,26 @@ PREAGGREGATORS: dict[str, Preaggregator] = {}
 
 
 def _declared(
-    name: str, impl: Callable, params: Mapping[str, Param], state: Iterable[str]
-) -> dict[str, Any]:
-    """The signature defaults of ``impl(source, f, weights, **hyper)``; every keyword
-    must be declared as a hyperparameter or as round state."""
+    name: str,
+    impl: Callable,
+    params: Mapping[str, Param] | None,
+    state: Iterable[str],
+    needs: tuple[int, int],
+) -> tuple[dict[str, Param], dict[str, Any], Requirement, Callable]:
+    """A registration's parts: the declared params, their defaults (from the signature
+    of ``impl(source, f, weights, **hyper)``, where every keyword must be declared as a
+    hyperparameter or as round state), the requirement and the validated entry point."""
+    declared = dict(params or {})
     signature = list(inspect.signature(impl).parameters.values())[3:]
     names = {p.name for p in signature}
-    if names != set(params) | set(state):
+    if names != set(declared) | set(state):
         raise TypeError(
             f"{name}: declare every keyword as a param or state: signature {sorted(names)}, "
-            f"declared {sorted(set(params) | set(state))}"
+            f"declared {sorted(set(declared) | set(state))}"
         )
-    return {p.name: p.default for p in signature if p.name in params}
+    defaults = {p.name: p.default for p in signature if p.name in declared}
+    requirement = Requirement(*needs)
+    return declared, defaults, requirement, _validated(name, impl, requirement)
 
 
 def _validated(name: str, impl: Callable, requirement: Requirement) -> Callable:
@@ -155,10 +163,7 @@ def rule(
     """Register ``impl`` returning an :class:`AggregationResult`; needs ``n >= a f + b``."""
 
     def register(impl: Callable[..., AggregationResult]) -> Callable[..., AggregationResult]:
-        declared = dict(params or {})
-        defaults = _declared(name, impl, declared, state)
-        requirement = Requirement(*needs)
-        function = _validated(name, impl, requirement)
+        declared, defaults, requirement, function = _declared(name, impl, params, state, needs)
         RULES[name] = Rule(name, function, requirement, declared, defaults, frozenset(state))
         return function
 
@@ -175,10 +180,7 @@ def span_rule(
     """Register ``impl`` returning ``(c, diagnostics)``; the aggregate is ``X^T c``."""
 
     def register(impl: Callable[..., tuple[Tensor, Diagnostics]]) -> Callable:
-        declared = dict(params or {})
-        defaults = _declared(name, impl, declared, state)
-        requirement = Requirement(*needs)
-        coefficients = _validated(name, impl, requirement)
+        declared, defaults, requirement, coefficients = _declared(name, impl, params, state, needs)
 
         @wraps(impl)
         def function(updates, f: int = 0, weights=None, **hyper) -> AggregationResult:
@@ -205,10 +207,7 @@ def preaggregator(
     gives the rows it hands on for ``n`` and its params (default: ``n``)."""
 
     def register(impl: Callable[..., Preaggregated]) -> Callable[..., Preaggregated]:
-        declared = dict(params or {})
-        defaults = _declared(name, impl, declared, ())
-        requirement = Requirement(*needs)
-        function = _validated(name, impl, requirement)
+        declared, defaults, requirement, function = _declared(name, impl, params, (), needs)
         PREAGGREGATORS[name] = Preaggregator(
             name, function, requirement, declared, defaults, rows or (lambda n, params: n)
         )

@@ -103,29 +103,29 @@ class Choice(Param):
 
 
 @dataclass(frozen=True)
-class Boolean(Param):
+class Typed(Param):
+    """A value of the Python type ``kind``, taken as it is (no coercion: ``"8"`` is not
+    an int, ``"false"`` not a bool)."""
+
+    kind: type = object
+
+    def _check(self, rule: str, name: str, value: object) -> object:
+        if not isinstance(value, self.kind):
+            raise TypeError(f"{rule}: {name}={value!r} must be a {self.kind.__name__}")
+        return value
+
+    def _describe(self) -> str:
+        return self.kind.__name__
+
+
+def Boolean(**options: bool) -> Typed:  # noqa: N802  (reads as the kind it makes)
     """``True`` or ``False``."""
-
-    def _check(self, rule: str, name: str, value: object) -> bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{rule}: {name}={value!r} must be a bool")
-        return value
-
-    def _describe(self) -> str:
-        return "bool"
+    return Typed(kind=bool, **options)
 
 
-@dataclass(frozen=True)
-class Text(Param):
+def Text(**options: bool) -> Typed:  # noqa: N802
     """A string."""
-
-    def _check(self, rule: str, name: str, value: object) -> str:
-        if not isinstance(value, str):
-            raise TypeError(f"{rule}: {name}={value!r} must be a string")
-        return value
-
-    def _describe(self) -> str:
-        return "str"
+    return Typed(kind=str, **options)
 
 
 def within_n(rule: str, name: str, value: int, high: int, n: int) -> int:
