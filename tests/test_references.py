@@ -252,7 +252,8 @@ def test_ctma(case, base):
     w = np.linspace(1, 2, len(x))
     anchor = ours(x, base, f, weights=w)
     order = sorted(range(len(x)), key=lambda i: dist2(x[i], anchor))
-    budget, kept = (1 - f / len(x)) * w.sum(), np.zeros(len(x))
+    # The default trim: the share of the f heaviest weights, the most f liars can hold.
+    budget, kept = w.sum() - np.sort(w)[len(x) - f :].sum(), np.zeros(len(x))
     for i in order:
         kept[i] = min(w[i], max(0.0, budget - kept.sum()))
     expected = kept @ x / kept.sum()

@@ -332,3 +332,19 @@ def test_start_survives_hostile_replies():
         assert result.train_metrics_clientapp[r]["robust.rejected"] == 2
         assert result.train_metrics_clientapp[r]["robust.kept-model"] == 0
     assert np.abs(result.arrays["w"].numpy()).max() > 0
+
+
+@pytest.mark.parametrize("api", sorted(APIS))
+def test_weighted_ctma_trims_the_weight_the_liars_can_hold(api):
+    """With claimed counts trusted (capped), CTMA's default trim is the weight of the f
+    heaviest replies: attackers at the cap are trimmed whole. (Trimming f / n of the
+    weight, as before, left them a third of it and moved the step to -0.7.)"""
+    lookup, step = APIS[api]
+    global_model, honest, attackers = population()
+    models = honest + attackers
+    options = {"weighting": "num-examples", "max_weight_ratio": 2.0}
+    counts = [100] * HONEST + [1e9] * F
+    moved = flat_step(step(lookup("ctma"), options, global_model, models, counts), global_model)
+    honest_steps = np.stack([flat_step(m, global_model) for m in honest])
+    assert np.all(moved >= honest_steps.min(0) - 1e-5)
+    assert np.all(moved <= honest_steps.max(0) + 1e-5)

@@ -53,9 +53,11 @@ def ctma(
     registered rule but ``ctma``, with ``base_params``); sort the updates by
     :math:`\|g_i - a\|`; return the weighted mean of the closest ones holding
     :math:`1 - \lambda` of the total weight, the boundary update with a fractional
-    weight (the paper's weighted version). :math:`\lambda` = ``trim_fraction``,
-    default ``f / n``; with uniform weights this is the mean of the ``n - f`` updates
-    closest to the anchor.
+    weight (the paper's weighted version). :math:`\lambda` = ``trim_fraction``, by
+    default the weight the ``f`` heaviest updates hold together: the most that ``f``
+    Byzantine updates can hold, the paper's bound on the Byzantine weight. With uniform
+    weights that is ``f / n``, and the result the mean of the ``n - f`` updates closest
+    to the anchor.
 
     Cost on top of the base rule: when the base's output lies in the span of the
     updates (every Gram-space rule) the distances come from the Gram matrix at
@@ -63,7 +65,10 @@ def ctma(
     one output pass.
     """
     base_rule = get_rule(base)
-    lam = f / source.n if trim_fraction is None else trim_fraction
+    if trim_fraction is None:  # the weights sum to one: f heaviest = worst-case share
+        lam = min(float(weights.topk(f).values.sum()) if f else 0.0, 1.0 - 1e-12)
+    else:
+        lam = trim_fraction
     params = dict(base_params or {})
     if base_rule.coefficients is not None:
         anchor, base_diagnostics = base_rule.coefficients(source, f, weights, **params)

@@ -1,0 +1,230 @@
+"""How ``aggregate_train`` scales with the number of clients: seconds and peak memory.
+
+``n`` clients reply with a 1M-parameter model (four float32 arrays); each strategy's
+``aggregate_train`` runs on identical replies: Flower's ``FedAvg``, ``FedMedian`` and
+``Krum`` against our ``Mean``, ``Krum``, ``FlagAggregator``, ``CTMA`` and ``Median``.
+Every (strategy, n) runs in a fresh process, so its peak memory is its own: the
+resident set's high-water mark during the calls minus the resident set before them
+(replies built, one warm-up call made), sampled every millisecond, reported beside the
+model's size. Time: median of ``--repeats`` calls.
+
+Writes ``benchmarks/results/scaling_cpu.md`` and ``scaling_cpu.png`` (log-log, with the
+fitted slope of time vs n per strategy).
+
+    python benchmarks/scaling.py                      # n = 10 50 100 200 500
+    python benchmarks/scaling.py --clients 10 50 --strategies Mean "flower FedAvg"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHAPES = {"conv": (256, 256, 3, 3), "fc1": (256, 1024), "fc2": (1024, 151), "bias": (1104,)}
+STRATEGIES = (
+    "flower FedAvg",
+    "flower FedMedian",
+    "flower Krum",
+    "Mean",
+    "Krum",
+    "FlagAggregator",
+    "CTMA",
+    "Median",
+)
+
+
+def build(name: str, f: int):
+    from flwr.serverapp import strategy as flower
+
+    import flwr_flag
+
+    if name.startswith("flower "):
+        cls = getattr(flower, name.split()[1])
+        return cls(num_malicious_nodes=f) if name.endswith("Krum") else cls()
+    return getattr(flwr_flag, name)(num_byzantine=f, device="cpu")
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def measure(name: str, n: int, repeats: int) -> dict:
+    """In this process: replies of ``n`` clients, then ``repeats`` calls of ``name``."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    rng = np.random.default_rng(0)
+    model = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    arrays = ArrayRecord({k: Array(v) for k, v in model.items()})
+    updates = [
+        {k: v + rng.normal(0, 1e-2, v.shape).astype(np.float32) for k, v in model.items()}
+        for _ in range(n)
+    ]
+
+    def replies() -> list[Message]:
+        """Fresh replies for every call: Flower's FedMedian empties those it gets."""
+        out = []
+        for node, update in enumerate(updates, start=1):
+            request = Message(RecordDict(), dst_node_id=node, message_type="train")
+            content = RecordDict(
+                {
+                    "arrays": ArrayRecord({k: Array(v) for k, v in update.items()}),
+                    "metrics": MetricRecord({"num-examples": 10}),
+                }
+            )
+            out.append(Message(content, reply_to=request))
+        return out
+
+    class Grid:
+        def get_node_ids(self):
+            return list(range(1, n + 1))
+
+    strategy = build(name, max(1, (n - 3) // 4))
+
+    def call(messages: list[Message]) -> float:
+        list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
+        start = time.perf_counter()
+        strategy.aggregate_train(1, messages)
+        return time.perf_counter() - start
+
+    call(replies())  # warm-up: one-time library initialisation is not the strategy's
+    batches = [replies() for _ in range(repeats)]
+    before = resident_mib()
+    with PeakSampler() as sampler:
+        times = [call(batch) for batch in batches]
+    return {"strategy": name, "n": n, "seconds": statistics.median(times),
+            "extra_mib": max(sampler.peak - before, 0.0)}  # fmt: skip
+
+
+class PeakSampler:
+    """The resident set's maximum, sampled every millisecond on a thread."""
+
+    def __enter__(self) -> PeakSampler:
+        self.peak, self._done = resident_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.001):
+            self.peak = max(self.peak, resident_mib())
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_mib())
+
+
+def run(name: str, n: int, repeats: int, timeout: float) -> dict:
+    command = [sys.executable, __file__, "--one", name, str(n), "--repeats", str(repeats)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"strategy": name, "n": n, "error": f"over {timeout:.0f} s"}
+    if done.returncode != 0:
+        return {"strategy": name, "n": n, "error": done.stderr.strip().splitlines()[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of log(seconds) against log(n)."""
+    xs = [math.log(n) for n, _ in points]
+    ys = [math.log(t) for _, t in points]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def report(rows: list[dict], clients: list[int], names: list[str], repeats: int) -> str:
+    size = sum(math.prod(s) for s in SHAPES.values())
+    cell = {(r["strategy"], r["n"]): r for r in rows}
+    lines = [
+        "# Scaling with the number of clients (CPU)",
+        "",
+        f"A {size:,}-parameter model ({size * 4 / 2**20:.1f} MiB of float32), n clients, "
+        f"f = (n - 3) // 4; `aggregate_train` on identical replies, median of {repeats} "
+        "calls after a warm-up; peak extra memory = the resident set's maximum during the "
+        "calls (sampled every ms) minus the resident set before them, each (strategy, n) "
+        "in its own process.",
+        "",
+        "| strategy | " + " | ".join(f"n = {n}" for n in clients) + " | slope |",
+        "|---|" + "---:|" * (len(clients) + 1),
+    ]
+    for name in names:
+        texts, points = [], []
+        for n in clients:
+            r = cell.get((name, n))
+            if r is None or "error" in r:
+                texts.append("n/a" if r is None else f"n/a ({r['error']})")
+                continue
+            texts.append(f"{r['seconds']:.2f} s, +{r['extra_mib']:.0f} MiB")
+            points.append((n, r["seconds"]))
+        fitted = f"{slope(points):.2f}" if len(points) > 1 else ""
+        lines.append(f"| {name} | " + " | ".join(texts) + f" | {fitted} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for name in names:
+        points = sorted(
+            (r["n"], r["seconds"]) for r in rows if r["strategy"] == name and "error" not in r
+        )
+        if points:
+            label = f"{name} (slope {slope(points):.2f})" if len(points) > 1 else name
+            axes.loglog(*zip(*points, strict=True), marker="o", label=label)
+    axes.set_xlabel("clients n")
+    axes.set_ylabel("aggregate_train seconds")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="*", default=[10, 50, 100, 200, 500])
+    parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
+        return
+    rows = []
+    for n in args.clients:
+        for name in args.strategies:
+            rows.append(run(name, n, args.repeats, args.timeout))
+            print(rows[-1], flush=True)
+    text = report(rows, args.clients, args.strategies, args.repeats)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scaling_cpu.md").write_text(text)
+    plot(rows, args.strategies, RESULTS / "scaling_cpu.png")
+
+
+if __name__ == "__main__":
+    main()
