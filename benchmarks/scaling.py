@@ -5,11 +5,12 @@
 ``Krum`` against our ``Mean``, ``Krum``, ``FlagAggregator``, ``CTMA`` and ``Median``.
 Every (strategy, n) runs in a fresh process, so its peak memory is its own: the
 resident set's high-water mark during the calls minus the resident set before them
-(replies built, one warm-up call made), sampled every millisecond, reported beside the
-model's size. Time: median of ``--repeats`` calls.
+(replies built), sampled every millisecond during the first call, reported beside the
+model's size. Time: median of the ``--repeats`` calls after it.
 
-Writes ``benchmarks/results/scaling_cpu.md`` and ``scaling_cpu.png`` (log-log, with the
-fitted slope of time vs n per strategy).
+Each (strategy, n) is appended to ``benchmarks/results/scaling_cpu.jsonl`` (a rerun skips
+those done); the report covers every n there: ``scaling_cpu.md`` and ``scaling_cpu.png``
+(log-log, with the fitted slope of time vs n per strategy).
 
     python benchmarks/scaling.py                      # n = 10 50 100 200 500
     python benchmarks/scaling.py --clients 10 50 --strategies Mean "flower FedAvg"
@@ -101,11 +102,14 @@ def measure(name: str, n: int, repeats: int) -> dict:
         strategy.aggregate_train(1, messages)
         return time.perf_counter() - start
 
-    call(replies())  # warm-up: one-time library initialisation is not the strategy's
-    batches = [replies() for _ in range(repeats)]
+    import torch
+
+    torch.ones(2) @ torch.ones(2)  # the library's one-time set-up is not the strategy's
+    batches = [replies() for _ in range(repeats + 1)]
     before = resident_mib()
-    with PeakSampler() as sampler:
-        times = [call(batch) for batch in batches]
+    with PeakSampler() as sampler:  # the first call: memory freed by none before it
+        call(batches[0])
+    times = [call(batch) for batch in batches[1:]]
     return {"strategy": name, "n": n, "seconds": statistics.median(times),
             "extra_mib": max(sampler.peak - before, 0.0)}  # fmt: skip
 
@@ -158,8 +162,8 @@ def report(rows: list[dict], clients: list[int], names: list[str], repeats: int)
         "",
         f"A {size:,}-parameter model ({size * 4 / 2**20:.1f} MiB of float32), n clients, "
         f"f = (n - 3) // 4; `aggregate_train` on identical replies, median of {repeats} "
-        "calls after a warm-up; peak extra memory = the resident set's maximum during the "
-        "calls (sampled every ms) minus the resident set before them, each (strategy, n) "
+        "calls after a first one; peak extra memory = the resident set's maximum during the "
+        "first call (sampled every ms) minus the resident set before it, each (strategy, n) "
         "in its own process.",
         "",
         "| strategy | " + " | ".join(f"n = {n}" for n in clients) + " | slope |",
@@ -214,14 +218,22 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
         return
-    rows = []
+    RESULTS.mkdir(exist_ok=True)
+    store = RESULTS / "scaling_cpu.jsonl"
+    done = [json.loads(line) for line in store.read_text().splitlines()] if store.exists() else []
+    finished = {(r["strategy"], r["n"]) for r in done}
     for n in args.clients:
         for name in args.strategies:
-            rows.append(run(name, n, args.repeats, args.timeout))
-            print(rows[-1], flush=True)
-    text = report(rows, args.clients, args.strategies, args.repeats)
+            if (name, n) in finished:
+                continue
+            done.append(run(name, n, args.repeats, args.timeout))
+            with open(store, "a") as handle:
+                handle.write(json.dumps(done[-1]) + "\n")
+            print(done[-1], flush=True)
+    rows = done
+    clients = sorted({r["n"] for r in rows})
+    text = report(rows, clients, args.strategies, args.repeats)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scaling_cpu.md").write_text(text)
     plot(rows, args.strategies, RESULTS / "scaling_cpu.png")
 

@@ -79,3 +79,31 @@ def test_no_stacked_copy_is_made():
     clients, base = layers(seed=6)
     source = ArraysSource(clients, base, device="cpu", chunk_size=4)
     assert all(chunk.shape == (N, min(4, P - cols.start)) for cols, chunk in source.chunks())
+
+
+def test_a_sparse_output_reads_only_its_rows(monkeypatch):
+    from flwr_flag.engine import ArraysSource
+
+    rng = np.random.default_rng(5)
+    base = [rng.normal(size=(30, 7)).astype(np.float32), rng.normal(size=11).astype(np.float32)]
+    clients = [[a + rng.normal(size=a.shape).astype(np.float32) for a in base] for _ in range(8)]
+    source = ArraysSource(clients, base=base, device="cpu", chunk_size=50)
+    source.gram()  # the first pass: every row checked
+    fetched = []
+    original = ArraysSource._fetch
+    monkeypatch.setattr(
+        ArraysSource, "_fetch", lambda self, a, b: fetched.append(self.n) or original(self, a, b)
+    )
+    one_hot = torch.zeros(8, dtype=torch.float64)
+    one_hot[5] = 1.0
+    row = np.concatenate([(c - b).ravel() for c, b in zip(clients[5], base, strict=True)])
+    np.testing.assert_array_equal(source.combine(one_hot).numpy(), row)
+    assert set(fetched) == {1}  # one row per chunk, not eight
+    dense = torch.full((8,), 1 / 8, dtype=torch.float64)
+    fetched.clear()
+    expected = np.mean(
+        [np.concatenate([(c - b).ravel() for c, b in zip(x, base, strict=True)]) for x in clients],
+        axis=0,
+    )
+    np.testing.assert_allclose(source.combine(dense).numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert set(fetched) == {8}

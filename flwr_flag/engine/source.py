@@ -24,6 +24,7 @@ from a non-finite update. The same pass sums the exact squared norms of the rows
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 
@@ -292,6 +293,25 @@ class ArraysSource(UpdateSource):
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         self._offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         super().__init__(len(clients), int(self._offsets[-1]), **kwargs)
+
+    def combine(self, coefficients: Tensor) -> Tensor:
+        """``X^T c``; once every row has passed the first-pass check, only the rows with a
+        nonzero coefficient are read: Krum's output is one reply's update, so its output
+        pass reads one row instead of ``n`` (``O(p)``, not ``O(n p)``)."""
+        if coefficients.ndim == 1 and self._verified_upto >= self.p:
+            nonzero = torch.nonzero(coefficients.cpu()).flatten().tolist()
+            if not nonzero:
+                return torch.zeros(self.p, dtype=self.dtype, device=self.device)
+            if len(nonzero) <= self.n // 2:
+                return self._rows(nonzero).combine(coefficients.cpu()[nonzero])
+        return super().combine(coefficients)
+
+    def _rows(self, rows: list[int]) -> ArraysSource:
+        """Clients ``rows`` alone, sharing this source's arrays; already checked."""
+        picked = copy.copy(self)
+        picked.n, picked._flats = len(rows), [self._flats[i] for i in rows]
+        picked._sq_norms, picked._gram = self._sq_norms[rows], None
+        return picked
 
     def _fetch(self, start: int, stop: int) -> Tensor:
         rows = self.n + (self._base is not None)
