@@ -107,3 +107,35 @@ def test_a_sparse_output_reads_only_its_rows(monkeypatch):
     )
     np.testing.assert_allclose(source.combine(dense).numpy(), expected, rtol=1e-5, atol=1e-6)
     assert set(fetched) == {8}
+
+
+def test_the_fused_first_pass_of_a_mean_checks_and_combines():
+    from flwr_flag.engine import NonFiniteUpdateError
+
+    rng = np.random.default_rng(6)
+    base = [rng.normal(size=(300, 70)).astype(np.float32), np.array(3, dtype=np.int64)]
+    clients = [
+        [base[0] + rng.normal(size=(300, 70)).astype(np.float32), base[1] + i] for i in range(6)
+    ]
+    weights = torch.tensor([1.0, 2, 3, 4, 5, 6], dtype=torch.float64) / 21
+    source = ArraysSource(clients, base=base, device="cpu")
+    got = source.combine(weights)
+    stacked = torch.stack(
+        [
+            torch.from_numpy(
+                np.concatenate([(c - b).ravel() for c, b in zip(x, base, strict=True)]).astype(
+                    np.float32
+                )
+            )
+            for x in clients
+        ]
+    )
+    torch.testing.assert_close(got, weights.float() @ stacked, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        source.sq_norms(), stacked.double().square().sum(1), rtol=1e-5, atol=0
+    )
+    clients[4][0] = clients[4][0].copy()
+    clients[4][0][7, 3] = np.nan
+    with pytest.raises(NonFiniteUpdateError) as error:
+        ArraysSource(clients, base=base, device="cpu").combine(weights)
+    assert error.value.rows == [4]

@@ -37,6 +37,9 @@ from .gram import Gram, choose_reference
 DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 """Default elements per ``(n, chunk)`` block: 16 MiB of float32 on a CPU (cache-sized
 for the memory-bound passes), 128 MiB on a GPU (fewer kernel launches)."""
+FUSED_PIECE = 1 << 16
+"""Elements of one client's piece in the fused host pass (256 KiB of float32: it stays
+in cache between the subtraction, the squared norm and the weighted sum)."""
 
 
 class NonFiniteUpdateError(ValueError):
@@ -304,7 +307,36 @@ class ArraysSource(UpdateSource):
                 return torch.zeros(self.p, dtype=self.dtype, device=self.device)
             if len(nonzero) <= self.n // 2:
                 return self._rows(nonzero).combine(coefficients.cpu()[nonzero])
+        if coefficients.ndim == 1 and self._verified_upto == 0 and self.device.type == "cpu":
+            return self._first_pass_combine(coefficients)
         return super().combine(coefficients)
+
+    def _first_pass_combine(self, coefficients: Tensor) -> Tensor:
+        """The first pass and ``X^T c`` at once, on the host, client by client over
+        cache-sized pieces of each array (``FUSED_PIECE`` elements): every reply is read
+        once and no ``(n, chunk)`` block is assembled. This is a mean's whole cost, the
+        pass FedAvg makes. Raises :class:`NonFiniteUpdateError` as the first pass does."""
+        weights = coefficients.to(torch.float64).cpu().tolist()
+        dtype = np.dtype(str(self.dtype).removeprefix("torch."))
+        out = np.empty(self.p, dtype=dtype)
+        sq_norms = np.zeros(self.n)
+        scratch = np.empty(FUSED_PIECE, dtype=dtype)
+        for layer in range(len(self._offsets) - 1):
+            lo, hi = int(self._offsets[layer]), int(self._offsets[layer + 1])
+            for a in range(0, hi - lo, FUSED_PIECE):
+                b = min(a + FUSED_PIECE, hi - lo)
+                acc, piece = out[lo + a : lo + b], scratch[: b - a]
+                acc[:] = 0
+                for i, flats in enumerate(self._flats):
+                    if self._base is None:
+                        piece[:] = flats[layer][a:b]
+                    else:
+                        np.subtract(flats[layer][a:b], self._base[layer][a:b], out=piece)
+                    sq_norms[i] += float(np.dot(piece, piece))
+                    piece *= weights[i]
+                    acc += piece
+        self._verify(0, self.p, torch.from_numpy(sq_norms))
+        return torch.from_numpy(out)
 
     def _rows(self, rows: list[int]) -> ArraysSource:
         """Clients ``rows`` alone, sharing this source's arrays; already checked."""
