@@ -89,16 +89,16 @@ def test_a_sparse_output_reads_only_its_rows(monkeypatch):
     clients = [[a + rng.normal(size=a.shape).astype(np.float32) for a in base] for _ in range(8)]
     source = ArraysSource(clients, base=base, device="cpu", chunk_size=50)
     source.gram()  # the first pass: every row checked
-    fetched = []
-    original = ArraysSource._fetch
+    fetched = []  # the rows each output pass reads
+    original = ArraysSource._host_combine
     monkeypatch.setattr(
-        ArraysSource, "_fetch", lambda self, a, b: fetched.append(self.n) or original(self, a, b)
+        ArraysSource, "_host_combine", lambda self, c: fetched.append(self.n) or original(self, c)
     )
     one_hot = torch.zeros(8, dtype=torch.float64)
     one_hot[5] = 1.0
     row = np.concatenate([(c - b).ravel() for c, b in zip(clients[5], base, strict=True)])
     np.testing.assert_array_equal(source.combine(one_hot).numpy(), row)
-    assert set(fetched) == {1}  # one row per chunk, not eight
+    assert fetched == [1]  # one row, not eight
     dense = torch.full((8,), 1 / 8, dtype=torch.float64)
     fetched.clear()
     expected = np.mean(
@@ -106,7 +106,7 @@ def test_a_sparse_output_reads_only_its_rows(monkeypatch):
         axis=0,
     )
     np.testing.assert_allclose(source.combine(dense).numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert set(fetched) == {8}
+    assert fetched == [8]
 
 
 def test_the_fused_first_pass_of_a_mean_checks_and_combines():

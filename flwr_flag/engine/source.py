@@ -307,15 +307,17 @@ class ArraysSource(UpdateSource):
                 return torch.zeros(self.p, dtype=self.dtype, device=self.device)
             if len(nonzero) <= self.n // 2:
                 return self._rows(nonzero).combine(coefficients.cpu()[nonzero])
-        if coefficients.ndim == 1 and self._verified_upto == 0 and self.device.type == "cpu":
-            return self._first_pass_combine(coefficients)
+        if coefficients.ndim == 1 and self.device.type == "cpu":
+            return self._host_combine(coefficients)
         return super().combine(coefficients)
 
-    def _first_pass_combine(self, coefficients: Tensor) -> Tensor:
-        """The first pass and ``X^T c`` at once, on the host, client by client over
-        cache-sized pieces of each array (``FUSED_PIECE`` elements): every reply is read
-        once and no ``(n, chunk)`` block is assembled. This is a mean's whole cost, the
-        pass FedAvg makes. Raises :class:`NonFiniteUpdateError` as the first pass does."""
+    def _host_combine(self, coefficients: Tensor) -> Tensor:
+        """``X^T c`` on the host, client by client over cache-sized pieces of each array
+        (``FUSED_PIECE`` elements): every reply is read once and no ``(n, chunk)`` block
+        is assembled; when it is the first pass, the check comes with it (a mean's whole
+        cost, the pass FedAvg makes). Raises :class:`NonFiniteUpdateError` as the first
+        pass does."""
+        check = self._verified_upto < self.p
         weights = coefficients.to(torch.float64).cpu().tolist()
         dtype = np.dtype(str(self.dtype).removeprefix("torch."))
         out = np.empty(self.p, dtype=dtype)
@@ -332,11 +334,58 @@ class ArraysSource(UpdateSource):
                         piece[:] = flats[layer][a:b]
                     else:
                         np.subtract(flats[layer][a:b], self._base[layer][a:b], out=piece)
-                    sq_norms[i] += float(np.dot(piece, piece))
+                    if check:
+                        sq_norms[i] += float(np.dot(piece, piece))
                     piece *= weights[i]
                     acc += piece
-        self._verify(0, self.p, torch.from_numpy(sq_norms))
+        if check:
+            self._verify(0, self.p, torch.from_numpy(sq_norms))
         return torch.from_numpy(out)
+
+    def _gram_pass(
+        self, point: Tensor | None, reference: int | None, *, decide: bool
+    ) -> tuple[Gram, int | None]:
+        """On the host, the Gram pass runs over cache-sized blocks assembled with numpy
+        (one read of every reply, no ``(n, chunk)`` buffer streamed through memory
+        three times); elsewhere, and with an extra ``point`` row, the generic pass."""
+        if point is not None or self.device.type != "cpu":
+            return super()._gram_pass(point, reference, decide=decide)
+        n, dtype = self.n, np.dtype(str(self.dtype).removeprefix("torch."))
+        width = max(1, FUSED_PIECE // n)
+        block = np.empty((n + 1, width), dtype=dtype)
+        acc = np.zeros((n + 1, n + 1))
+        sq_norms = np.zeros(n)
+        check = self._verified_upto < self.p
+        for layer in range(len(self._offsets) - 1):
+            size = int(self._offsets[layer + 1] - self._offsets[layer])
+            for a in range(0, size, width):
+                b = min(a + width, size)
+                rows = block[:, : b - a]
+                for i, flats in enumerate(self._flats):
+                    if self._base is None:
+                        rows[i] = flats[layer][a:b]
+                    else:
+                        np.subtract(flats[layer][a:b], self._base[layer][a:b], out=rows[i])
+                product = rows[:n] @ rows[:n].T
+                if check:  # the updates' squared norms: the product's diagonal
+                    sq_norms += product.diagonal()
+                if decide:
+                    first = torch.from_numpy(product).double()
+                    reference, decide = (
+                        choose_reference(_origin_gram(first), self.dtype, None),
+                        False,
+                    )
+                if reference is None:
+                    acc[:n, :n] += product
+                else:  # rows hold x_i - r and the last row r: one product gives C, u, |r|^2
+                    rows[n] = rows[reference]
+                    rows[:n] -= rows[n]
+                    acc += rows @ rows.T
+        if check:
+            self._verify(0, self.p, torch.from_numpy(sq_norms))
+        acc = torch.from_numpy((acc + acc.T) / 2)  # exactly symmetric: d(i, j) == d(j, i)
+        gram = Gram(acc[:n, :n], acc[:n, n], float(acc[n, n]), self.sq_norms())
+        return gram, reference
 
     def _rows(self, rows: list[int]) -> ArraysSource:
         """Clients ``rows`` alone, sharing this source's arrays; already checked."""
