@@ -173,31 +173,52 @@ FLOWER_NEEDS = {"flower Bulyan": (4, 3), "flower Krum": (2, 3)}
 def cannot_run(cell: Cell) -> str | None:
     """Why the rule cannot run at this ``f`` with ``NODES`` nodes (``None``: it can):
     such a cell is reported ``n/a``, not trained."""
-    from flwr_flag.rules import Requirement, get_rule
+    from flwr_flag.rules import Requirement
 
     if cell.rule in PEERS:
         if cell.rule not in FLOWER_NEEDS:
             return None
         requirement = Requirement(*FLOWER_NEEDS[cell.rule])
-    elif OURS[cell.rule][0] == "detox":
-        # r = 3: NODES // 3 winners, buckets of 2, a median over f' = f // 2 of them.
-        rows, f_prime = -(-(NODES // 3) // 2), cell.f // 2
-        if rows < 2 * f_prime + 1:
-            return f"needs n/3 winners in {2 * f_prime + 1} buckets (f' = {f_prime})"
+        if NODES < requirement.minimum(cell.f):
+            return f"needs n >= {requirement.factor}f+{requirement.offset}"
         return None
-    else:
-        requirement = get_rule(OURS[cell.rule][0]).requirement
-    if NODES < requirement.minimum(cell.f):
-        return f"needs n >= {requirement.factor}f+{requirement.offset}"
+    rule, extra = OURS[cell.rule]
+    return cannot_run_rule({**run_config(cell), "rule": rule, **extra}, NODES, cell.f)
+
+
+def cannot_run_rule(config: dict[str, Any], nodes: int, f: int) -> str | None:
+    """Why the strategy ``config`` describes cannot run with ``f`` of ``nodes`` replies:
+    its rule's requirement after its pre-aggregators (DETOX: its second stage over the
+    ``nodes // r`` winners with ``f' = f // ceil(r / 2)``), or ``None``."""
+    from flwr_flag.rules import get_rule
+    from flwr_flag.rules._registry import rows_after
+
+    def steps(key: str) -> list[str]:
+        return [p.strip() for p in str(config.get(key, "")).split(",") if p.strip()]
+
+    rule, rows, what = config["rule"], rows_after(steps("pre"), nodes), "n"
+    if rule == "detox":
+        r = config.get("detox.replication", 3)
+        rule, f = config.get("detox.stage2", "median"), f // -(-r // 2)
+        rows, what = rows_after(steps("detox.stage2-pre"), nodes // r), f"n/{r} winners"
+    requirement = get_rule(rule).requirement
+    if rows < requirement.minimum(f):
+        shrunk = f" ({rows} rows)" if rows != nodes else ""
+        return f"needs {what}{shrunk} >= {requirement.factor}f+{requirement.offset}, f={f}"
     return None
 
 
-def run_cell(cell: Cell) -> dict[str, Any]:
-    """One training run; returns the cell with its accuracy per round."""
+def train(config: dict[str, Any], nodes: int, strategy, rounds: int, seed: int) -> dict[str, Any]:
+    """Real federated training in-process: this project's ClientApp on ``nodes`` nodes
+    with ``config``, ``strategy`` for ``rounds`` rounds, the model of ``config["model"]``
+    evaluated on ``config["dataset"]``'s test set after every round (a non-finite model
+    scores 0 and marks the run diverged). Returns the accuracy per round, ``diverged``,
+    wall seconds and the mean seconds of ``aggregate_train``."""
     import torch
     from flwr.app import ArrayRecord, MetricRecord
 
     from clients.app import app as client_app
+    from clients.config import ClientSettings
     from clients.data import load_test
     from clients.models import build_model, set_arrays
     from clients.train import evaluate
@@ -206,11 +227,13 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     start = time.perf_counter()
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    config = run_config(cell)
-    test = load_test("digits")
-    model = build_model("cnn", (1, 8, 8), 10, cell.seed)
+    settings = ClientSettings.from_config(config, {"partition-id": 0, "num-partitions": nodes})
+    test = load_test(settings.dataset, seed, settings.data_files)
+    shape = tuple(test.x.shape[1:])
+    model = build_model(settings.model, shape, test.num_classes, seed)
     accuracy: dict[int, float] = {}
     diverged: list[int] = []
+    aggregation: list[float] = []
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         values = {k: v.numpy() for k, v in arrays.items()}
@@ -225,16 +248,32 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             diverged.append(server_round)
         return MetricRecord({"accuracy": accuracy[server_round]})
 
-    grid = InProcessGrid(client_app, NODES, run_config=config)
-    initial = ArrayRecord(build_model("cnn", (1, 8, 8), 10, cell.seed).state_dict())
-    strategy_for(cell, config).start(
-        grid=grid, initial_arrays=initial, num_rounds=cell.rounds, evaluate_fn=central
-    )
+    aggregate_train = strategy.aggregate_train
+
+    def timed(server_round, replies):
+        began = time.perf_counter()
+        out = aggregate_train(server_round, replies)
+        aggregation.append(time.perf_counter() - began)
+        return out
+
+    strategy.aggregate_train = timed
+    grid = InProcessGrid(client_app, nodes, run_config=config)
+    initial = ArrayRecord(build_model(settings.model, shape, test.num_classes, seed).state_dict())
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, evaluate_fn=central)
     return {
-        **asdict(cell),
         "accuracy": [accuracy[r] for r in sorted(accuracy)],
         "diverged": bool(diverged),
         "seconds": time.perf_counter() - start,
+        "aggregation_seconds": statistics.mean(aggregation) if aggregation else 0.0,
+    }
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """One training run of the grid; returns the cell with its accuracy per round."""
+    config = run_config(cell)
+    return {
+        **asdict(cell),
+        **train(config, NODES, strategy_for(cell, config), cell.rounds, cell.seed),
     }
 
 

@@ -1,0 +1,331 @@
+"""The seed papers' protocols, re-run on this project's code, with a verdict per claim.
+
+The papers' data sets (CIFAR-10, MNIST) need a download; by default each protocol runs
+on the bundled digits with the small CNN (``--dataset cifar10 --model resnet18`` takes
+the papers' own, where the hub is reachable). Every cell is real federated training of
+this project's ClientApp and strategies, in-process (:func:`robustness.train`).
+
+* ``fa`` (Almasi et al.; hamidralmasi/FlagAggregator ``run_exp.sh``,
+  ``run_exp_augmented.sh``): 15 workers; f in {1, 2, 3} workers sending uniform noise
+  (the paper's ``random``); FA with r = 8, lambda = 0 in three forms (our default output,
+  ``output="paper"``, one IRLS step) against Bulyan, Krum, median, MeaMed, trimmed mean
+  and mean; then f = 3 honest workers on heavily warped data, no attacker.
+  Claim: FA at least as accurate as every other robust rule in both.
+* ``ctma`` (Dahan & Levy; dahan198/synchronous-fault-tolerant-ml ``main.py``): 17
+  workers, 8 Byzantine; label flip, sign flip, IPM (epsilon 0.5), ALIE; bases mean,
+  median, trimmed mean, geometric median, each alone, with CTMA, with NNM, with NNM +
+  CTMA; one local step per round; mu^2-SGD (lr 0.1) against SGD with momentum 0.9.
+  Claims: CTMA lifts cheap bases to NNM-level accuracy at a fraction of NNM's
+  aggregation time; mu^2-SGD is at least as robust as momentum.
+* ``detox`` (Rajput et al.; hwang595/DETOX): r = 3; reverse gradient, constant -100,
+  ALIE; second stage Multi-Krum, Bulyan, median against the same rules flat, at equal
+  per-node compute; accuracy and aggregation seconds at n = 15 and n = 45.
+  Claim: DETOX is at least as accurate as the flat rule and aggregates faster.
+
+Cells go to ``benchmarks/results/papers/cells.jsonl`` (a rerun skips finished ones);
+the report is ``benchmarks/results/papers.md``. ``--quick`` runs each protocol's
+smallest cells (one seed, a few rounds; ``papers-quick``): a smoke run, not evidence.
+
+    python benchmarks/papers.py [--paper fa|ctma|detox] [--quick] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import robustness
+
+RESULTS = robustness.ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One protocol cell: a rule (run-config keys) against an attack, on ``nodes``."""
+
+    paper: str
+    rule: str
+    setting: str
+    nodes: int
+    f: int
+    seed: int
+    rounds: int
+    config: tuple[tuple[str, Any], ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+
+FA_RULES = {
+    "FA (default output)": {"rule": "flag", "flag.subspace-dim": 8, "flag.lam": 0.0},
+    "FA (paper output)": {"rule": "flag", "flag.subspace-dim": 8, "flag.output": "paper"},
+    "FA (one IRLS step)": {"rule": "flag", "flag.subspace-dim": 8, "flag.max-iter": 1},
+    "bulyan": {"rule": "bulyan"},
+    "krum": {"rule": "krum"},
+    "median": {"rule": "median"},
+    "meamed": {"rule": "meamed"},
+    "trimmed-mean": {"rule": "trimmed-mean"},
+    "mean": {"rule": "mean"},
+}
+CTMA_BASES = ("mean", "median", "trimmed-mean", "geomed")
+CTMA_ATTACKS = {
+    "label-flip": {"attack": "label-flip"},
+    "sign-flip": {"attack": "sign-flip"},
+    "ipm": {"attack": "ipm", "ipm.epsilon": 0.5},
+    "alie": {"attack": "alie"},
+}
+CTMA_OPTIMIZERS = {
+    "mu2-sgd": {"optimizer": "mu2-sgd", "lr": 0.1, "mu2.beta-min": 0.01, "momentum": 0.0},
+    "sgd-momentum": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9},
+}
+DETOX_ATTACKS = {
+    "reverse gradient": {"attack": "sign-flip"},
+    "constant -100": {"attack": "constant", "constant.c": -100.0},
+    "alie": {"attack": "alie"},
+}
+DETOX_STAGES = ("multi-krum", "bulyan", "median")
+
+
+def ctma_rule(base: str, variant: str) -> dict[str, Any]:
+    """``base`` alone, under CTMA, after NNM, or NNM then CTMA."""
+    config: dict[str, Any] = {"rule": "ctma", "ctma.base": base} if "CTMA" in variant else {}
+    config.setdefault("rule", base)
+    if "NNM" in variant:
+        config["pre"] = "nnm"
+    return config
+
+
+def protocol(paper: str, seeds: list[int], quick: bool) -> list[Cell]:
+    """The cells of one paper's protocol (the smallest one with ``quick``)."""
+    cells: list[Cell] = []
+
+    def add(label, setting, nodes, f, rounds, **config):
+        for seed in seeds:
+            items = tuple(sorted(config.items()))
+            cells.append(Cell(paper, label, setting, nodes, f, seed, rounds, items))
+
+    if paper == "fa":
+        rounds = 3 if quick else 20
+        rules = list(FA_RULES)[:1] if quick else list(FA_RULES)
+        for f in (1,) if quick else (1, 2, 3):
+            for rule in rules:
+                add(rule, f"random, f={f}", 15, f, rounds, **FA_RULES[rule],
+                    attack="random", **{"byzantine-nodes": f})  # fmt: skip
+        if not quick:
+            for rule in rules:
+                add(rule, "augmented, f=3 honest", 15, 3, rounds, **FA_RULES[rule],
+                    **{"byzantine-nodes": 0, "heavy-augment": "warp",
+                       "heavy-augment-nodes": "0,1,2"})  # fmt: skip
+    elif paper == "ctma":
+        rounds = 5 if quick else 300
+        for optimizer, opt in list(CTMA_OPTIMIZERS.items())[: 1 if quick else 2]:
+            for attack, spec in list(CTMA_ATTACKS.items())[: 1 if quick else 4]:
+                for base in CTMA_BASES[: 1 if quick else 4]:
+                    for variant in ("alone", "CTMA", "NNM", "NNM + CTMA")[: 2 if quick else 4]:
+                        rule = base if variant == "alone" else f"{base} + {variant}"
+                        add(rule, f"{attack}, {optimizer}", 17, 8, rounds,
+                            **ctma_rule(base, variant), **spec, **opt, **{"local-steps": 1,
+                            "byzantine-nodes": 8})  # fmt: skip
+    elif paper == "detox":
+        rounds = 3 if quick else 20
+        for nodes in (15,) if quick else (15, 45):
+            f = nodes // 5
+            for attack, spec in list(DETOX_ATTACKS.items())[: 1 if quick else 3]:
+                for stage in DETOX_STAGES[: 1 if quick else 3]:
+                    common = {**spec, "byzantine-nodes": f}
+                    add(f"DETOX({stage})", f"{attack}, n={nodes}", nodes, f, rounds,
+                        rule="detox", **{"detox.stage2": stage, "detox.equal-compute": True,
+                        "detox.stage2-pre": "bucketing" if stage == "median" else ""},
+                        **common)  # fmt: skip
+                    add(f"flat {stage}", f"{attack}, n={nodes}", nodes, f, rounds,
+                        rule=stage, **common)  # fmt: skip
+    else:
+        raise ValueError(f"--paper {paper!r} is not one of ['fa', 'ctma', 'detox']")
+    return cells
+
+
+def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
+    from flwr_flag import strategy_from_config
+
+    config = robustness.run_config(robustness.Cell("mean (FedAvg)", "none", 0.2, "iid", 0, 1))
+    config.update(
+        {
+            "num-byzantine": cell.f,
+            "seed": cell.seed,
+            "dataset": dataset,
+            "model": model,
+            "min-available-nodes": cell.nodes,
+            **dict(cell.config),
+        }
+    )
+    needs = robustness.cannot_run_rule(config, cell.nodes, cell.f)
+    if needs is not None:
+        return {**asdict(cell), "accuracy": [], "na": needs}
+    strategy = strategy_from_config(config)
+    return {
+        **asdict(cell),
+        **robustness.train(config, cell.nodes, strategy, cell.rounds, cell.seed),
+    }
+
+
+def table(rows: list[dict[str, Any]], paper: str) -> list[str]:
+    """Final accuracy (mean ± std over seeds) and aggregation seconds, rule x setting."""
+    mine = [r for r in rows if r["paper"] == paper]
+    settings = list(dict.fromkeys(r["setting"] for r in mine))
+    rules = list(dict.fromkeys(r["rule"] for r in mine))
+    lines = ["| rule | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
+    for rule in rules:
+        texts = []
+        for setting in settings:
+            runs = [r for r in mine if r["rule"] == rule and r["setting"] == setting]
+            if not runs:
+                texts.append("")
+            elif "na" in runs[0]:
+                texts.append(f"n/a ({runs[0]['na']})")
+            elif any(r.get("diverged") for r in runs):
+                texts.append("diverged")
+            else:
+                finals = [100 * r["accuracy"][-1] for r in runs]
+                std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+                agg = statistics.mean(r["aggregation_seconds"] for r in runs)
+                texts.append(f"{statistics.mean(finals):.1f} ± {std:.1f} ({agg * 1000:.0f} ms)")
+        lines.append(f"| {rule} | " + " | ".join(texts) + " |")
+    return lines
+
+
+def summary(rows: list[dict[str, Any]], paper: str) -> dict[tuple[str, str], tuple]:
+    """``(rule, setting)`` -> (mean accuracy, std, mean aggregation seconds) of the cells
+    that trained (no ``n/a``, not diverged)."""
+    out = {}
+    for key in {(r["rule"], r["setting"]) for r in rows if r["paper"] == paper}:
+        runs = [r for r in rows if r["paper"] == paper and (r["rule"], r["setting"]) == key]
+        if any("na" in r or r.get("diverged") for r in runs):
+            continue
+        finals = [r["accuracy"][-1] for r in runs]
+        std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        agg = statistics.mean(r["aggregation_seconds"] for r in runs)
+        out[key] = (statistics.mean(finals), std, agg)
+    return out
+
+
+def at_least(a: tuple, b: tuple) -> bool:
+    """``a``'s accuracy is not below ``b``'s beyond their seeds' spread (one std each)."""
+    return a[0] + a[1] >= b[0] - b[1]
+
+
+def verdicts(rows: list[dict[str, Any]], paper: str) -> list[str]:
+    """One line per claim: holds here / does not hold here (where) / cannot be tested."""
+    s = summary(rows, paper)
+    settings = sorted({k[1] for k in s})
+
+    def verdict(claim: str, checks: list[tuple[str, bool]]) -> str:
+        if not checks:
+            return f"- {claim}: cannot be tested here (its cells were not run)"
+        failed = [where for where, ok in checks if not ok]
+        if not failed:
+            return f"- {claim}: holds here ({len(checks)} comparisons)"
+        return f"- {claim}: does not hold here in {len(failed)}/{len(checks)}: {'; '.join(failed)}"
+
+    lines = []
+    if paper == "fa":
+        others = ("bulyan", "krum", "median", "meamed", "trimmed-mean")
+        for form in [r for r in FA_RULES if r.startswith("FA")]:
+            checks = [
+                (f"{setting} vs {other}", at_least(s[(form, setting)], s[(other, setting)]))
+                for setting in settings
+                for other in others
+                if (form, setting) in s and (other, setting) in s
+            ]
+            lines.append(verdict(f"{form} at least as accurate as every other robust rule", checks))
+    elif paper == "ctma":
+        accuracy, speed, momentum = [], [], []
+        for setting in settings:
+            for base in CTMA_BASES:
+                ctma, nnm = s.get((f"{base} + CTMA", setting)), s.get((f"{base} + NNM", setting))
+                if ctma and nnm:
+                    accuracy.append((f"{base}, {setting}", at_least(ctma, nnm)))
+                    speed.append((f"{base}, {setting}", ctma[2] < nnm[2]))
+        for rule, setting in s:
+            if setting.endswith("mu2-sgd"):
+                other = (rule, setting.replace("mu2-sgd", "sgd-momentum"))
+                if other in s:
+                    momentum.append((f"{rule}, {setting}", at_least(s[(rule, setting)], s[other])))
+        lines += [
+            verdict("CTMA lifts a base to NNM-level accuracy", accuracy),
+            verdict("CTMA aggregates faster than NNM", speed),
+            verdict("mu2-SGD at least as robust as SGD with momentum 0.9", momentum),
+        ]
+    else:
+        accuracy, speed = [], []
+        for setting in settings:
+            for stage in DETOX_STAGES:
+                detox, flat = s.get((f"DETOX({stage})", setting)), s.get((f"flat {stage}", setting))
+                if detox and flat:
+                    accuracy.append((f"{stage}, {setting}", at_least(detox, flat)))
+                    speed.append((f"{stage}, {setting}", detox[2] < flat[2]))
+        lines += [
+            verdict("DETOX at least as accurate as the flat rule (equal compute)", accuracy),
+            verdict("DETOX aggregates faster than the flat rule", speed),
+        ]
+    return lines
+
+
+def report(rows: list[dict[str, Any]], papers: list[str], quick: bool, path: Path) -> Path:
+    lines = [
+        "# The seed papers' protocols on this code",
+        "",
+        "Final test accuracy in % (mean ± std over the seeds run; their number is in "
+        "each cell's row of `papers/cells.jsonl`) and, in parentheses, the mean "
+        "seconds of one `aggregate_train`. "
+        + ("**Quick smoke run: a few rounds, one seed; not evidence.**" if quick else ""),
+        "",
+    ]
+    for paper in papers:
+        lines += [f"## {paper}", "", *table(rows, paper), "", *verdicts(rows, paper), ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from tqdm import tqdm
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--paper", choices=["fa", "ctma", "detox"], action="append")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="cells directory; the report is OUT.md"
+    )
+    args = parser.parse_args(argv)
+    papers = args.paper or ["fa", "ctma", "detox"]
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    cells = [c for p in papers for c in protocol(p, seeds, args.quick)]
+    out = args.out or RESULTS / ("papers-quick" if args.quick else "papers")
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "cells.jsonl"
+    done = {}
+    if store.exists():
+        done = {
+            json.loads(line)["key"]: json.loads(line) for line in store.read_text().splitlines()
+        }
+    for cell in tqdm([c for c in cells if c.key not in done], desc="cells"):
+        row = {**run_cell(cell, args.dataset, args.model), "key": cell.key}
+        done[cell.key] = row
+        with open(store, "a") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
+    path = report([done[c.key] for c in cells], papers, args.quick, out.with_suffix(".md"))
+    print(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    main()
