@@ -397,6 +397,19 @@ def summary_table(
     return lines
 
 
+NOTES = [
+    "## Reading the table",
+    "",
+    "- Bulyan needs n >= 4f + 3 = 15 replies at f = 3: a NaN attacker's reply is rejected, "
+    "the 14 left are too few, and the round keeps the model (chance accuracy). A property "
+    "of the rule at n = 4f + 3 (its docstring says so); Flower's Bulyan counts the NaN "
+    "reply as valid and proceeds.",
+    "- Flower's FedMedian does not check replies: one NaN reply makes its model non-finite.",
+    "- Krum keeps a single reply (ours and Flower's select the same one): on Dirichlet "
+    "partitions that is one client's class mix.",
+    "- `heavy-augment` has no attacker: f honest nodes train on warped digits.",
+    "",
+]
 CLAIMED = ("FA", "CTMA(mean)", "CTMA(median)", "CTMA(geomed)", "CTMA(FA)")
 PEERS_COMPARED = ("flower Krum", "flower FedMedian")
 
@@ -494,6 +507,7 @@ def report(
             lines += [*summary_table(rows, rules, attacks, fraction, partitioning), ""]
     if 0.2 in fractions:
         lines += claims(rows, attacks, partitionings, 0.2)
+    lines += NOTES
     path = out / "robustness.md"
     path.write_text("\n".join(lines))
     fraction = fractions[len(fractions) // 2]
