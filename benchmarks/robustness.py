@@ -414,6 +414,18 @@ CLAIMED = ("FA", "CTMA(mean)", "CTMA(median)", "CTMA(geomed)", "CTMA(FA)")
 PEERS_COMPARED = ("flower Krum", "flower FedMedian")
 
 
+def compare(ours: Outcome, theirs: Outcome) -> str:
+    """``"above"`` / ``"below"`` when the one-std intervals are apart (a diverged peer is
+    below any number), else ``"tied"``."""
+    if theirs.text is not None:
+        return "above" if theirs.text.startswith("diverged") else "tied"
+    if ours.mean - ours.std > theirs.mean + theirs.std:
+        return "above"
+    if ours.mean + ours.std < theirs.mean - theirs.std:
+        return "below"
+    return "tied"
+
+
 def claims(rows: list[dict[str, Any]], attacks, partitionings, fraction: float) -> list[str]:
     """The study's claims checked on its own numbers: FA and CTMA within 2 points of
     clean FedAvg under every attack, and above Flower's Krum and FedMedian in at least
@@ -439,19 +451,19 @@ def claims(rows: list[dict[str, Any]], attacks, partitionings, fraction: float) 
             )
     for rule in CLAIMED:
         for peer in PEERS_COMPARED:
-            wins = total = 0
+            tally = {"above": 0, "tied": 0, "below": 0}
             for partitioning in partitionings:
                 results = outcomes(rows, fraction, partitioning)
                 for attack in attacks:
                     ours, theirs = results.get((rule, attack)), results.get((peer, attack))
-                    if ours is None or theirs is None or ours.text or theirs.text:
-                        continue
-                    total += 1
-                    wins += ours.mean > theirs.mean
+                    if ours is not None and theirs is not None and not ours.text:
+                        tally[compare(ours, theirs)] += 1
+            total = sum(tally.values())
             if total:
                 lines.append(
-                    f"- {rule} above {peer} in {wins}/{total} attack x partitioning cells "
-                    f"({100 * wins / total:.0f} %; claim: >= 80 %)"
+                    f"- {rule} above {peer} in {tally['above']}/{total} attack x partitioning "
+                    f"cells ({100 * tally['above'] / total:.0f} %; claim: >= 80 %), tied "
+                    f"(one-std intervals overlap) in {tally['tied']}, below in {tally['below']}"
                 )
     return [*lines, ""]
 
