@@ -511,6 +511,10 @@ def report(
     lines.append("")
     for partitioning in partitionings:
         for fraction in fractions:
+            if not any(
+                r["partitioning"] == partitioning and r["fraction"] == fraction for r in rows
+            ):
+                continue  # not run (yet)
             lines += [
                 f"## {round(fraction * 100)} % Byzantine (f = {int(fraction * NODES)}), "
                 f"{partitioning}",
