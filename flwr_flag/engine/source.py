@@ -319,25 +319,19 @@ class ArraysSource(UpdateSource):
         pass does."""
         check = self._verified_upto < self.p
         weights = coefficients.to(torch.float64).cpu().tolist()
-        dtype = np.dtype(str(self.dtype).removeprefix("torch."))
-        out = np.empty(self.p, dtype=dtype)
+        out = np.empty(self.p, dtype=self._host_dtype)
         sq_norms = np.zeros(self.n)
-        scratch = np.empty(FUSED_PIECE, dtype=dtype)
-        for layer in range(len(self._offsets) - 1):
-            lo, hi = int(self._offsets[layer]), int(self._offsets[layer + 1])
-            for a in range(0, hi - lo, FUSED_PIECE):
-                b = min(a + FUSED_PIECE, hi - lo)
-                acc, piece = out[lo + a : lo + b], scratch[: b - a]
-                acc[:] = 0
-                for i, flats in enumerate(self._flats):
-                    if self._base is None:
-                        piece[:] = flats[layer][a:b]
-                    else:
-                        np.subtract(flats[layer][a:b], self._base[layer][a:b], out=piece)
-                    if check:
-                        sq_norms[i] += float(np.dot(piece, piece))
-                    piece *= weights[i]
-                    acc += piece
+        scratch = np.empty(FUSED_PIECE, dtype=self._host_dtype)
+        for layer, a, b in self._host_pieces(FUSED_PIECE):
+            lo = int(self._offsets[layer])
+            acc, piece = out[lo + a : lo + b], scratch[: b - a]
+            acc[:] = 0
+            for i in range(self.n):
+                self._update_into(piece, i, layer, a, b)
+                if check:
+                    sq_norms[i] += float(np.dot(piece, piece))
+                piece *= weights[i]
+                acc += piece
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         return torch.from_numpy(out)
@@ -350,42 +344,54 @@ class ArraysSource(UpdateSource):
         three times); elsewhere, and with an extra ``point`` row, the generic pass."""
         if point is not None or self.device.type != "cpu":
             return super()._gram_pass(point, reference, decide=decide)
-        n, dtype = self.n, np.dtype(str(self.dtype).removeprefix("torch."))
+        n = self.n
         width = max(1, FUSED_PIECE // n)
-        block = np.empty((n + 1, width), dtype=dtype)
+        block = np.empty((n + 1, width), dtype=self._host_dtype)
         acc = np.zeros((n + 1, n + 1))
         sq_norms = np.zeros(n)
         check = self._verified_upto < self.p
-        for layer in range(len(self._offsets) - 1):
-            size = int(self._offsets[layer + 1] - self._offsets[layer])
-            for a in range(0, size, width):
-                b = min(a + width, size)
-                rows = block[:, : b - a]
-                for i, flats in enumerate(self._flats):
-                    if self._base is None:
-                        rows[i] = flats[layer][a:b]
-                    else:
-                        np.subtract(flats[layer][a:b], self._base[layer][a:b], out=rows[i])
-                product = rows[:n] @ rows[:n].T
-                if check:  # the updates' squared norms: the product's diagonal
-                    sq_norms += product.diagonal()
-                if decide:
-                    first = torch.from_numpy(product).double()
-                    reference, decide = (
-                        choose_reference(_origin_gram(first), self.dtype, None),
-                        False,
-                    )
-                if reference is None:
-                    acc[:n, :n] += product
-                else:  # rows hold x_i - r and the last row r: one product gives C, u, |r|^2
-                    rows[n] = rows[reference]
-                    rows[:n] -= rows[n]
-                    acc += rows @ rows.T
+        for layer, a, b in self._host_pieces(width):
+            rows = block[:, : b - a]
+            for i in range(n):
+                self._update_into(rows[i], i, layer, a, b)
+            # The origin product gives the Gram, the check's norms (its diagonal) and the
+            # first block's choice of reference; a second pass around a row needs none.
+            product = rows[:n] @ rows[:n].T if reference is None or check or decide else None
+            if check:
+                sq_norms += product.diagonal()
+            if decide:
+                first = torch.from_numpy(product).double()
+                reference, decide = choose_reference(_origin_gram(first), self.dtype, None), False
+            if reference is None:
+                acc[:n, :n] += product
+            else:  # rows hold x_i - r and the last row r: one product gives C, u, |r|^2
+                rows[n] = rows[reference]
+                rows[:n] -= rows[n]
+                acc += rows @ rows.T
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         acc = torch.from_numpy((acc + acc.T) / 2)  # exactly symmetric: d(i, j) == d(j, i)
         gram = Gram(acc[:n, :n], acc[:n, n], float(acc[n, n]), self.sq_norms())
         return gram, reference
+
+    @property
+    def _host_dtype(self) -> np.dtype:
+        return np.dtype(str(self.dtype).removeprefix("torch."))
+
+    def _host_pieces(self, width: int) -> Iterator[tuple[int, int, int]]:
+        """``(layer, a, b)``: elements ``a:b`` of array ``layer``, pieces of ``width``,
+        the order the host passes walk the replies in."""
+        for layer in range(len(self._offsets) - 1):
+            size = int(self._offsets[layer + 1] - self._offsets[layer])
+            for a in range(0, size, width):
+                yield layer, a, min(a + width, size)
+
+    def _update_into(self, out: np.ndarray, i: int, layer: int, a: int, b: int) -> None:
+        """Client ``i``'s update over elements ``a:b`` of array ``layer``, into ``out``."""
+        if self._base is None:
+            out[:] = self._flats[i][layer][a:b]
+        else:
+            np.subtract(self._flats[i][layer][a:b], self._base[layer][a:b], out=out)
 
     def _rows(self, rows: list[int]) -> ArraysSource:
         """Clients ``rows`` alone, sharing this source's arrays; already checked."""
