@@ -61,18 +61,36 @@ def resident_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def measure(name: str, n: int, repeats: int) -> dict:
-    """In this process: replies of ``n`` clients, then ``repeats`` calls of ``name``."""
+def model_arrays(model: str) -> dict:
+    """The global model's float32 (and integer buffer) arrays: ``"1m"`` is four arrays of
+    1,007,696 parameters; ``"cnn"`` and ``"resnet18"`` are the ClientApp's models."""
+    import numpy as np
+
+    if model == "1m":
+        rng = np.random.default_rng(0)
+        return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    from clients.models import build_model, get_arrays
+
+    shape = (1, 8, 8) if model == "cnn" else (3, 32, 32)
+    return dict(get_arrays(build_model(model, shape, 10)))
+
+
+def measure(name: str, n: int, repeats: int, model: str = "1m") -> dict:
+    """In this process: replies of ``n`` clients (the model's arrays plus noise), then
+    ``repeats`` calls of ``name``."""
     import numpy as np
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     rng = np.random.default_rng(0)
-    model = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-    arrays = ArrayRecord({k: Array(v) for k, v in model.items()})
+    weights = model_arrays(model)
+    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
     updates = [
-        {k: v + rng.normal(0, 1e-2, v.shape).astype(np.float32) for k, v in model.items()}
+        {
+            k: v + rng.normal(0, 1e-2, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v
+            for k, v in weights.items()
+        }
         for _ in range(n)
     ]
 
@@ -111,7 +129,8 @@ def measure(name: str, n: int, repeats: int) -> dict:
         call(batches[0])
     times = [call(batch) for batch in batches[1:]]
     return {"strategy": name, "n": n, "seconds": statistics.median(times),
-            "extra_mib": max(sampler.peak - before, 0.0)}  # fmt: skip
+            "extra_mib": max(sampler.peak - before, 0.0),
+            "model_mib": sum(v.nbytes for v in weights.values()) / 2**20}  # fmt: skip
 
 
 class PeakSampler:
@@ -133,8 +152,10 @@ class PeakSampler:
         self.peak = max(self.peak, resident_mib())
 
 
-def run(name: str, n: int, repeats: int, timeout: float) -> dict:
-    command = [sys.executable, __file__, "--one", name, str(n), "--repeats", str(repeats)]
+def run(name: str, n: int, repeats: int, timeout: float, model: str = "1m") -> dict:
+    """``measure`` in a fresh process (its peak memory is its own)."""
+    command = [sys.executable, __file__, "--one", name, str(n), "--repeats", str(repeats),
+               "--model", model]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -213,10 +234,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="1m", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats, args.model)))
         return
     RESULTS.mkdir(exist_ok=True)
     store = RESULTS / "scaling_cpu.jsonl"

@@ -1,10 +1,14 @@
-"""Per-round cost of our strategies against Flower's FedAvg on identical replies.
+"""Per-round cost of our strategies against Flower's on identical replies.
 
-Two measurements, median of ``--repeats``:
+Two measurements:
 
-1. ``aggregate_train`` alone, on the same replies (n clients of a model's arrays:
-   the digits CNN and torchvision's ResNet-18), for Flower's ``FedAvg`` and our
-   ``Mean``, ``Krum``, ``Median`` and ``FlagAggregator``: the aggregation overhead;
+1. ``aggregate_train`` alone on the replies of ``--nodes`` clients (the model's arrays
+   plus noise; the digits CNN and ResNet-18, integer buffers included), Flower's
+   ``FedAvg`` and ``FedMedian`` against our ``Mean``, ``Krum``, ``FlagAggregator``,
+   ``CTMA`` and ``Median``: seconds (median of ``--repeats`` calls after a first one)
+   and peak extra memory (the first call's resident-set high-water mark over the
+   resident set before it), each strategy in a fresh process (``scaling.measure``);
+   ratios against FedAvg's seconds and the model's size;
 2. whole in-process rounds of the real ServerApp strategy + ClientApp (digits CNN,
    10 nodes) with ``FedAvg`` and with ``FlagAggregator``: what a user feels per round.
 
@@ -15,60 +19,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the app's clients/
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
 import flwr_flag
+from benchmarks.scaling import run
 from clients.app import app as client_app
 from clients.models import build_model
 from flwr_flag.inprocess import InProcessGrid
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def replies_for(model_name: str, shape: tuple[int, int, int], n: int, grid: InProcessGrid):
-    """Real train replies of ``n`` clients for one round (the CNN: from the ClientApp;
-    ResNet-18: its initial arrays plus small noise)."""
-    model = build_model(model_name, shape, 10)
-    arrays = ArrayRecord(model.state_dict())
-    if model_name == "cnn":
-        strategy = FedAvg(fraction_evaluate=0.0)
-        messages = strategy.configure_train(1, arrays, ConfigRecord(), grid)
-        return arrays, list(grid.send_and_receive(messages))
-    rng = np.random.default_rng(0)
-    replies = []
-    for node in range(1, n + 1):
-        request = Message(RecordDict(), dst_node_id=node, message_type="train")
-        noisy = OrderedDict(
-            (k, Array(v.numpy() + rng.normal(0, 1e-3, v.shape).astype(v.numpy().dtype)))
-            if v.numpy().dtype.kind == "f"
-            else (k, v)
-            for k, v in arrays.items()
-        )
-        content = RecordDict(
-            {"arrays": ArrayRecord(noisy), "metrics": MetricRecord({"num-examples": 10})}
-        )
-        replies.append(Message(content, reply_to=request))
-    return arrays, replies
-
-
-def time_aggregation(strategy, arrays, replies, grid, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
-        start = time.perf_counter()
-        strategy.aggregate_train(1, replies)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+STRATEGIES = (
+    "flower FedAvg",
+    "flower FedMedian",
+    "Mean",
+    "Krum",
+    "FlagAggregator",
+    "CTMA",
+    "Median",
+)
 
 
 def time_rounds(strategy, grid, rounds: int) -> float:
@@ -81,42 +55,38 @@ def time_rounds(strategy, grid, rounds: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    config = {"local-epochs": 1, "model": "cnn", "byzantine-nodes": 0}
-    grid = InProcessGrid(client_app, args.nodes, run_config=config)
     lines = [
         "# Strategy overhead vs Flower's FedAvg (CPU, in-process)",
         "",
-        f"{args.nodes} clients; median of {args.repeats} calls of `aggregate_train` "
-        "on identical replies.",
+        f"{args.nodes} clients, f = {max(1, (args.nodes - 3) // 4)}; `aggregate_train` on "
+        f"identical replies, median of {args.repeats} calls after a first one; peak extra "
+        "memory of the first call, each strategy in its own process.",
         "",
-        "| model | parameters | strategy | seconds | overhead vs FedAvg |",
-        "|---|---:|---|---:|---:|",
+        "| model | parameters | strategy | seconds | vs FedAvg | peak extra memory | "
+        "vs model size |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
-    for model_name, shape in (("cnn", (1, 8, 8)), ("resnet18", (3, 32, 32))):
-        arrays, replies = replies_for(model_name, shape, args.nodes, grid)
-        size = sum(a.numpy().size for a in arrays.values())
-        strategies = {
-            "flower FedAvg": FedAvg(fraction_evaluate=0.0),
-            "Mean": flwr_flag.Mean(device="cpu", fraction_evaluate=0.0),
-            "Krum": flwr_flag.Krum(num_byzantine=2, device="cpu", fraction_evaluate=0.0),
-            "Median": flwr_flag.Median(num_byzantine=2, device="cpu", fraction_evaluate=0.0),
-            "FlagAggregator": flwr_flag.FlagAggregator(
-                num_byzantine=2, device="cpu", fraction_evaluate=0.0
-            ),
-        }
+    for model in ("cnn", "resnet18"):
         base = None
-        for name, strategy in strategies.items():
-            seconds = time_aggregation(strategy, arrays, replies, grid, args.repeats)
-            base = base or seconds
+        for name in STRATEGIES:
+            r = run(name, args.nodes, args.repeats, timeout=900.0, model=model)
+            if "error" in r:
+                lines.append(f"| {model} | | {name} | n/a ({r['error']}) | | | |")
+                continue
+            base = base or r["seconds"]
             lines.append(
-                f"| {model_name} | {size:,} | {name} | {seconds:.4f} | "
-                f"{seconds - base:+.4f} s ({seconds / base:.2f}x) |"
+                f"| {model} | {r['model_mib'] * 2**20 / 4:,.0f} | {name} | {r['seconds']:.4f} | "
+                f"{r['seconds'] / base:.2f}x | +{r['extra_mib']:.0f} MiB | "
+                f"{r['extra_mib'] / r['model_mib']:.2f}x |"
             )
             print(lines[-1], flush=True)
+    grid = InProcessGrid(
+        client_app, 10, run_config={"local-epochs": 1, "model": "cnn", "byzantine-nodes": 0}
+    )
     fedavg = time_rounds(FedAvg(fraction_evaluate=0.0), grid, args.rounds)
     flag = time_rounds(
         flwr_flag.FlagAggregator(num_byzantine=2, device="cpu", fraction_evaluate=0.0),
@@ -125,8 +95,8 @@ def main() -> None:
     )
     lines += [
         "",
-        f"Whole in-process rounds (digits CNN, {args.nodes} nodes, real ClientApp "
-        f"training, {args.rounds} rounds): FedAvg {fedavg:.3f} s/round, FlagAggregator "
+        f"Whole in-process rounds (digits CNN, 10 nodes, real ClientApp training, "
+        f"{args.rounds} rounds): FedAvg {fedavg:.3f} s/round, FlagAggregator "
         f"{flag:.3f} s/round ({flag - fedavg:+.3f} s, {flag / fedavg:.2f}x).",
     ]
     report = "\n".join(lines) + "\n"

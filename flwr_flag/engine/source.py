@@ -40,6 +40,9 @@ for the memory-bound passes), 128 MiB on a GPU (fewer kernel launches)."""
 FUSED_PIECE = 1 << 16
 """Elements of one client's piece in the fused host pass (256 KiB of float32: it stays
 in cache between the subtraction, the squared norm and the weighted sum)."""
+MAP_PIECE = 1 << 18
+"""Elements of one ``(n, columns)`` block of the host's coordinate-wise pass (1 MiB of
+float32: the block stays in cache while a selection makes many passes over it)."""
 
 
 class NonFiniteUpdateError(ValueError):
@@ -345,15 +348,10 @@ class ArraysSource(UpdateSource):
         if point is not None or self.device.type != "cpu":
             return super()._gram_pass(point, reference, decide=decide)
         n = self.n
-        width = max(1, FUSED_PIECE // n)
-        block = np.empty((n + 1, width), dtype=self._host_dtype)
         acc = np.zeros((n + 1, n + 1))
         sq_norms = np.zeros(n)
         check = self._verified_upto < self.p
-        for layer, a, b in self._host_pieces(width):
-            rows = block[:, : b - a]
-            for i in range(n):
-                self._update_into(rows[i], i, layer, a, b)
+        for _, rows in self._host_blocks(max(1, FUSED_PIECE // n), extra_rows=1):
             # The origin product gives the Gram, the check's norms (its diagonal) and the
             # first block's choice of reference; a second pass around a row needs none.
             product = rows[:n] @ rows[:n].T if reference is None or check or decide else None
@@ -373,6 +371,35 @@ class ArraysSource(UpdateSource):
         acc = torch.from_numpy((acc + acc.T) / 2)  # exactly symmetric: d(i, j) == d(j, i)
         gram = Gram(acc[:n, :n], acc[:n, n], float(acc[n, n]), self.sq_norms())
         return gram, reference
+
+    def map_columns(self, function: Callable[[Tensor], Tensor]) -> Tensor:
+        """On the host, the coordinate-wise function runs on cache-sized blocks of
+        columns assembled straight from the replies (each reply read once, the
+        subtraction of the base fused in, the check's norms taken on the block);
+        elsewhere, the generic chunked pass."""
+        if self.device.type != "cpu":
+            return super().map_columns(function)
+        check = self._verified_upto < self.p
+        out = np.empty(self.p, dtype=self._host_dtype)
+        sq_norms = np.zeros(self.n)
+        for start, rows in self._host_blocks(max(MAP_PIECE // self.n, 1024)):
+            if check:
+                sq_norms += np.einsum("ij,ij->i", rows, rows)
+            out[start : start + rows.shape[1]] = function(torch.from_numpy(rows)).numpy()
+        if check:
+            self._verify(0, self.p, torch.from_numpy(sq_norms))
+        return torch.from_numpy(out)
+
+    def _host_blocks(self, width: int, extra_rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, block)``: the updates' columns ``start:start + w`` (``w <= width``,
+        never crossing an array) as the first ``n`` rows of a reused ``(n + extra_rows,
+        w)`` host block; the extra rows are the caller's scratch."""
+        block = np.empty((self.n + extra_rows, width), dtype=self._host_dtype)
+        for layer, a, b in self._host_pieces(width):
+            rows = block[:, : b - a]
+            for i in range(self.n):
+                self._update_into(rows[i], i, layer, a, b)
+            yield int(self._offsets[layer]) + a, rows
 
     @property
     def _host_dtype(self) -> np.dtype:

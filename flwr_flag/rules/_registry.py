@@ -60,7 +60,10 @@ class Nested(dict):
 
 
 class AggregationResult(NamedTuple):
-    """The aggregate ``(p,)`` and the rule's diagnostics (selected/trimmed rows, ...)."""
+    """The aggregate ``(p,)`` and the rule's diagnostics (selected/trimmed rows, ...).
+
+    ``vector`` is a fresh tensor that the caller owns (the strategies write the new
+    model into it); no rule returns a view of its input or of its state."""
 
     vector: Tensor
     diagnostics: Diagnostics

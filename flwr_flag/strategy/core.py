@@ -323,27 +323,37 @@ class RobustCore:
         """``w + lr * m`` array by array, in each array's own dtype: the step is moved to
         the host once, in float32 unless an array is float64 (one rounding of the step
         and one of the sum, so the result is within two float32 ulps of the float64
-        step's); integer arrays (step counters) get the rounded float64 step."""
-        if not bool(torch.isfinite(aggregate_update).all()):
-            return None
+        step's); integer arrays (step counters) get the rounded float64 step. The new
+        arrays are written into the step's own buffer when no state keeps it (a rule's
+        output is a fresh tensor), so the step costs no model-sized copy; ``None`` when a new
+        array would not be finite."""
         step = aggregate_update
         if self.server_momentum > 0:
             momentum = self._momentum if self._momentum is not None else torch.zeros_like(step)
             step = self.server_momentum * momentum + aggregate_update
+        kept = self.server_momentum > 0 or self._uses_previous
         wide = any(a.dtype == np.float64 for a in reference.values())
-        delta = (self.server_lr * step).to(torch.float64 if wide else torch.float32).cpu().numpy()
+        delta = step.to("cpu", torch.float64 if wide else torch.float32, copy=kept)
+        if self.server_lr != 1:
+            delta.mul_(self.server_lr)
+        host = delta.numpy()
         out: Arrays = OrderedDict()
         offset = 0
         for name, base in reference.items():
-            piece = delta[offset : offset + base.size].reshape(base.shape)
-            if np.issubdtype(base.dtype, np.floating):
-                value = base + piece.astype(base.dtype, copy=False)
-            else:
+            piece = host[offset : offset + base.size].reshape(base.shape)
+            if base.dtype == host.dtype:
+                value = np.add(piece, base, out=piece)
+            elif np.issubdtype(base.dtype, np.floating):
+                value = base + piece.astype(base.dtype)
+            elif np.isfinite(piece).all():
                 value = np.rint(base.astype(np.float64) + piece.astype(np.float64))
+            else:
+                return None
+            # A non-finite step, or a sum that overflows, leaves a non-finite value.
+            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                return None
             out[name] = np.asarray(value, dtype=base.dtype)  # 0-d arrays stay arrays
             offset += base.size
-        if not all(np.isfinite(a).all() for a in out.values() if a.dtype.kind in "fc"):
-            return None
         if self.server_momentum > 0:
             self._momentum = step
         if self._uses_previous:
