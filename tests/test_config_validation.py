@@ -208,7 +208,8 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     run(strategy(tmp_path), 2)
     initial = arrays_of({"w": np.zeros((4, 4), np.float32), "b": np.zeros(4, np.float32)})
     with pytest.raises(
-        ValueError, match=r"array 'w' is float32\[3, 4\], the model's float32\[4, 4\]"
+        ValueError,
+        match=r"does not fit the model: array 'w' is float32\[3, 4\], expected float32\[4, 4\]",
     ):
         strategy(tmp_path, resume=True).start(grid=None, initial_arrays=initial, num_rounds=3)
 

@@ -46,6 +46,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 
 from ..config import section
+from ..rules.validation import check_int
 from .base import BEHAVIOURS, AttackContext, Behaviour, make_behaviour
 from .selection import node_list
 from .updates import Arrays, apply_update, flatten, float_names, round_seed, to_record
@@ -104,10 +105,7 @@ class ByzantinePlan:
 
 
 def _int(config, key: str, default: int, low: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key}={value!r} must be an int >= {low}")
-    return value
+    return check_int("byzantine_mod", key, config.get(key, default), low)
 
 
 def _arrays(content: RecordDict) -> tuple[str, ArrayRecord]:

@@ -38,7 +38,7 @@ from ..rules._registry import (
 )
 from ..rules.validation import InputRangeError, Integer, Real, check_int
 from .checkpoint import Checkpoint, CheckpointStore
-from .replies import Reply, structural_problem
+from .replies import Reply, arrays_mismatch, structural_problem
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights
 
 Arrays = OrderedDict[str, np.ndarray]
@@ -182,18 +182,11 @@ class RobustCore:
         where = (
             f"resume: checkpoint of round {checkpoint.server_round} in {self.checkpoints.directory}"
         )
-        if list(checkpoint.arrays) != list(initial):
-            raise ValueError(
-                f"{where} holds arrays {list(checkpoint.arrays)}, the model {list(initial)}"
-            )
-        for name, want in initial.items():
-            got = checkpoint.arrays[name]
-            if got.shape != want.shape or got.dtype != want.dtype:
-                raise ValueError(
-                    f"{where}: array '{name}' is {got.dtype}{list(got.shape)}, the model's "
-                    f"{want.dtype}{list(want.shape)}"
-                )
-            if got.dtype.kind in "fc" and not np.isfinite(got).all():
+        mismatch = arrays_mismatch(checkpoint.arrays, initial)
+        if mismatch is not None:
+            raise ValueError(f"{where} does not fit the model: {mismatch}")
+        for name, array in checkpoint.arrays.items():
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
                 raise ValueError(f"{where}: array '{name}' is not finite")
         self.load_state_dict(checkpoint.state, sum(a.size for a in initial.values()))
         log(

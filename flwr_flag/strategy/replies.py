@@ -18,6 +18,8 @@ import numpy as np
 from flwr.app import Array
 from flwr.common.constant import SType
 
+from ..rules.validation import check_int
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -48,9 +50,7 @@ def partition_of(record: Mapping[str, object]) -> int | None:
     partition = record.get("partition-id")
     if partition is None:
         return None
-    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
-        raise ValueError(f"config record 'node': partition-id={partition!r} is not an int >= 0")
-    return partition
+    return check_int("config record 'node'", "partition-id", partition, 0)
 
 
 def numpy_view(array: Array) -> np.ndarray:
@@ -102,21 +102,29 @@ def count_problem(count: object) -> str | None:
     return None
 
 
+def arrays_mismatch(got: Mapping[str, object], want: Mapping[str, np.ndarray]) -> str | None:
+    """How the arrays ``got`` differ from ``want`` in names, shapes or dtypes, or ``None``."""
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    if missing or extra:
+        return f"array keys differ: missing {missing}, unexpected {extra}"
+    for name, expected in want.items():
+        value = got[name]
+        if not isinstance(value, np.ndarray):
+            return f"array '{name}' is {type(value).__name__}, expected a numpy array"
+        if value.shape != expected.shape or value.dtype != expected.dtype:
+            return (
+                f"array '{name}' is {value.dtype}{list(value.shape)}, expected "
+                f"{expected.dtype}{list(expected.shape)}"
+            )
+    return None
+
+
 def structural_problem(reply: Reply, reference: Mapping[str, np.ndarray]) -> str | None:
     """Why ``reply`` cannot be aggregated against ``reference``, or ``None`` if it can."""
     if reply.problem is not None:
         return reply.problem
-    missing = [k for k in reference if k not in reply.arrays]
-    extra = [k for k in reply.arrays if k not in reference]
-    if missing or extra:
-        return f"array keys differ: missing {missing}, unexpected {extra}"
-    for name, want in reference.items():
-        got = reply.arrays[name]
-        if not isinstance(got, np.ndarray) or got.shape != want.shape or got.dtype != want.dtype:
-            described = (
-                f"{got.dtype}{list(got.shape)}"
-                if isinstance(got, np.ndarray)
-                else (type(got).__name__)
-            )
-            return f"array '{name}' is {described}, expected {want.dtype}{list(want.shape)}"
+    mismatch = arrays_mismatch(reply.arrays, reference)
+    if mismatch is not None:
+        return mismatch
     return count_problem(reply.num_examples)
