@@ -32,6 +32,7 @@ smallest cells (one seed, a few rounds; ``papers-quick``): a smoke run, not evid
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -167,10 +168,11 @@ def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
     )
     needs = robustness.cannot_run_rule(config, cell.nodes, cell.f)
     if needs is not None:
-        return {**asdict(cell), "accuracy": [], "na": needs}
+        return {**asdict(cell), "key": cell.key, "accuracy": [], "na": needs}
     strategy = strategy_from_config(config)
     return {
         **asdict(cell),
+        "key": cell.key,
         **robustness.train(config, cell.nodes, strategy, cell.rounds, cell.seed),
     }
 
@@ -306,14 +308,13 @@ def report(rows: list[dict[str, Any]], papers: list[str], quick: bool, path: Pat
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from tqdm import tqdm
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--paper", choices=["fa", "ctma", "detox"], action="append")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--model", default="cnn")
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--out", type=Path, default=None, help="cells directory; the report is OUT.md"
     )
@@ -329,13 +330,14 @@ def main(argv: list[str] | None = None) -> Path:
         done = {
             json.loads(line)["key"]: json.loads(line) for line in store.read_text().splitlines()
         }
-    for cell in tqdm([c for c in cells if c.key not in done], desc="cells"):
-        row = {**run_cell(cell, args.dataset, args.model), "key": cell.key}
+    todo = [c for c in cells if c.key not in done]
+    run_one = functools.partial(run_cell, dataset=args.dataset, model=args.model)
+    for cell, row in robustness.train_cells(todo, run_one, store, args.workers, len(cells)):
         done[cell.key] = row
-        with open(store, "a") as handle:
-            handle.write(json.dumps(row, default=str) + "\n")
-    # The report covers every paper with cells in the store, not only this run's.
-    rows = list(done.values())
+    # The report covers every paper with cells in the store, not only this run's; rows
+    # in protocol order (cells finish in any order).
+    mine = {c.key for c in cells}
+    rows = [done[c.key] for c in cells] + [r for k, r in done.items() if k not in mine]
     present = [p for p in ("fa", "ctma", "detox") if any(r["paper"] == p for r in rows)]
     path = report(rows, present, args.quick, out.with_suffix(".md"))
     print(path.read_text())

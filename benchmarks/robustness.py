@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -299,8 +299,6 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
-    from tqdm import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     store = out / "cells.jsonl"
     done = load(store)
@@ -317,18 +315,30 @@ def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]
         f"{estimate / workers / 3600:.1f} h with {workers} workers",
         flush=True,
     )
+    for cell, row in train_cells(todo, run_cell, store, workers, len(cells)):
+        done[cell.key] = row
+    return {c.key: done[c.key] for c in cells}
+
+
+def train_cells(
+    todo: list, run_one: Callable[[Any], dict], store: Path, workers: int, total: int
+) -> Iterator[tuple[Any, dict]]:
+    """``(cell, run_one(cell))`` for every cell of ``todo``, trained on ``workers``
+    processes; each row is appended to ``store`` as it finishes (a rerun skips it), under
+    a progress bar over ``total`` cells with its ETA."""
+    from tqdm import tqdm
+
     with (
         ProcessPoolExecutor(workers) as pool,
-        tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells") as bar,
+        tqdm(total=total, initial=total - len(todo), desc="cells") as bar,
     ):
-        futures = {pool.submit(run_cell, c): c for c in todo}
+        futures = {pool.submit(run_one, c): c for c in todo}
         for future in as_completed(futures):
             row = future.result()
-            done[futures[future].key] = row
             with open(store, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json.dumps(row, default=str) + "\n")
             bar.update()
-    return {c.key: done[c.key] for c in cells}
+            yield futures[future], row
 
 
 @dataclass(frozen=True)
