@@ -101,7 +101,9 @@ def test_invalid_replies_are_rejected_and_valid_ones_aggregated(rule, caplog):
             node,
             reason,
         )
-    expected, _ = aggregate(updates_of(good, global_model), rule, 2)  # each reply once
+    # Every node with only rejected replies is one of the f = 2: none is left.
+    assert metrics["robust.f"] == 0
+    expected, _ = aggregate(updates_of(good, global_model), rule, 0)  # each reply once
     got = updates_of([{k: arrays[k].numpy() for k in SHAPES}], global_model)[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert list(arrays.keys()) == list(SHAPES)
@@ -110,15 +112,37 @@ def test_invalid_replies_are_rejected_and_valid_ones_aggregated(rule, caplog):
 
 
 def test_too_few_valid_replies_keep_the_model(caplog):
+    # One malformed reply is one caught node: the rule gets f = 2 - 1 for the 5 left.
     global_model = random_model(0)
-    messages = [reply(i + 1, random_model(i), **{"num-examples": 3}) for i in range(4)]
+    messages = [reply(i + 1, random_model(i), **{"num-examples": 3}) for i in range(6)]
     messages[0] = reply(1, {"w": global_model["w"]}, **{"num-examples": 3})
-    strategy = configured(flwr_flag.Bulyan(num_byzantine=1, device="cpu"), global_model, 4)
+    strategy = configured(flwr_flag.Bulyan(num_byzantine=2, device="cpu"), global_model, 6)
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, metrics = strategy.aggregate_train(1, messages)
     assert arrays is None
-    assert metrics["robust.kept-model"] == 1
-    assert "3 valid replies, but bulyan with f=1 needs n >= 4f + 3" in caplog.text
+    assert metrics["robust.kept-model"] == 1 and metrics["robust.f"] == 1
+    assert "5 valid replies, but bulyan with f=1 needs n >= 4f + 3" in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["nan", "malformed"])
+def test_a_caught_node_leaves_the_rule_f_minus_one(fault):
+    # Bulyan at n = 4f + 3: before, one NaN reply left 14 < 15 replies and every round
+    # kept the model; the caught node is one of the f, so f = 2 covers the 14 left.
+    global_model = random_model(0)
+    models = [random_model(i) for i in range(1, 16)]
+    models[0] = (
+        {k: np.full_like(v, np.nan) for k, v in global_model.items()}
+        if fault == "nan"
+        else {"w": global_model["w"]}
+    )
+    messages = [reply(i + 1, m, **{"num-examples": 3}) for i, m in enumerate(models)]
+    messages.append(reply(2, models[1], **{"num-examples": 3}))  # a duplicate: not caught
+    strategy = configured(flwr_flag.Bulyan(num_byzantine=3, device="cpu"), global_model, 15)
+    arrays, metrics = strategy.aggregate_train(1, messages)
+    assert metrics["robust.rejected-nodes"] == [1, 2] and metrics["robust.f"] == 2
+    expected, _ = aggregate(updates_of(models[1:], global_model), "bulyan", 2)
+    got = updates_of([{k: arrays[k].numpy() for k in SHAPES}], global_model)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_krum_selects_the_node_flower_krum_selects():

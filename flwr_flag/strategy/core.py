@@ -241,6 +241,7 @@ class RobustCore:
             "robust.rejected": len(rejected),
             "robust.failed": failures,
             "robust.rejected-nodes": sorted(replies[i].node_id for i in rejected),
+            "robust.f": self.byzantine_left(replies, rejected, used),
             "robust.kept-model": int(arrays is None),
             "robust.weighted-by-num-examples": int(self.weighting == "num-examples"),
             "robust.aggregation-seconds": time.perf_counter() - start,
@@ -265,13 +266,12 @@ class RobustCore:
         requirement = get_rule(self.rule).requirement
         live = list(candidates)
         while True:
+            f = self.byzantine_left(replies, rejected, live)
             rows = rows_after(self.pre, len(live))
-            if rows < requirement.minimum(self.num_byzantine):
+            if rows < requirement.minimum(f):
                 after = f" ({rows} rows after {self.pre})" if rows != len(live) else ""
-                why = (
-                    f"{len(live)} valid replies{after}, but {self.rule} with "
-                    f"f={self.num_byzantine} needs {requirement}"
-                )
+                why = f"{len(live)} valid replies{after}, but {self.rule} with f={f} needs "
+                why += str(requirement)
                 return None, live, why
             chosen = [replies[i] for i in live]
             source = ArraysSource(
@@ -300,9 +300,7 @@ class RobustCore:
                 weights = reply_weights(
                     [r.num_examples for r in chosen], self.weighting, self.max_weight_ratio
                 )
-                result = aggregate(
-                    source, self.rule, self.num_byzantine, weights, pre=self.pre, **params
-                )
+                result = aggregate(source, self.rule, f, weights, pre=self.pre, **params)
                 return result, live, None
             except NonFiniteUpdateError as error:
                 bad = set(error.rows)
@@ -311,6 +309,17 @@ class RobustCore:
                 live = [r for i, r in enumerate(live) if i not in bad]
             except InputRangeError as error:
                 return None, live, str(error)
+
+    def byzantine_left(
+        self, replies: Sequence[Reply], rejected: Mapping[int, str], live: Sequence[int]
+    ) -> int:
+        """The f the rule gets: ``num_byzantine`` less the nodes already caught. Honest
+        nodes send well-formed, finite updates, so a node none of whose replies passed
+        the checks is one of the f, and at most ``f - caught`` faulty nodes remain among
+        the rest (a NaN attacker no longer costs Bulyan at ``n = 4f + 3`` its round)."""
+        kept = {replies[i].node_id for i in live}
+        caught = {replies[i].node_id for i in rejected} - kept
+        return max(self.num_byzantine - len(caught), 0)
 
     def _server_step(self, reference: Arrays, aggregate_update: torch.Tensor) -> Arrays | None:
         """``w + lr * m`` array by array, in each array's own dtype: the step is moved to
