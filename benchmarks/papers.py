@@ -14,7 +14,10 @@ this project's ClientApp and strategies, in-process (:func:`robustness.train`).
 * ``ctma`` (Dahan & Levy; dahan198/synchronous-fault-tolerant-ml ``main.py``): 17
   workers, 8 Byzantine; label flip, sign flip, IPM (epsilon 0.5), ALIE; bases mean,
   median, trimmed mean, geometric median, each alone, with CTMA, with NNM, with NNM +
-  CTMA; one local step per round; mu^2-SGD (lr 0.1) against SGD with momentum 0.9.
+  CTMA; one local step per round (batch 32); as their code, each worker's gradient
+  norm clipped to 2.0 and mu^2-SGD (lr 0.1, beta_t = 1/t and gamma_t = 2/(t+1), both
+  floored at 0.01) against SGD (lr 0.1) on the worker momentum
+  ``m = 0.9 m + 0.1 g``.
   Claims: CTMA lifts cheap bases to NNM-level accuracy at a fraction of NNM's
   aggregation time; mu^2-SGD is at least as robust as momentum.
 * ``detox`` (Rajput et al.; hwang595/DETOX): r = 3; reverse gradient, constant -100,
@@ -83,9 +86,13 @@ CTMA_ATTACKS = {
     "alie": {"attack": "alie"},
 }
 CTMA_OPTIMIZERS = {
-    "mu2-sgd": {"optimizer": "mu2-sgd", "lr": 0.1, "mu2.beta-min": 0.01, "momentum": 0.0},
-    "sgd-momentum": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9},
-}
+    "mu2-sgd": {"optimizer": "mu2-sgd", "lr": 0.1, "mu2.beta-min": 0.01,
+                "mu2.gamma-min": 0.01, "momentum": 0.0, "grad-clip": 2.0},
+    # Their momentum is the worker's (it persists across rounds); a local optimizer's
+    # momentum would restart with every one-step round.
+    "sgd-momentum": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0,
+                     "worker-momentum": 0.9, "grad-clip": 2.0},
+}  # fmt: skip
 DETOX_ATTACKS = {
     "reverse gradient": {"attack": "sign-flip"},
     "constant -100": {"attack": "constant", "constant.c": -100.0},

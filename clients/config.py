@@ -8,6 +8,7 @@ Run-config keys (defaults in pyproject ``[tool.flwr.app.config]``)::
     local-epochs = 2          local-steps = 0           # steps > 0 overrides epochs
     batch-size = 32           lr = 0.1                  momentum = 0.9
     weight-decay = 0.0        worker-momentum = 0.0     optimizer = "sgd"
+    grad-clip = 0.0           # > 0: each gradient's norm clipped to it (0: off)
     mu2.beta-min = 0.1        mu2.gamma-min = 0.1       # optimizer = "mu2-sgd"
     augment = "none"          augment-copies = 1
     heavy-augment = "warp"    heavy-augment-nodes = ""  # e.g. "3,4": honest nodes
@@ -50,6 +51,7 @@ SETTINGS: dict[str, tuple[str, Param]] = {
     "momentum": ("momentum", Real(0.0, 1.0, high_open=True)),
     "weight-decay": ("weight_decay", Real(0.0)),
     "worker-momentum": ("worker_momentum", Real(0.0, 1.0, high_open=True)),
+    "grad-clip": ("grad_clip", Real(0.0)),
     "optimizer": ("optimizer", Choice(choices=OPTIMIZERS)),
     "mu2.beta-min": ("mu2_beta_min", Real(0.0, 1.0, low_open=True)),
     "mu2.gamma-min": ("mu2_gamma_min", Real(0.0, 1.0, low_open=True)),
@@ -81,6 +83,7 @@ class ClientSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     worker_momentum: float = 0.0
+    grad_clip: float = 0.0
     optimizer: str = "sgd"
     mu2_beta_min: float = 0.1
     mu2_gamma_min: float = 0.1

@@ -55,8 +55,9 @@ def view_loss(model: nn.Module, data: Split, views: torch.Tensor, y: torch.Tenso
 def local_train(
     model: nn.Module, data: Split, settings: ClientSettings, labels: Labels, seed: int
 ) -> float:
-    """SGD (lr, momentum, weight decay) for the configured epochs or steps; returns the
-    mean training loss. Deterministic for ``seed`` (batch order, augmentation)."""
+    """SGD (lr, momentum, weight decay; each gradient's norm clipped to ``grad_clip``
+    when it is > 0) for the configured epochs or steps; returns the mean training loss.
+    Deterministic for ``seed`` (batch order, augmentation)."""
     device = torch.device(settings.device)
     model.to(device).train()
     optimizer = torch.optim.SGD(
@@ -77,6 +78,8 @@ def local_train(
         loss = view_loss(model, data, views.to(device), y_all[index].to(device))
         optimizer.zero_grad()
         loss.backward()
+        if settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         losses.append(loss.item())
     model.cpu()
@@ -86,7 +89,8 @@ def local_train(
 def batch_gradient(
     model: nn.Module, data: Split, labels: Labels, settings: ClientSettings, seed: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``point -> grad f(point; z)`` on one fixed mini-batch ``z`` (for mu^2-SGD)."""
+    """``point -> grad f(point; z)`` on one fixed mini-batch ``z`` (for mu^2-SGD), its
+    norm clipped to ``grad_clip`` when that is > 0."""
     rng = np.random.default_rng(seed)
     index = next(batches(len(data), settings.batch_size, 1, rng))
     x, y = data.standardise(data.x[index]), labels(data.y)[index]
@@ -96,6 +100,8 @@ def batch_gradient(
         torch.nn.utils.vector_to_parameters(point, params)
         model.zero_grad()
         cross_entropy(model(x), y).backward()
+        if settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, settings.grad_clip)
         return torch.cat([p.grad.flatten() for p in params]).detach().clone()
 
     return gradient

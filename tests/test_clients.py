@@ -133,6 +133,30 @@ def test_label_flip_changes_training_labels_not_the_test_set():
     assert (load_test("digits").y == before).all()
 
 
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_grad_clip_bounds_every_gradient_norm(clip):
+    # One plain SGD step with lr = 1 moves the weights by exactly the (clipped) gradient.
+    from clients.models import build_model, get_arrays
+    from clients.train import batch_gradient, local_train
+
+    settings = ClientSettings.from_config(
+        {"num-partitions": 2, "lr": 1.0, "momentum": 0.0, "local-steps": 1, "grad-clip": clip},
+        {"partition-id": 0},
+    )
+    data = load_partition("digits", 0, 2)
+    model = build_model("cnn", (1, 8, 8), 10)
+    before = np.concatenate([a.ravel() for a in get_arrays(model).values()])
+    local_train(model, data, settings, lambda y: y, seed=0)
+    after = np.concatenate([a.ravel() for a in get_arrays(model).values()])
+    step = float(np.linalg.norm(after - before))
+    gradient = batch_gradient(model, data, lambda y: y, settings, seed=0)
+    norm = float(gradient(torch.nn.utils.parameters_to_vector(model.parameters())).norm())
+    if clip:
+        assert step == pytest.approx(clip, rel=1e-4) and norm == pytest.approx(clip, rel=1e-4)
+    else:  # unclipped, the digits CNN's first gradients are several times longer
+        assert step > 0.2 and norm > 0.2
+
+
 @pytest.mark.parametrize("name", PIPELINES)
 def test_augmentation_is_deterministic_and_keeps_shapes(name):
     x = torch.rand(6, 1, 8, 8)
