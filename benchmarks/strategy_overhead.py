@@ -87,6 +87,7 @@ def main() -> None:
     grid = InProcessGrid(
         client_app, 10, run_config={"local-epochs": 1, "model": "cnn", "byzantine-nodes": 0}
     )
+    time_rounds(FedAvg(fraction_evaluate=0.0), grid, 1)  # the nodes load their data once
     fedavg = time_rounds(FedAvg(fraction_evaluate=0.0), grid, args.rounds)
     flag = time_rounds(
         flwr_flag.FlagAggregator(num_byzantine=2, device="cpu", fraction_evaluate=0.0),

@@ -40,6 +40,11 @@ for the memory-bound passes), 128 MiB on a GPU (fewer kernel launches)."""
 FUSED_PIECE = 1 << 16
 """Elements of one client's piece in the fused host pass (256 KiB of float32: it stays
 in cache between the subtraction, the squared norm and the weighted sum)."""
+GRAM_MIN_COLUMNS = 8192
+"""Fewest columns of a Gram-pass block. With many clients, ``FUSED_PIECE // n`` columns
+make each product tiny and the per-row assembly a Python loop over many pieces: at
+n = 500 and 1M parameters, 131 columns took 29 s, 1024 took 8.2 s and 8192 2.4 s
+(single-threaded BLAS, measured here)."""
 MAP_PIECE = 1 << 18
 """Elements of one ``(n, columns)`` block of the host's coordinate-wise pass (1 MiB of
 float32: the block stays in cache while a selection makes many passes over it)."""
@@ -351,12 +356,17 @@ class ArraysSource(UpdateSource):
         acc = np.zeros((n + 1, n + 1))
         sq_norms = np.zeros(n)
         check = self._verified_upto < self.p
-        for _, rows in self._host_blocks(max(1, FUSED_PIECE // n), extra_rows=1):
-            # The origin product gives the Gram, the check's norms (its diagonal) and the
-            # first block's choice of reference; a second pass around a row needs none.
-            product = rows[:n] @ rows[:n].T if reference is None or check or decide else None
+        for _, rows in self._host_blocks(max(GRAM_MIN_COLUMNS, FUSED_PIECE // n), extra_rows=1):
+            # The origin product gives the Gram around the origin and the first block's
+            # choice of reference; around a row, the check's norms come from the rows
+            # themselves (n w flops, not another n^2 w product).
+            product = rows[:n] @ rows[:n].T if reference is None or decide else None
             if check:
-                sq_norms += product.diagonal()
+                sq_norms += (
+                    product.diagonal()
+                    if product is not None
+                    else np.einsum("ij,ij->i", rows[:n], rows[:n])
+                )
             if decide:
                 first = torch.from_numpy(product).double()
                 reference, decide = choose_reference(_origin_gram(first), self.dtype, None), False
