@@ -14,11 +14,13 @@ bundled digits, the small CNN, centralized test accuracy per round. The grid:
 * Byzantine fraction 10 / 20 / 30 % of 15 nodes (f = 1, 3, 4); IID and Dirichlet(0.5);
   3 seeds.
 
-Results are appended per cell to ``--out/cells.jsonl`` and a rerun skips finished cells
+Results are appended per cell to ``--out/cells.jsonl`` (default
+``benchmarks/results/robustness/default``) and a rerun skips finished cells
 (resumable). At the end it writes ``robustness.md`` (final accuracy mean +- std per
 rule x attack, per fraction and partitioning, the clean FedAvg reference, the best rule
-per column in bold), ``heatmap.png`` and ``curves.png`` (accuracy per round under the
-hardest attacks). ``--quick`` is a small grid for a first look.
+per column in bold), ``robustness-heatmap.png`` and ``robustness-curves.png`` (accuracy
+per round under the hardest attacks): in ``benchmarks/results/`` for the default grid,
+in ``--out`` otherwise. ``--quick`` is a small grid for a first look.
 
     python benchmarks/robustness.py            # the default grid
     python benchmarks/robustness.py --quick
@@ -410,10 +412,9 @@ def summary_table(
 NOTES = [
     "## Reading the table",
     "",
-    "- Bulyan needs n >= 4f + 3 = 15 replies at f = 3: a NaN attacker's reply is rejected, "
-    "the 14 left are too few, and the round keeps the model (chance accuracy). A property "
-    "of the rule at n = 4f + 3 (its docstring says so); Flower's Bulyan counts the NaN "
-    "reply as valid and proceeds.",
+    "- `nan`: the attackers' replies are rejected, and each rejected node counts as one of "
+    "the f, so the rules run with f - 3 = 0 on the 12 replies left (Bulyan at n = 4f + 3 "
+    "kept the model every round before this, 11 %).",
     "- Flower's FedMedian does not check replies: one NaN reply makes its model non-finite.",
     "- Krum keeps a single reply (ours and Flower's select the same one): on Dirichlet "
     "partitions that is one client's class mix.",
@@ -545,11 +546,11 @@ def report(
     if 0.2 in fractions:
         lines += claims(rows, attacks, partitionings, 0.2)
     lines += NOTES
-    path = out / "robustness.md"
+    path = out / "robustness.md"  # figures beside it: robustness-*.png
     path.write_text("\n".join(lines))
     fraction = fractions[len(fractions) // 2]
-    plot_heatmap(rows, rules, attacks, fraction, partitionings[0], out / "heatmap.png")
-    plot_curves(trained, rules, attacks, fraction, partitionings[0], out / "curves.png")
+    plot_heatmap(rows, rules, attacks, fraction, partitionings[0], out / "robustness-heatmap.png")
+    plot_curves(trained, rules, attacks, fraction, partitionings[0], out / "robustness-curves.png")
     return path
 
 
@@ -661,13 +662,14 @@ def main(argv: list[str] | None = None) -> Path:
         rows = [done[c.key] for c in cells if c.key in done]
     else:
         rows = list(run(cells, out, args.workers).values())
+    # The default grid's report is the study's: benchmarks/results/robustness.md.
     path = report(
         rows,
         args.rules,
         args.attacks,
         args.fractions,
         args.partitionings,
-        out,
+        out if args.out or args.quick else RESULTS.parent,
         args.rounds,
         args.seeds,
     )

@@ -24,7 +24,7 @@ def test_smallest_quick_cell(tmp_path):
     assert row["accuracy"][-1] > 0.9  # converged (the unstandardised task gave 69 %)
     table = path.read_text()
     assert "| mean (FedAvg) |" in table and "Reference: clean FedAvg" in table
-    assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "robustness-heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert robustness.main(smallest).read_text() == table  # resumed, not run again
     assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == 1
 
