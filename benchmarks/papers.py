@@ -30,6 +30,7 @@ the report is ``benchmarks/results/papers.md``. ``--quick`` runs each protocol's
 smallest cells (one seed, a few rounds; ``papers-quick``): a smoke run, not evidence.
 
     python benchmarks/papers.py [--paper fa|ctma|detox] [--quick] [--seeds 0 1 2]
+        [--settings "alie, mu2-sgd" ...] [--workers 2]
 """
 
 from __future__ import annotations
@@ -327,12 +328,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--settings", nargs="*", default=None, help="run only the cells of these settings"
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="cells directory; the report is OUT.md"
     )
     args = parser.parse_args(argv)
     papers = args.paper or ["fa", "ctma", "detox"]
     seeds = args.seeds[:1] if args.quick else args.seeds
     cells = [c for p in papers for c in protocol(p, seeds, args.quick)]
+    if args.settings is not None:
+        cells = [c for c in cells if c.setting in args.settings]
     out = args.out or RESULTS / ("papers-quick" if args.quick else "papers")
     out.mkdir(parents=True, exist_ok=True)
     store = out / "cells.jsonl"
