@@ -305,9 +305,9 @@ def verdicts(rows: list[dict[str, Any]], paper: str) -> list[str]:
 
 READING = {
     "fa": [
-        "- The setup: 15 nodes, digits and the small CNN, 20 rounds of 2 local epochs; one "
-        "seed. `random` sends uniform noise; `augmented` has no attacker, 3 honest nodes "
-        "train on heavily warped digits.",
+        "- The setup: 15 nodes, digits and the small CNN, 20 rounds of 2 local epochs; "
+        "seeds 0-2. `random` sends uniform noise; `augmented` has no attacker, 3 honest "
+        "nodes train on heavily warped digits.",
     ],
     "ctma": [
         "- The setup: 17 nodes, 8 Byzantine, one local step (batch 32) per round for 200 "
@@ -325,7 +325,7 @@ READING = {
     ],
     "detox": [
         "- The setup: groups of r = 3, every member trains on a partition-sized shard "
-        "(equal per-node compute); 20 rounds, one seed; at n = 45 the runs had not "
+        "(equal per-node compute); 20 rounds, seeds 0-1; at n = 45 the runs had not "
         "converged (about 86 %).",
     ],
 }

@@ -47,7 +47,9 @@ n = 500 and 1M parameters, widening the blocks from 131 to 8192 columns took the
 from 29 s to 5.7 s (measured here beside another job; 2.4 s alone)."""
 MAP_PIECE = 1 << 18
 """Elements of one ``(n, columns)`` block of the host's coordinate-wise pass (1 MiB of
-float32: the block stays in cache while a selection makes many passes over it)."""
+float32: the block stays in cache while a selection makes many passes over it), but
+never fewer than ``MAP_MIN_COLUMNS`` columns (many clients: fewer, larger pieces)."""
+MAP_MIN_COLUMNS = 1024
 
 
 class NonFiniteUpdateError(ValueError):
@@ -392,7 +394,7 @@ class ArraysSource(UpdateSource):
         check = self._verified_upto < self.p
         out = np.empty(self.p, dtype=self._host_dtype)
         sq_norms = np.zeros(self.n)
-        for start, rows in self._host_blocks(max(MAP_PIECE // self.n, 1024)):
+        for start, rows in self._host_blocks(max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)):
             if check:
                 sq_norms += np.einsum("ij,ij->i", rows, rows)
             out[start : start + rows.shape[1]] = function(torch.from_numpy(rows)).numpy()
