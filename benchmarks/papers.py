@@ -326,7 +326,7 @@ READING = {
     "detox": [
         "- The setup: groups of r = 3, every member trains on a partition-sized shard "
         "(equal per-node compute); 20 rounds, seeds 0-1; at n = 45 the runs had not "
-        "converged (about 86 %).",
+        "converged (86-90 %).",
     ],
 }
 """Fixed notes printed under each paper's verdicts: the setup, and what the table
