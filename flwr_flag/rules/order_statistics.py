@@ -77,7 +77,7 @@ def order_statistics(chunk: Tensor, ranks: range) -> Tensor:
     if n > NETWORK_MAX_ROWS:
         return torch.from_numpy(np.sort(values, axis=0)[ranks.start : ranks.stop])
     comparators = sorting_network(n, ranks)
-    width = min(NETWORK_BLOCK, values.shape[1])
+    width = max(1, min(NETWORK_BLOCK, values.shape[1]))
     out = np.empty((len(ranks), values.shape[1]), dtype=values.dtype)
     block = np.empty((n + 1, width), dtype=values.dtype)
     for start in range(0, values.shape[1], width):
