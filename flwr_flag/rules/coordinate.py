@@ -22,6 +22,13 @@ def _by_coordinate(chunk: Tensor) -> Tensor:
     return chunk.T.contiguous()
 
 
+def mean_of_middle(source: UpdateSource, b: int) -> Tensor:
+    """Per coordinate, the mean of the order statistics ``b .. n - b - 1``: the trimmed
+    mean, and with ``b = (n - 1) // 2`` the median (one or two middle values)."""
+    kept = range(b, source.n - b)
+    return source.map_columns(lambda chunk: order_statistics(chunk, kept).mean(dim=0))
+
+
 def coordinate_median(values: Tensor) -> Tensor:
     """Median along the last dim; the mean of the two middle values when it is even."""
     n = values.shape[-1]
@@ -56,11 +63,7 @@ def median(source: UpdateSource, f: int, weights: Tensor) -> AggregationResult:
     ``n >= 2f + 1``. Cost: one or two order statistics per coordinate (see
     :mod:`.order_statistics`).
     """
-    n = source.n
-    middle = range(n // 2, n // 2 + 1) if n % 2 else range(n // 2 - 1, n // 2 + 1)
-    return AggregationResult(
-        source.map_columns(lambda c: order_statistics(c, middle).mean(dim=0)), {}
-    )
+    return AggregationResult(mean_of_middle(source, (source.n - 1) // 2), {})
 
 
 @rule("trimmed-mean", needs=(2, 1), params={"trim": Integer(0, optional=True)})
@@ -76,11 +79,7 @@ def trimmed_mean(
     """
     n = source.n
     b = f if trim is None else within_n("trimmed-mean", "trim", trim, (n - 1) // 2, n)
-    kept = range(b, n - b)
-    return AggregationResult(
-        source.map_columns(lambda c: order_statistics(c, kept).mean(dim=0)),
-        {"trimmed_per_side": b},
-    )
+    return AggregationResult(mean_of_middle(source, b), {"trimmed_per_side": b})
 
 
 @rule("meamed", needs=(2, 1))
