@@ -20,8 +20,6 @@ from flwr.common import (
     FitRes,
     Parameters,
     Scalar,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -29,12 +27,18 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from .strategy import named
 from .strategy.detox import DetoxGroups
+from .strategy.npy import npy_bytes, npy_view
 from .strategy.options import RobustOptions
 from .strategy.replies import Reply, decoded
 
 
-def _by_position(arrays: list) -> OrderedDict:
-    return OrderedDict((str(i), a) for i, a in enumerate(arrays))
+def _by_position(parameters: Parameters) -> OrderedDict:
+    """The arrays of ``parameters`` viewed in place (no copy), named by position."""
+    return OrderedDict((str(i), npy_view(t)) for i, t in enumerate(parameters.tensors))
+
+
+def _parameters(arrays: OrderedDict) -> Parameters:
+    return Parameters([npy_bytes(a) for a in arrays.values()], "numpy.ndarray")
 
 
 class RobustStrategy(RobustOptions, LegacyFedAvg):
@@ -43,7 +47,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
 
     def __init__(self, num_byzantine: int = 0, **options: Any) -> None:
         super().__init__(num_byzantine, **options)
-        self._sent: list | None = None
+        self._sent: Parameters | None = None
         self._offset = 0
 
     def __repr__(self) -> str:
@@ -58,17 +62,17 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
             return initial
         if initial is None:
             raise ValueError("resume=True needs initial_parameters to check the checkpoint against")
-        checkpoint = self.core.resume(_by_position(parameters_to_ndarrays(initial)))
+        checkpoint = self.core.resume(_by_position(initial))
         if checkpoint is None:
             return initial
         self._offset = checkpoint.server_round
-        return ndarrays_to_parameters(list(checkpoint.arrays.values()))
+        return _parameters(checkpoint.arrays)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """FedAvg's; remembers the parameters sent, the reference of the updates."""
-        self._sent = parameters_to_ndarrays(parameters)
+        self._sent = parameters
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(
@@ -83,9 +87,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
         replies = [
             decoded(
                 proxy.node_id,
-                lambda p=proxy, r=res: Reply(
-                    p.node_id, _by_position(parameters_to_ndarrays(r.parameters)), r.num_examples
-                ),
+                lambda p=proxy, r=res: Reply(p.node_id, _by_position(r.parameters), r.num_examples),
             )
             for proxy, res in results
         ]
@@ -97,7 +99,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
         }
         if arrays is None:
             return None, scalars
-        return ndarrays_to_parameters(list(arrays.values())), scalars
+        return _parameters(arrays), scalars
 
 
 class Detox(DetoxGroups, RobustStrategy):

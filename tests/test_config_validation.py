@@ -254,7 +254,7 @@ def test_legacy_resume_continues_the_round_numbering(tmp_path):
     )
     legacy.initialize_parameters(None)
     assert legacy._offset == 5
-    legacy._sent = list(arrays.values())
+    legacy._sent = ndarrays_to_parameters(list(arrays.values()))
     from flwr.common import Code, FitRes, Status
 
     results = [

@@ -322,7 +322,7 @@ def test_the_float32_server_step_equals_the_float64_one_within_float32_resolutio
 def test_replies_are_read_without_copying_their_bytes():
     from flwr.app import Array
 
-    from flwr_flag.strategy.replies import numpy_view
+    from flwr_flag.strategy.npy import numpy_view
 
     values = np.arange(12, dtype=np.float32).reshape(3, 4)
     for array in (values, np.asfortranarray(values), np.array(3.5), np.zeros(0)):
@@ -337,3 +337,31 @@ def test_replies_are_read_without_copying_their_bytes():
     short = Array("float32", (3, 4), "numpy.ndarray", Array(values).data[:-4])
     with pytest.raises(ValueError, match="payload holds 44 bytes"):
         numpy_view(short)
+
+
+def test_arrays_are_written_as_np_save_writes_them():
+    from flwr.app import Array
+
+    from flwr_flag.strategy.npy import array_record, npy_bytes, npy_view
+
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cases = {
+        "c": values,
+        "fortran": np.asfortranarray(values),
+        "strided": values[:, ::2],
+        "scalar": np.array(7, dtype=np.int64),
+        "empty": np.zeros((0, 3)),
+        "big-endian": values.astype(">f8"),
+    }
+    record = array_record(cases)
+    for name, array in cases.items():
+        assert npy_bytes(array) == Array(array).data, name
+        assert record[name] == Array(array), name
+        np.testing.assert_array_equal(npy_view(npy_bytes(array)), array)
+    huge = np.zeros(2, dtype=[(f"field{i}", "f4") for i in range(5000)])
+    with pytest.warns(UserWarning, match="format 2.0"):  # as np.save does
+        assert npy_bytes(huge) == Array(huge).data
+    with pytest.raises(ValueError, match="Header info length"):  # numpy's guard on reads
+        npy_view(npy_bytes(huge))
+    with pytest.raises(ValueError, match="object arrays"):
+        npy_bytes(np.array([object()]))

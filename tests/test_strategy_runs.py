@@ -39,7 +39,7 @@ def test_legacy_aggregate_fit_matches_message_api(rule):
     expected, metrics = modern.aggregate_train(1, messages)
 
     legacy = flwr_flag.legacy.RobustStrategy(rule=rule, num_byzantine=2, device="cpu")
-    legacy._sent = [global_model[k] for k in SHAPES]
+    legacy._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
     results = [
         (
             Proxy(i + 1),

@@ -67,7 +67,7 @@ def message_step(cls, options, global_model, models, counts, f=F):
 
 def legacy_step(cls, options, global_model, models, counts):
     strategy = cls(num_byzantine=F, device="cpu", **options)
-    strategy._sent = [global_model[k] for k in SHAPES]
+    strategy._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
     results = [
         (
             Proxy(i + 1),
@@ -287,7 +287,7 @@ def test_decoding_failures_are_logged_with_their_reason(caplog):
 def test_legacy_undecodable_parameters_are_rejected(caplog):
     global_model, honest, _ = population()
     strategy = flwr_flag.legacy.Krum(num_byzantine=1, device="cpu")
-    strategy._sent = [global_model[k] for k in SHAPES]
+    strategy._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
     results = [
         (
             Proxy(i + 1),

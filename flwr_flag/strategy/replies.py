@@ -9,15 +9,11 @@ The value checks (NaN/Inf, norm bound) happen in the engine's first pass.
 
 from __future__ import annotations
 
-import functools
-import io
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array
-from flwr.common.constant import SType
 
 from ..rules.validation import check_int
 
@@ -52,55 +48,6 @@ def partition_of(record: Mapping[str, object]) -> int | None:
     if partition is None:
         return None
     return check_int("config record 'node'", "partition-id", partition, 0)
-
-
-def numpy_view(array: Array) -> np.ndarray:
-    """An ``Array``'s values as a read-only view of its bytes, without a copy.
-
-    Flower's ``Array.numpy()`` parses the same ``.npy`` payload with ``np.load``, which
-    copies it: for ``n`` replies that is ``n p`` bytes more before aggregation starts.
-    Here the header is parsed (once per distinct header: every reply of a round repeats
-    the model's) and the data viewed in place; object dtypes and a payload whose length
-    does not match its header are refused (``ValueError``), as is any serialisation
-    other than numpy's (``TypeError``). Cost: ``O(header)``.
-    """
-    if array.stype != SType.NUMPY:
-        raise TypeError(f"Unsupported serialization type for numpy conversion: '{array.stype}'")
-    data = array.data
-    version = bytes(data[6:8])
-    if data[:6] != b"\x93NUMPY" or version not in (b"\x01\x00", b"\x02\x00"):
-        return array.numpy()
-    size = 2 if version == b"\x01\x00" else 4
-    offset = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
-    shape, fortran, dtype = _npy_header(bytes(data[:offset]))
-    count = math.prod(shape)
-    if len(data) - offset != count * dtype.itemsize:
-        raise ValueError(
-            f"payload holds {len(data) - offset} bytes, its header {shape} x {dtype} needs "
-            f"{count * dtype.itemsize}"
-        )
-    values = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return values.reshape(shape, order="F" if fortran else "C")
-
-
-@functools.lru_cache(maxsize=1024)
-def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """Shape, Fortran order and dtype of a whole ``.npy`` header (magic included):
-    numpy's parser costs ~25 us (``ast.literal_eval``), 30 ms a round for ResNet-18's
-    122 arrays from 10 clients; the cache is bounded, so headers a client varies on
-    purpose cost only their parse."""
-    stream = io.BytesIO(header)
-    version = np.lib.format.read_magic(stream)
-    read = {
-        (1, 0): np.lib.format.read_array_header_1_0,
-        (2, 0): np.lib.format.read_array_header_2_0,
-    }[version]
-    shape, fortran, dtype = read(stream)
-    if dtype.hasobject:
-        raise ValueError("object arrays are not accepted")
-    if stream.tell() != len(header):
-        raise ValueError("malformed .npy header")
-    return shape, fortran, dtype
 
 
 def count_problem(count: object) -> str | None:

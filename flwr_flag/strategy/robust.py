@@ -7,13 +7,14 @@ from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
+from .npy import array_record, numpy_view
 from .options import RobustOptions
-from .replies import Reply, decoded, numpy_view, partition_of
+from .replies import Reply, decoded, partition_of
 
 
 class RobustStrategy(RobustOptions, FedAvg):
@@ -122,7 +123,7 @@ class RobustStrategy(RobustOptions, FedAvg):
                 log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
         if arrays is None:
             return None, record
-        return ArrayRecord(OrderedDict((k, Array(v)) for k, v in arrays.items())), record
+        return array_record(arrays), record
 
     def _reader(self, message: Message) -> Callable[[], Reply]:
         """How to decode a reply: its arrays, example count and ``node`` record (run
@@ -161,13 +162,11 @@ class RobustStrategy(RobustOptions, FedAvg):
         """Flower's loop; with ``resume=True`` it continues after the last checkpoint."""
         done = 0
         if self.resume:
-            initial = OrderedDict((k, v.numpy()) for k, v in initial_arrays.items())
+            initial = OrderedDict((k, numpy_view(v)) for k, v in initial_arrays.items())
             checkpoint = self.core.resume(initial)
             if checkpoint is not None:
                 done = checkpoint.server_round
-                initial_arrays = ArrayRecord(
-                    OrderedDict((k, Array(v)) for k, v in checkpoint.arrays.items())
-                )
+                initial_arrays = array_record(checkpoint.arrays)
         self._offset = done
         shifted = None if evaluate_fn is None else (lambda r, a: evaluate_fn(r + done, a))
         result = super().start(
