@@ -13,6 +13,7 @@ import torch
 from flwr_flag.rules import aggregate
 
 SHAPES = [(7, 1, 5), (11, 2, 9), (15, 3, 6), (16, 3, 12)]  # (n, f, p)
+SORTED = [*SHAPES, (31, 7, 5)]  # n > NETWORK_MAX_ROWS: numpy's sort, not the network
 
 
 def data(n: int, p: int, seed: int) -> np.ndarray:
@@ -59,6 +60,13 @@ def case(request):
     return data(n, p, seed=n * 100 + p), f
 
 
+@pytest.fixture(params=SORTED, ids=lambda s: "n{}-f{}-p{}".format(*s))
+def sorted_case(request):
+    """The coordinate-wise rules' cases: both order-statistics kernels."""
+    n, f, p = request.param
+    return data(n, p, seed=n * 100 + p), f
+
+
 def test_mean_weighted(case):
     x, f = case
     w = np.arange(1, len(x) + 1, dtype=float)
@@ -66,8 +74,8 @@ def test_mean_weighted(case):
     np.testing.assert_allclose(ours(x, "mean", f, weights=w), expected, rtol=1e-12)
 
 
-def test_median(case):
-    x, f = case
+def test_median(sorted_case):
+    x, f = sorted_case
     expected = [
         np.sort(x[:, j])[len(x) // 2]
         if len(x) % 2
@@ -77,16 +85,38 @@ def test_median(case):
     np.testing.assert_allclose(ours(x, "median", f), expected, rtol=1e-12)
 
 
-def test_trimmed_mean(case):
-    x, f = case
+def test_trimmed_mean(sorted_case):
+    x, f = sorted_case
     expected = [np.sort(x[:, j])[f : len(x) - f].mean() for j in range(x.shape[1])]
     np.testing.assert_allclose(ours(x, "trimmed-mean", f), expected, rtol=1e-12)
 
 
-def test_meamed(case):
-    x, f = case
+def test_meamed(sorted_case):
+    x, f = sorted_case
     expected = [around_median(x[:, j], len(x) - f) for j in range(x.shape[1])]
     np.testing.assert_allclose(ours(x, "meamed", f), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [5, 8, 30])
+def test_mean_around_median_keeps_a_nearest_set_on_ties(n):
+    from flwr_flag.rules.coordinate import mean_around_median
+
+    # Small integers: many values exactly as far from the median as others.
+    x = np.random.default_rng(n).integers(-3, 4, size=(n, 400)).astype(np.float64)
+    for keep in range(n // 2 + 1, n + 1):
+        got = mean_around_median(torch.from_numpy(x), keep).numpy()
+        for j, column in enumerate(x.T):
+            distance = np.abs(column - np.median(column))
+            cut = np.sort(distance)[keep - 1]
+            inside, tied = column[distance < cut], column[distance == cut]
+            # The rest are tied values, below or above the median: any mix will do.
+            rest, below = keep - len(inside), int((tied < np.median(column)).sum())
+            low, high = tied.min(), tied.max()
+            means = [
+                (inside.sum() + k * low + (rest - k) * high) / keep
+                for k in range(max(0, rest - (len(tied) - below)), min(rest, below) + 1)
+            ]
+            assert any(math.isclose(got[j], m, abs_tol=1e-12) for m in means), (keep, j)
 
 
 def test_krum(case):
@@ -108,8 +138,8 @@ def test_multi_krum(case, m):
     np.testing.assert_allclose(ours(x, "multi-krum", f, weights=w, m=m), expected, rtol=1e-10)
 
 
-def test_bulyan(case):
-    x, f = case
+def test_bulyan(sorted_case):
+    x, f = sorted_case
     remaining, selected = list(range(len(x))), []
     for _ in range(len(x) - 2 * f):
         selected.append(remaining.pop(krum_order(x[remaining], f)[0]))
