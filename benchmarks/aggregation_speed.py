@@ -200,6 +200,8 @@ def ours(x: torch.Tensor, clients, f: int, device: torch.device, chunk: int | No
     for name in sorted(RULES):
         if name in ("mda", "smea") and math.comb(x.shape[0], f) > DEFAULT_MAX_SUBSETS:
             continue
+        if name == "detox":  # needs each row's group: its own table (run_detox_case)
+            continue
         calls[name] = on_stacked(name)
     calls["nnm -> median"] = on_stacked("median", pre=["nnm"])
     calls["ctma(flag)"] = on_stacked("ctma", base="flag")
