@@ -8,12 +8,15 @@ resident set's high-water mark during the calls minus the resident set before th
 (replies built), sampled every millisecond during the first call, reported beside the
 model's size. Time: median of the ``--repeats`` calls after it.
 
-Each (strategy, n) is appended to ``benchmarks/results/scaling_cpu.jsonl`` (a rerun skips
-those done); the report covers every n there: ``scaling_cpu.md`` and ``scaling_cpu.png``
-(log-log, with the fitted slope of time vs n per strategy).
+Each (strategy, n) is appended to ``benchmarks/results/scaling_<device>.jsonl`` (a rerun
+skips those done); the report covers every n there: ``scaling_<device>.md`` and
+``scaling_<device>.png`` (log-log, with the fitted slope of time vs n per strategy). With
+``--device cuda`` our strategies aggregate on the GPU (Flower's stay on the host) and each
+cell also reports the CUDA allocator's peak.
 
     python benchmarks/scaling.py                      # n = 10 50 100 200 500
     python benchmarks/scaling.py --clients 10 50 --strategies Mean "flower FedAvg"
+    python benchmarks/scaling.py --device cuda
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ STRATEGIES = (
 )
 
 
-def build(name: str, f: int):
+def build(name: str, f: int, device: str = "cpu"):
     from flwr.serverapp import strategy as flower
 
     import flwr_flag
@@ -52,7 +55,7 @@ def build(name: str, f: int):
     if name.startswith("flower "):
         cls = getattr(flower, name.split()[1])
         return cls(num_malicious_nodes=f) if name.endswith("Krum") else cls()
-    return getattr(flwr_flag, name)(num_byzantine=f, device="cpu")
+    return getattr(flwr_flag, name)(num_byzantine=f, device=device)
 
 
 def resident_mib() -> float:
@@ -75,9 +78,9 @@ def model_arrays(model: str) -> dict:
     return dict(get_arrays(build_model(model, shape, 10)))
 
 
-def measure(name: str, n: int, repeats: int, model: str = "1m") -> dict:
+def measure(name: str, n: int, repeats: int, model: str = "1m", device: str = "cpu") -> dict:
     """In this process: replies of ``n`` clients (the model's arrays plus noise), then
-    ``repeats`` calls of ``name``."""
+    ``repeats`` calls of ``name`` aggregating on ``device``."""
     import numpy as np
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
@@ -112,7 +115,7 @@ def measure(name: str, n: int, repeats: int, model: str = "1m") -> dict:
         def get_node_ids(self):
             return list(range(1, n + 1))
 
-    strategy = build(name, max(1, (n - 3) // 4))
+    strategy = build(name, max(1, (n - 3) // 4), device)
 
     def call(messages: list[Message]) -> float:
         list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
@@ -122,15 +125,21 @@ def measure(name: str, n: int, repeats: int, model: str = "1m") -> dict:
 
     import torch
 
-    torch.ones(2) @ torch.ones(2)  # the library's one-time set-up is not the strategy's
+    cuda = device == "cuda"
+    torch.ones(2, device=device) @ torch.ones(2, device=device)  # one-time set-up
     batches = [replies() for _ in range(repeats + 1)]
     before = resident_mib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     with PeakSampler() as sampler:  # the first call: memory freed by none before it
         call(batches[0])
     times = [call(batch) for batch in batches[1:]]
-    return {"strategy": name, "n": n, "seconds": statistics.median(times),
-            "extra_mib": max(sampler.peak - before, 0.0),
-            "model_mib": sum(v.nbytes for v in weights.values()) / 2**20}  # fmt: skip
+    result = {"strategy": name, "n": n, "seconds": statistics.median(times),
+              "extra_mib": max(sampler.peak - before, 0.0),
+              "model_mib": sum(v.nbytes for v in weights.values()) / 2**20}  # fmt: skip
+    if cuda:
+        result["gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
 
 
 class PeakSampler:
@@ -152,10 +161,12 @@ class PeakSampler:
         self.peak = max(self.peak, resident_mib())
 
 
-def run(name: str, n: int, repeats: int, timeout: float, model: str = "1m") -> dict:
+def run(
+    name: str, n: int, repeats: int, timeout: float, model: str = "1m", device: str = "cpu"
+) -> dict:
     """``measure`` in a fresh process (its peak memory is its own)."""
     command = [sys.executable, __file__, "--one", name, str(n), "--repeats", str(repeats),
-               "--model", model]  # fmt: skip
+               "--model", model, "--device", device]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -175,11 +186,19 @@ def slope(points: list[tuple[int, float]]) -> float:
     )
 
 
-def report(rows: list[dict], clients: list[int], names: list[str], repeats: int) -> str:
+def memory_text(result: dict) -> str:
+    """A cell's peak extra host memory, and the CUDA allocator's peak when measured."""
+    gpu = f" (GPU {result['gpu_mib']:.0f} MiB)" if "gpu_mib" in result else ""
+    return f"+{result['extra_mib']:.0f} MiB{gpu}"
+
+
+def report(
+    rows: list[dict], clients: list[int], names: list[str], repeats: int, device: str
+) -> str:
     size = sum(math.prod(s) for s in SHAPES.values())
     cell = {(r["strategy"], r["n"]): r for r in rows}
     lines = [
-        "# Scaling with the number of clients (CPU)",
+        f"# Scaling with the number of clients ({device.upper()})",
         "",
         f"A {size:,}-parameter model ({size * 4 / 2**20:.1f} MiB of float32), n clients, "
         f"f = (n - 3) // 4; `aggregate_train` on identical replies, median of {repeats} "
@@ -197,7 +216,7 @@ def report(rows: list[dict], clients: list[int], names: list[str], repeats: int)
             if r is None or "error" in r:
                 texts.append("n/a" if r is None else f"n/a ({r['error']})")
                 continue
-            texts.append(f"{r['seconds']:.2f} s, +{r['extra_mib']:.0f} MiB")
+            texts.append(f"{r['seconds']:.2f} s, {memory_text(r)}")
             points.append((n, r["seconds"]))
         fitted = f"{slope(points):.2f}" if len(points) > 1 else ""
         lines.append(f"| {name} | " + " | ".join(texts) + f" | {fitted} |")
@@ -233,31 +252,33 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--model", default="1m", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats, args.model)))
+        one = measure(args.one[0], int(args.one[1]), args.repeats, args.model, args.device)
+        print(json.dumps(one))
         return
     RESULTS.mkdir(exist_ok=True)
-    store = RESULTS / "scaling_cpu.jsonl"
+    store = RESULTS / f"scaling_{args.device}.jsonl"
     done = [json.loads(line) for line in store.read_text().splitlines()] if store.exists() else []
     finished = {(r["strategy"], r["n"]) for r in done}
     for n in args.clients:
         for name in args.strategies:
             if (name, n) in finished:
                 continue
-            done.append(run(name, n, args.repeats, args.timeout))
+            done.append(run(name, n, args.repeats, args.timeout, device=args.device))
             with open(store, "a") as handle:
                 handle.write(json.dumps(done[-1]) + "\n")
             print(done[-1], flush=True)
     rows = done
     clients = sorted({r["n"] for r in rows})
-    text = report(rows, clients, args.strategies, args.repeats)
+    text = report(rows, clients, args.strategies, args.repeats, args.device)
     print(text)
-    (RESULTS / "scaling_cpu.md").write_text(text)
-    plot(rows, args.strategies, RESULTS / "scaling_cpu.png")
+    (RESULTS / f"scaling_{args.device}.md").write_text(text)
+    plot(rows, args.strategies, RESULTS / f"scaling_{args.device}.png")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Two measurements:
    10 nodes) with ``FedAvg`` and with ``FlagAggregator``: what a user feels per round.
 
     python benchmarks/strategy_overhead.py
+    python benchmarks/strategy_overhead.py --device cuda   # ours aggregate on the GPU
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
 import flwr_flag
-from benchmarks.scaling import run
+from benchmarks.scaling import memory_text, run
 from clients.app import app as client_app
 from clients.models import build_model
 from flwr_flag.inprocess import InProcessGrid
@@ -57,10 +58,11 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     lines = [
-        "# Strategy overhead vs Flower's FedAvg (CPU, in-process)",
+        f"# Strategy overhead vs Flower's FedAvg ({args.device.upper()}, in-process)",
         "",
         f"{args.nodes} clients, f = {max(1, (args.nodes - 3) // 4)}; `aggregate_train` on "
         f"identical replies, median of {args.repeats} calls after a first one; peak extra "
@@ -73,14 +75,14 @@ def main() -> None:
     for model in ("cnn", "resnet18"):
         base = None
         for name in STRATEGIES:
-            r = run(name, args.nodes, args.repeats, timeout=900.0, model=model)
+            r = run(name, args.nodes, args.repeats, 900.0, model, args.device)
             if "error" in r:
                 lines.append(f"| {model} | | {name} | n/a ({r['error']}) | | | |")
                 continue
             base = base or r["seconds"]
             lines.append(
                 f"| {model} | {r['model_mib'] * 2**20 / 4:,.0f} | {name} | {r['seconds']:.4f} | "
-                f"{r['seconds'] / base:.2f}x | +{r['extra_mib']:.0f} MiB | "
+                f"{r['seconds'] / base:.2f}x | {memory_text(r)} | "
                 f"{r['extra_mib'] / r['model_mib']:.2f}x |"
             )
             print(lines[-1], flush=True)
@@ -90,7 +92,7 @@ def main() -> None:
     time_rounds(FedAvg(fraction_evaluate=0.0), grid, 1)  # the nodes load their data once
     fedavg = time_rounds(FedAvg(fraction_evaluate=0.0), grid, args.rounds)
     flag = time_rounds(
-        flwr_flag.FlagAggregator(num_byzantine=2, device="cpu", fraction_evaluate=0.0),
+        flwr_flag.FlagAggregator(num_byzantine=2, device=args.device, fraction_evaluate=0.0),
         grid,
         args.rounds,
     )
@@ -103,7 +105,7 @@ def main() -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "strategy_overhead_cpu.md").write_text(report)
+    (RESULTS / f"strategy_overhead_{args.device}.md").write_text(report)
 
 
 if __name__ == "__main__":
