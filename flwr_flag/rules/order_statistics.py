@@ -5,20 +5,24 @@ The coordinate-wise rules need, for every column ``j``, a few order statistics
 Which kernel is fastest depends on ``n`` and the device (measured on this project's CPU,
 float32, ns per element of the chunk):
 
-=============================  =======  ======  ======  ======
-kernel                         n = 10   n = 20  n = 32  n = 50
-=============================  =======  ======  ======  ======
+=============================  =======  ======  ======  ======  =======
+kernel                         n = 10   n = 20  n = 32  n = 50  n = 500
+=============================  =======  ======  ======  ======  =======
 sorting network (this module)     1.7     2.4     3.0     5.1
-``numpy.sort(axis=0)``           11.8     4.3     4.1     3.8
+``numpy.sort`` of the rows of     4.4     3.1     1.7     2.2     2-3.5
+the transposed chunk
+``numpy.sort(axis=0)``           11.8     4.3     4.1     3.8     8.1
+``numpy.partition`` (2 ranks)                     12      11      12
 ``numpy.median``, ``torch``      15-18   15-18   15-18   15-18
-=============================  =======  ======  ======  ======
+=============================  =======  ======  ======  ======  =======
 
 So on the host, up to ``NETWORK_MAX_ROWS`` rows go through Batcher's odd-even merge
 sorting network, run as whole-row ``minimum``/``maximum`` compare-exchanges on
 cache-sized column blocks (``O(n log^2 n)`` vectorised passes over a block that stays in
 cache, no per-column call); the comparators that cannot reach the wanted ranks are
-pruned. Above that, numpy's sort (vectorised, ``O(n log n)`` per column). On a GPU,
-torch's sort.
+pruned (the median costs 1.0-1.6 ns per element for n = 10-24 in a later measurement).
+Above that, numpy's SIMD sort of each column as a contiguous row (``O(n log n)``). On a
+GPU, torch's sort.
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ def order_statistics(chunk: Tensor, ranks: range) -> Tensor:
         return chunk.sort(dim=0).values[ranks.start : ranks.stop]
     values = chunk.numpy()
     if n > NETWORK_MAX_ROWS:
-        return torch.from_numpy(np.sort(values, axis=0)[ranks.start : ranks.stop])
+        # Each column made a contiguous row: numpy sorts rows with SIMD kernels, and
+        # 2-4x slower along a strided axis 0.
+        by_column = np.sort(np.ascontiguousarray(values.T), axis=1)
+        return torch.from_numpy(by_column[:, ranks.start : ranks.stop].T)
     comparators = sorting_network(n, ranks)
     width = max(1, min(NETWORK_BLOCK, values.shape[1]))
     out = np.empty((len(ranks), values.shape[1]), dtype=values.dtype)
