@@ -7,7 +7,8 @@ Two measurements:
    ``FedAvg`` and ``FedMedian`` against our ``Mean``, ``Krum``, ``FlagAggregator``,
    ``CTMA`` and ``Median``: seconds (median of ``--repeats`` calls after a first one)
    and peak extra memory (the first call's resident-set high-water mark over the
-   resident set before it), each strategy in a fresh process (``scaling.measure``);
+   resident set before it, after a call on a tiny model has paid the libraries' one-time
+   set-up), each strategy in a fresh process (``scaling.measure``);
    ratios against FedAvg's seconds and the model's size;
 2. whole in-process rounds of the real ServerApp strategy + ClientApp (digits CNN,
    10 nodes) with ``FedAvg`` and with ``FlagAggregator``: what a user feels per round.
@@ -66,7 +67,8 @@ def main() -> None:
         "",
         f"{args.nodes} clients, f = {max(1, (args.nodes - 3) // 4)}; `aggregate_train` on "
         f"identical replies, median of {args.repeats} calls after a first one; peak extra "
-        "memory of the first call, each strategy in its own process.",
+        "memory of the first call (after one on a tiny model: the libraries' one-time "
+        "set-up), each strategy in its own process.",
         "",
         "| model | parameters | strategy | seconds | vs FedAvg | peak extra memory | "
         "vs model size |",
