@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flwr_flag.rules import RULES, aggregate
+from flwr_flag.rules import PREAGGREGATORS, RULES, aggregate, get_rule
 
 # DETOX needs the group label of every row; tests/test_detox.py covers it.
 ALL = sorted(set(RULES) - {"detox"})
@@ -108,3 +109,48 @@ def test_far_outliers_do_not_move_the_output(problem, rule, scale):
     spread = honest.max(dim=0).values - honest.min(dim=0).values
     assert bool((out >= honest.min(dim=0).values - 0.1 * spread).all()), rule
     assert bool((out <= honest.max(dim=0).values + 0.1 * spread).all()), rule
+
+
+def largest_f(rule: str, n: int, pre: tuple[str, ...] = ()) -> int:
+    """The largest ``f < n / 2`` that ``rule`` (after ``pre``) accepts with ``n`` rows."""
+    def fits(f: int) -> bool:
+        rows = n
+        for step in pre:
+            entry = PREAGGREGATORS[step]
+            if rows < entry.requirement.minimum(f):
+                return False
+            rows = entry.rows(rows, entry.defaults)
+        return rows >= get_rule(rule).requirement.minimum(f)
+
+    return max(f for f in range(0, (n + 1) // 2) if fits(f))
+
+
+# Every rule that claims a breakdown point, alone and behind each pre-aggregator.
+BREAKDOWN = [(r, ()) for r in ALL if r != "mean"] + [
+    ("median", (p,)) for p in sorted(PREAGGREGATORS)
+]
+
+
+@given(
+    st.integers(7, 13),
+    st.integers(2, 8),
+    st.integers(0, 2**16),
+    st.floats(0.0, 30.0),
+    st.booleans(),
+)
+@pytest.mark.parametrize("case", BREAKDOWN, ids=lambda c: "+".join((*c[1], c[0])))
+def test_breakdown_bound(case, n, p, seed, exponent, together):
+    """With the largest f < n/2 the rule accepts, the f other replies anywhere (up to
+    1e30, together or apart) cannot take the output out of the honest replies' ball
+    times 3. The ball holds the honest replies and the zero update, towards which the
+    clipping rules shrink."""
+    rule, pre = case
+    f = largest_f(rule, n, pre)
+    g = torch.Generator().manual_seed(seed)
+    honest = 1.0 + 0.1 * torch.randn(n - f, p, dtype=torch.float64, generator=g)
+    direction = torch.randn(1 if together else f, p, dtype=torch.float64, generator=g)
+    outliers = (direction / direction.norm(dim=1, keepdim=True) * 10**exponent).expand(f, p)
+    out = aggregate(torch.cat([honest, outliers]), rule, f, pre=list(pre)).vector
+    center = honest.mean(dim=0)
+    radius = max(float((honest - center).norm(dim=1).max()), float(center.norm()))
+    assert float((out - center).norm()) <= 3 * radius, (rule, pre, f, float(out.norm()))

@@ -178,7 +178,7 @@ def flag_aggregator(
     return coefficients, {
         "ratios": PerRow(ratios.tolist()),
         "irls_weights": PerRow((irls / irls.sum()).tolist()),
-        "lowest_weight": Rows(torch.argsort(irls)[: max(f, 1)].tolist(), outvoted=True),
+        "lowest_weight": Rows(torch.argsort(irls)[:f].tolist(), outvoted=True),
         "iterations": iterations,
         "objective": objective,
         "converged": converged,
