@@ -12,24 +12,31 @@ itself counts from 1 and runs its configured number of rounds again).
 
 from __future__ import annotations
 
+import zlib
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
+from logging import INFO, WARNING
 from typing import Any
 
-from flwr.common import (
-    FitIns,
-    FitRes,
-    Parameters,
-    Scalar,
-)
+from flwr.common import EvaluateRes, FitIns, FitRes, Parameters, Scalar
+from flwr.common.logger import log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from .strategy import named
 from .strategy.detox import DetoxGroups
+from .strategy.metrics import (
+    RESERVED,
+    MetricsSummary,
+    aggregate_metrics,
+    read_metrics,
+    value_problem,
+)
 from .strategy.npy import npy_bytes, npy_view
 from .strategy.options import RobustOptions
-from .strategy.replies import Reply, decoded
+from .strategy.replies import Reply, common_zeros, decoded
 
 
 def _by_position(parameters: Parameters) -> OrderedDict:
@@ -41,9 +48,33 @@ def _parameters(arrays: OrderedDict) -> Parameters:
     return Parameters([npy_bytes(a) for a in arrays.values()], "numpy.ndarray")
 
 
+def node_of(proxy: ClientProxy) -> int:
+    """The node id of a result: ``proxy.node_id`` where the runtime sets it, else the
+    ``cid`` (Flower's ``GrpcClientProxy`` from ``start_server`` sets only that): its
+    integer value, or a stable 32-bit hash of a non-numeric ``cid``."""
+    node_id = getattr(proxy, "node_id", None)
+    if isinstance(node_id, int) and not isinstance(node_id, bool):
+        return node_id
+    cid = str(proxy.cid)
+    return int(cid) if cid.isdigit() else zlib.crc32(cid.encode())
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Scalar]:
+    """Metrics as the legacy API's scalars: lists as comma-separated strings."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in metrics.items()}
+
+
 class RobustStrategy(RobustOptions, LegacyFedAvg):
     """Legacy-API twin of :class:`flwr_flag.strategy.RobustStrategy` (same options;
-    Flower's options are those of the legacy ``FedAvg``, e.g. ``fraction_fit``)."""
+    Flower's options are those of the legacy ``FedAvg``, e.g. ``fraction_fit``).
+
+    Flower's ``accept_failures`` (``False``: a round with any failure keeps the model)
+    and ``fit_metrics_aggregation_fn`` / ``evaluate_metrics_aggregation_fn`` (given the
+    accepted results' ``(num_examples, metrics)``) are honoured; without them the
+    clients' numeric metrics are screened and averaged as in the Message API
+    (:mod:`~flwr_flag.strategy.metrics`). ``inplace`` is accepted and changes nothing:
+    replies are never modified. Evaluation results go through the same screening, the
+    loss included, and each accepted result counts once (or by its capped count)."""
 
     def __init__(self, num_byzantine: int = 0, **options: Any) -> None:
         super().__init__(num_byzantine, **options)
@@ -81,25 +112,110 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Robust aggregation of the fit results' updates."""
-        if self._sent is None:
-            raise RuntimeError("aggregate_fit called before configure_fit")
+        """Robust aggregation of the fit results' updates. Without a prior
+        :meth:`configure_fit` each result's parameters are taken as its update from
+        zero (the rule applied to the parameters themselves)."""
+        if not results or (failures and not self.accept_failures):
+            return None, {}
         replies = [
             decoded(
-                proxy.node_id,
-                lambda p=proxy, r=res: Reply(p.node_id, _by_position(r.parameters), r.num_examples),
+                node_of(proxy),
+                lambda p=proxy, r=res: Reply(
+                    node_of(p), _by_position(r.parameters), r.num_examples
+                ),
             )
             for proxy, res in results
         ]
-        arrays, metrics, _ = self.core.round(
-            server_round + self._offset, _by_position(self._sent), replies, len(failures)
+        if self._sent is None:
+            reference = common_zeros(replies)
+            log(INFO, "Round %d: no configure_fit before: results taken as updates", server_round)
+        else:
+            reference = _by_position(self._sent)
+        arrays, metrics, used = self.core.round(
+            server_round + self._offset, reference, replies, len(failures)
         )
-        scalars: dict[str, Scalar] = {
-            k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in metrics.items()
-        }
+        client = self._client_metrics(
+            server_round, [results[i] for i in used], self.fit_metrics_aggregation_fn
+        )
+        scalars = _scalars({**client.metrics, **metrics})
         if arrays is None:
             return None, scalars
         return _parameters(arrays), scalars
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """The screened loss and metrics of the evaluation results (see the class
+        docstring), with ``robust.received`` / ``robust.rejected`` /
+        ``robust.rejected-nodes`` / ``robust.failed``."""
+        if not results or (failures and not self.accept_failures):
+            return None, {}
+        summary = self._client_metrics(
+            server_round, results, self.evaluate_metrics_aggregation_fn, with_loss=True
+        )
+        rejected = sorted(node_of(results[i][0]) for i in summary.rejected)
+        losses = [float(results[i][1].loss) for i in summary.accepted]
+        loss = sum(w * v for w, v in zip(summary.weights, losses, strict=True)) if losses else None
+        log(
+            INFO,
+            "Round %d: evaluation from %d of %d results (%d rejected, %d failed)",
+            server_round,
+            len(summary.accepted),
+            len(results),
+            len(rejected),
+            len(failures),
+        )
+        robust = {
+            "robust.received": len(results),
+            "robust.rejected": len(rejected),
+            "robust.rejected-nodes": rejected,
+            "robust.failed": len(failures),
+        }
+        return loss, _scalars({**summary.metrics, **robust})
+
+    def _client_metrics(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes | EvaluateRes]],
+        aggregate_fn: Callable[[list[tuple[int, dict[str, Scalar]]]], dict[str, Scalar]] | None,
+        with_loss: bool = False,
+    ) -> MetricsSummary:
+        """The screened metrics of ``results`` (a non-finite ``loss`` rejects an
+        evaluation result too); a user's ``aggregate_fn`` gets the accepted results
+        and, if it raises, the round goes on without client metrics."""
+        count_key = "num-examples"
+
+        def read(res: FitRes | EvaluateRes) -> Callable[[], dict[str, object]]:
+            def values() -> dict[str, object]:
+                if with_loss and value_problem("loss", res.loss) is not None:
+                    raise ValueError(f"loss={res.loss!r} is not a finite number")
+                return {**res.metrics, count_key: res.num_examples}
+
+            return values
+
+        summary = aggregate_metrics(
+            [read_metrics(node_of(proxy), read(res)) for proxy, res in results],
+            count_key,
+            self.core.weighting,
+            self.core.max_weight_ratio,
+        )
+        for index, reason in summary.rejected.items():
+            node = node_of(results[index][0])
+            log(WARNING, "Round %d: metrics of node %d rejected: %s", server_round, node, reason)
+        if aggregate_fn is None:
+            return summary
+        try:
+            own = aggregate_fn(
+                [(results[i][1].num_examples, results[i][1].metrics) for i in summary.accepted]
+            )
+            metrics = {k: v for k, v in own.items() if not k.startswith(RESERVED)}
+        except Exception as error:  # the user's function on clients' values
+            log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
+            metrics = {}
+        return replace(summary, metrics=metrics)
 
 
 class Detox(DetoxGroups, RobustStrategy):
@@ -112,13 +228,11 @@ class Detox(DetoxGroups, RobustStrategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """FedAvg's sampling, then groups of ``r`` with their shard and seed."""
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        extra = self._assign(
-            [proxy.node_id for proxy, _ in instructions], server_round + self._offset
-        )
+        extra = self._assign([node_of(p) for p, _ in instructions], server_round + self._offset)
         return [
-            (proxy, FitIns(ins.parameters, {**ins.config, **extra[proxy.node_id]}))
+            (proxy, FitIns(ins.parameters, {**ins.config, **extra[node_of(proxy)]}))
             for proxy, ins in instructions
-            if proxy.node_id in extra
+            if node_of(proxy) in extra
         ]
 
 

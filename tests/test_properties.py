@@ -113,6 +113,7 @@ def test_far_outliers_do_not_move_the_output(problem, rule, scale):
 
 def largest_f(rule: str, n: int, pre: tuple[str, ...] = ()) -> int:
     """The largest ``f < n / 2`` that ``rule`` (after ``pre``) accepts with ``n`` rows."""
+
     def fits(f: int) -> bool:
         rows = n
         for step in pre:

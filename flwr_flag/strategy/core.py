@@ -264,6 +264,9 @@ class RobustCore:
         replies' indices: row ``i`` of the rule's input is ``replies[live[i]]``."""
         names = list(reference)
         requirement = get_rule(self.rule).requirement
+        # float64 models are aggregated in float64, as Flower's FedAvg does.
+        wide = any(a.dtype == np.float64 for a in reference.values())
+        dtype = torch.float64 if wide else torch.float32
         live = list(candidates)
         while True:
             f = self.byzantine_left(replies, rejected, live)
@@ -278,6 +281,7 @@ class RobustCore:
                 [[r.arrays[k] for k in names] for r in chosen],
                 base=list(reference.values()),
                 device=self.device,
+                dtype=dtype,
                 chunk_size=self.chunk_size,
             )
             try:

@@ -10,7 +10,8 @@ The value checks (NaN/Inf, norm bound) happen in the engine's first pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,3 +92,18 @@ def structural_problem(reply: Reply, reference: Mapping[str, np.ndarray]) -> str
     if mismatch is not None:
         return mismatch
     return count_problem(reply.num_examples)
+
+
+def common_zeros(replies: Sequence[Reply]) -> OrderedDict[str, np.ndarray]:
+    """Zeros shaped like the arrays (names, shapes, dtypes) most decodable replies send:
+    the reference when the strategy sent nothing (its replies are then their own
+    updates); a reply of another structure is rejected against it as usual."""
+    structures = Counter(
+        tuple((k, a.shape, a.dtype.str) for k, a in r.arrays.items())
+        for r in replies
+        if r.problem is None and all(isinstance(a, np.ndarray) for a in r.arrays.values())
+    )
+    if not structures:
+        return OrderedDict()
+    common = structures.most_common(1)[0][0]
+    return OrderedDict((k, np.zeros(shape, np.dtype(dtype))) for k, shape, dtype in common)

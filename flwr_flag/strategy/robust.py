@@ -7,14 +7,28 @@ from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from .metrics import RESERVED, aggregate_metrics, read_metrics
 from .npy import array_record, numpy_view
 from .options import RobustOptions
-from .replies import Reply, decoded, partition_of
+from .replies import Reply, common_zeros, decoded, partition_of
+
+
+def _metric_record(message: Message) -> Callable[[], MetricRecord]:
+    """How to read a reply's one MetricRecord (Flower's replies carry exactly one)."""
+
+    def read() -> MetricRecord:
+        records = message.content.metric_records
+        if len(records) != 1:
+            raise ValueError(f"expected one MetricRecord, found {len(records)}")
+        return next(iter(records.values()))
+
+    return read
 
 
 class RobustStrategy(RobustOptions, FedAvg):
@@ -56,6 +70,7 @@ class RobustStrategy(RobustOptions, FedAvg):
         super().__init__(num_byzantine, **options)
         self._sent: ArrayRecord | None = None
         self._sampled = 0
+        self._sampled_evaluate = 0
         self._offset = 0
         self.history: dict[int, MetricRecord] = {}
         """Each round's ``robust.*`` metrics, by round (for recorders)."""
@@ -84,15 +99,84 @@ class RobustStrategy(RobustOptions, FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg's, with the round number continued after a resume."""
-        return super().configure_evaluate(server_round + self._offset, arrays, config, grid)
+        messages = list(
+            super().configure_evaluate(server_round + self._offset, arrays, config, grid)
+        )
+        self._sampled_evaluate = len(messages)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Robust aggregation of the replies' updates (see the class docstring)."""
-        if self._sent is None:
-            raise RuntimeError("aggregate_train called before configure_train")
+        """Robust aggregation of the replies' updates (see the class docstring).
+
+        Called without a prior :meth:`configure_train` (as Flower's own strategy tests
+        do), it has no arrays to take the updates from: each reply's arrays are taken
+        as its update from zero, so the result is the rule applied to the replies'
+        arrays (with ``server_lr=1``), checked against the arrays most replies send."""
         replies = list(replies)
+        answered, failed = self._answered(server_round, replies, self._sampled)
+        decoded_replies = [decoded(m.metadata.src_node_id, self._reader(m)) for m in answered]
+        if self._sent is None:
+            reference = common_zeros(decoded_replies)
+            log(INFO, "Round %d: no configure_train before: replies taken as updates", server_round)
+        else:
+            reference = OrderedDict((k, numpy_view(self._sent[k])) for k in self._sent.keys())
+        arrays, metrics, used = self.core.round(
+            server_round + self._offset, reference, decoded_replies, failed
+        )
+        self.history[server_round + self._offset] = MetricRecord(metrics)
+        for reply in decoded_replies:
+            if reply.partition_id is not None:
+                self.partitions.setdefault(reply.node_id, reply.partition_id)
+        client = self._client_metrics(
+            server_round, [answered[i] for i in used], self.train_metrics_aggr_fn
+        )
+        record = MetricRecord({**client, **metrics})
+        if arrays is None:
+            return None, record
+        return array_record(arrays), record
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The replies' evaluation metrics under the training replies' trust model
+        (:mod:`~flwr_flag.strategy.metrics`): a bad reply is rejected with its reason,
+        each accepted reply counts once (or by its capped claimed count), medians sit
+        beside the means, and ``robust.received`` / ``robust.rejected`` /
+        ``robust.rejected-nodes`` / ``robust.failed`` say what came back. ``None``
+        when nothing came back at all."""
+        replies = list(replies)
+        if not replies:
+            return None
+        answered, failed = self._answered(server_round, replies, self._sampled_evaluate)
+        rejected: list[int] = []
+        client = self._client_metrics(
+            server_round, answered, self.evaluate_metrics_aggr_fn, rejected
+        )
+        log(
+            INFO,
+            "Round %d: evaluation metrics from %d of %d replies (%d rejected, %d failed)",
+            server_round,
+            len(answered) - len(rejected),
+            len(replies),
+            len(rejected),
+            failed,
+        )
+        return MetricRecord(
+            {
+                **client,
+                "robust.received": len(answered),
+                "robust.rejected": len(rejected),
+                "robust.rejected-nodes": sorted(rejected),
+                "robust.failed": failed,
+            }
+        )
+
+    def _answered(
+        self, server_round: int, replies: list[Message], sampled: int
+    ) -> tuple[list[Message], int]:
+        """The replies without an error, and how many sampled nodes did not answer."""
         answered = [m for m in replies if not m.has_error()]
         for message in replies:
             if message.has_error():
@@ -103,27 +187,39 @@ class RobustStrategy(RobustOptions, FedAvg):
                     message.metadata.src_node_id,
                     message.error.reason,
                 )
-        failed = max(self._sampled, len(replies)) - len(answered)
-        reference = OrderedDict((k, numpy_view(self._sent[k])) for k in self._sent.keys())
-        decoded_replies = [decoded(m.metadata.src_node_id, self._reader(m)) for m in answered]
-        arrays, metrics, used = self.core.round(
-            server_round + self._offset, reference, decoded_replies, failed
+        return answered, max(sampled, len(replies)) - len(answered)
+
+    def _client_metrics(
+        self,
+        server_round: int,
+        messages: list[Message],
+        aggregate_fn: Callable[[list[RecordDict], str], MetricRecord],
+        rejected_nodes: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """The screened clients' metrics of ``messages`` (see
+        :mod:`~flwr_flag.strategy.metrics`); a user's own ``*_metrics_aggr_fn`` gets
+        the accepted replies, and if it raises, the round goes on without them."""
+        summary = aggregate_metrics(
+            [read_metrics(m.metadata.src_node_id, _metric_record(m)) for m in messages],
+            self.weighted_by_key,
+            self.core.weighting,
+            self.core.max_weight_ratio,
         )
-        self.history[server_round + self._offset] = MetricRecord(metrics)
-        for reply in decoded_replies:
-            if reply.partition_id is not None:
-                self.partitions.setdefault(reply.node_id, reply.partition_id)
-        record = MetricRecord(metrics)
-        if used:
-            try:
-                kept = [answered[i].content for i in used]
-                client_metrics = self.train_metrics_aggr_fn(kept, self.weighted_by_key)
-                record = MetricRecord({**client_metrics, **metrics})
-            except (ArithmeticError, KeyError, TypeError, ValueError) as error:
-                log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
-        if arrays is None:
-            return None, record
-        return array_record(arrays), record
+        for index, reason in summary.rejected.items():
+            node = messages[index].metadata.src_node_id
+            log(WARNING, "Round %d: metrics of node %d rejected: %s", server_round, node, reason)
+            if rejected_nodes is not None:
+                rejected_nodes.append(node)
+        if aggregate_fn is aggregate_metricrecords:
+            return summary.metrics
+        try:
+            own = aggregate_fn(
+                [messages[i].content for i in summary.accepted], self.weighted_by_key
+            )
+            return {k: v for k, v in own.items() if not k.startswith(RESERVED)}
+        except Exception as error:  # the user's function on clients' values
+            log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
+            return {}
 
     def _reader(self, message: Message) -> Callable[[], Reply]:
         """How to decode a reply: its arrays, example count and ``node`` record (run
@@ -132,10 +228,13 @@ class RobustStrategy(RobustOptions, FedAvg):
         def read() -> Reply:
             content = message.content
             records = content.array_records
-            record = records.get(self.arrayrecord_key)
-            if record is None and len(records) == 1:
-                record = next(iter(records.values()))
-            arrays = {} if record is None else {k: numpy_view(record[k]) for k in record.keys()}
+            if self.arrayrecord_key not in records:
+                raise ValueError(
+                    f"no ArrayRecord {self.arrayrecord_key!r} (arrayrecord_key); found "
+                    f"{sorted(records)}"
+                )
+            record = records[self.arrayrecord_key]
+            arrays = {k: numpy_view(record[k]) for k in record.keys()}
             count = next(
                 (
                     m[self.weighted_by_key]

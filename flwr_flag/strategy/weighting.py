@@ -15,8 +15,8 @@ median or CTMA lands on the attackers. So:
   (``c = 2``, ``f / n = 0.2``: one third). ``max_weight_ratio=None`` removes the cap
   (Flower's FedAvg; our ``Mean`` baseline uses it).
 
-Weights are normalised by their maximum first, so claims up to ``1.8e308`` cannot
-overflow the sum.
+Weights are normalised first (by the median claim under a cap, by the largest claim
+without one), so no claim between ``5e-324`` and ``1.8e308`` can overflow or zero the sum.
 """
 
 from __future__ import annotations
@@ -56,7 +56,11 @@ def reply_weights(
     if weighting == "uniform":
         return None
     w = torch.tensor([float(c) for c in counts], dtype=torch.float64)
-    w = w / w.max()
-    if max_weight_ratio is not None:
-        w = w.clamp(max=max_weight_ratio * float(w.median()))
+    if max_weight_ratio is None:
+        w = w / w.max()
+    else:
+        # Relative to the median claim: a claim that overflows to inf is clipped like
+        # any other, and the median's own weight 1 keeps the sum away from zero however
+        # small the claims (normalising by the maximum first would underflow them all).
+        w = (w / w.median()).clamp(max=max_weight_ratio)
     return w / w.sum()

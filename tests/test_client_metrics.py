@@ -1,0 +1,234 @@
+"""Clients' metrics (evaluate replies, train metrics) under the same trust model as their
+updates, in both Flower APIs: a bad reply is rejected with its reason, a claim buys no
+weight, nothing makes a round raise."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from flower_helpers import SHAPES, random_model, reply
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters
+from test_strategy import configured
+from test_strategy_runs import Proxy
+
+import flwr_flag
+import flwr_flag.legacy
+from flwr_flag.strategy.metrics import ClientMetrics, aggregate_metrics
+
+
+def evaluate_reply(node_id: int, **metrics) -> Message:
+    request = Message(content=RecordDict(), dst_node_id=node_id, message_type="evaluate")
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=request)
+
+
+def honest_evaluations(n: int = 8) -> list[Message]:
+    return [
+        evaluate_reply(i + 1, **{"num-examples": 100, "accuracy": 0.9, "loss": 0.3})
+        for i in range(n)
+    ]
+
+
+BAD_EVALUATIONS = {
+    "negative count": ({"num-examples": -800, "accuracy": 0.9, "loss": 0.3}, "num-examples"),
+    "zero count": ({"num-examples": 0, "accuracy": 0.9, "loss": 0.3}, "num-examples"),
+    "missing count": ({"accuracy": 0.9, "loss": 0.3}, "num-examples is missing"),
+    "missing key": ({"num-examples": 100, "loss": 0.3}, "differ"),
+    "extra key": ({"num-examples": 100, "accuracy": 0.9, "loss": 0.3, "x": 1.0}, "differ"),
+    "inf": ({"num-examples": 100, "accuracy": float("inf"), "loss": 0.3}, "finite"),
+    "nan": ({"num-examples": 100, "accuracy": float("nan"), "loss": 0.3}, "finite"),
+    "reserved": (
+        {"num-examples": 100, "accuracy": 0.9, "loss": 0.3, "robust.selected-nodes": [1]},
+        "namespace",
+    ),
+    "list length": ({"num-examples": 100, "accuracy": [0.9, 0.1], "loss": 0.3}, "differ"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EVALUATIONS))
+def test_a_bad_evaluate_reply_is_rejected_with_its_reason(case, caplog):
+    """Flower's aggregate_evaluate raises ZeroDivisionError on -800 among 800 and
+    InconsistentMessageReplies on a missing key; here the reply is rejected, logged,
+    and the others' metrics come through unchanged."""
+    metrics, reason = BAD_EVALUATIONS[case]
+    strategy = flwr_flag.FlagAggregator(num_byzantine=2, device="cpu")
+    with caplog.at_level(logging.WARNING):
+        record = strategy.aggregate_evaluate(
+            1, [*honest_evaluations(), evaluate_reply(99, **metrics)]
+        )
+    assert record["accuracy"] == pytest.approx(0.9)
+    assert record["loss"] == pytest.approx(0.3)
+    assert record["robust.rejected"] == 1
+    assert list(record["robust.rejected-nodes"]) == [99]
+    assert "robust.selected-nodes" not in record
+    assert any("node 99" in r.message and reason in r.message for r in caplog.records)
+
+
+def test_a_huge_claimed_count_buys_no_weight_in_evaluation():
+    """One reply claiming 1e18 examples at accuracy 0 made Flower's mean 7e-16."""
+    strategy = flwr_flag.CTMA(num_byzantine=2, device="cpu")
+    liar = evaluate_reply(99, **{"num-examples": 10**18, "accuracy": 0.0, "loss": 9.0})
+    record = strategy.aggregate_evaluate(1, [*honest_evaluations(), liar])
+    assert record["accuracy"] == pytest.approx(0.8)  # 8 x 0.9 and 0.0, each once
+    assert record["robust.median.accuracy"] == pytest.approx(0.9)
+    assert record["robust.rejected"] == 0
+
+
+def test_duplicate_and_error_replies_in_evaluation():
+    strategy = flwr_flag.Median(num_byzantine=1, device="cpu")
+    twice = evaluate_reply(1, **{"num-examples": 100, "accuracy": 0.0, "loss": 9.0})
+    request = Message(content=RecordDict(), dst_node_id=7, message_type="evaluate")
+    from flwr.app import Error
+
+    failed = Message(Error(300, "crashed"), reply_to=request)
+    record = strategy.aggregate_evaluate(1, [*honest_evaluations(), twice, failed])
+    assert record["accuracy"] == pytest.approx(0.9)
+    assert list(record["robust.rejected-nodes"]) == [1]
+    assert record["robust.failed"] == 1
+
+
+def test_train_metrics_stay_out_of_the_robust_namespace_and_are_not_weighted_by_claims():
+    """B3: a client's robust.selected-nodes appeared in the round's record, and client
+    train metrics were averaged with the claimed counts."""
+    global_model = random_model(0)
+    honest = [
+        reply(i + 1, random_model(i + 1), **{"num-examples": 10, "loss": 1.0}) for i in range(8)
+    ]
+    injected = reply(
+        9,
+        random_model(9),
+        **{"num-examples": 10, "loss": 1.0, "robust.selected-nodes": [9, 9]},
+    )
+    liar = reply(10, random_model(10), **{"num-examples": 10**12, "loss": 500.0})
+    strategy = configured(flwr_flag.Krum(num_byzantine=2, device="cpu"), global_model, 10)
+    _, record = strategy.aggregate_train(1, [*honest, injected, liar])
+    assert list(record["robust.selected-nodes"]) != [9, 9]
+    if "loss" in record:
+        assert record["loss"] <= 500.0 / 9 + 1
+    assert record["robust.median.loss"] == pytest.approx(1.0)
+
+
+def test_a_users_metrics_function_gets_only_the_accepted_replies():
+    seen = []
+
+    def mine(records, key):
+        seen.append(len(records))
+        return MetricRecord({"n": len(records)})
+
+    strategy = flwr_flag.Median(num_byzantine=1, device="cpu", evaluate_metrics_aggr_fn=mine)
+    bad = evaluate_reply(99, **{"num-examples": -1, "accuracy": 0.9, "loss": 0.3})
+    record = strategy.aggregate_evaluate(1, [*honest_evaluations(), bad])
+    assert seen == [8] and record["n"] == 8 and record["robust.rejected"] == 1
+
+
+def test_tiny_claimed_counts_do_not_make_a_round_raise():
+    """B4: counts of 5e-324 made the num-examples weights NaN and the round raise."""
+    global_model = random_model(0)
+    counts = [5e-324] * 7 + [100] * 3
+    replies = [
+        reply(i + 1, random_model(i + 1), **{"num-examples": c}) for i, c in enumerate(counts)
+    ]
+    strategy = configured(
+        flwr_flag.GeometricMedian(num_byzantine=2, device="cpu", weighting="num-examples"),
+        global_model,
+        10,
+    )
+    arrays, record = strategy.aggregate_train(1, replies)
+    assert arrays is not None and record["robust.kept-model"] == 0
+    assert all(np.isfinite(arrays[k].numpy()).all() for k in SHAPES)
+
+
+def test_metrics_of_the_most_common_shape_win():
+    replies = [ClientMetrics(i, {"num-examples": 1, "a": 1.0}) for i in range(3)]
+    replies += [ClientMetrics(10 + i, {"num-examples": 1, "b": 5.0}) for i in range(2)]
+    summary = aggregate_metrics(replies, "num-examples")
+    assert summary.metrics == {"a": 1.0, "robust.median.a": 1.0}
+    assert summary.accepted == [0, 1, 2] and sorted(summary.rejected) == [3, 4]
+
+
+# Legacy API
+
+
+def fit_result(node_id: int, model: dict, count: float = 10, **metrics):
+    parameters = ndarrays_to_parameters([model[k] for k in SHAPES])
+    return Proxy(node_id), FitRes(Status(Code.OK, ""), parameters, count, metrics)
+
+
+def evaluation(node_id: int, loss: float, count: float, **metrics):
+    return Proxy(node_id), EvaluateRes(Status(Code.OK, ""), loss, count, metrics)
+
+
+@pytest.mark.parametrize(
+    ("loss", "count", "metrics"),
+    [
+        (0.3, -800, {"accuracy": 0.9}),
+        (float("nan"), 100, {"accuracy": 0.9}),
+        (0.3, 100, {"accuracy": "high"}),
+        (0.3, 100, {}),
+    ],
+)
+def test_legacy_evaluation_rejects_a_bad_result(loss, count, metrics):
+    strategy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu")
+    results = [evaluation(i + 1, 0.3, 100, accuracy=0.9) for i in range(6)]
+    got_loss, got = strategy.aggregate_evaluate(
+        1, [*results, evaluation(99, loss, count, **metrics)], []
+    )
+    assert got_loss == pytest.approx(0.3)
+    assert got["accuracy"] == pytest.approx(0.9)
+    assert got["robust.rejected"] == 1 and got["robust.rejected-nodes"] == "99"
+
+
+def test_legacy_evaluation_counts_each_result_once():
+    strategy = flwr_flag.legacy.Krum(num_byzantine=1, device="cpu")
+    results = [evaluation(i + 1, 0.3, 100, accuracy=0.9) for i in range(4)]
+    loss, metrics = strategy.aggregate_evaluate(
+        1, [*results, evaluation(9, 100.0, 10**18, accuracy=0.0)], []
+    )
+    assert loss == pytest.approx((4 * 0.3 + 100.0) / 5)
+    assert metrics["accuracy"] == pytest.approx(0.72)
+
+
+def test_legacy_fit_honours_accept_failures_and_keeps_client_metrics():
+    global_model = random_model(0)
+    results = [fit_result(i + 1, random_model(i + 1), loss=float(i)) for i in range(7)]
+    strict = flwr_flag.legacy.Median(num_byzantine=1, device="cpu", accept_failures=False)
+    strict._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
+    assert strict.aggregate_fit(1, results, [RuntimeError("lost")]) == (None, {})
+    lenient = flwr_flag.legacy.Median(num_byzantine=1, device="cpu")
+    lenient._sent = strict._sent
+    parameters, metrics = lenient.aggregate_fit(1, results, [RuntimeError("lost")])
+    assert parameters is not None
+    assert metrics["loss"] == pytest.approx(3.0) and metrics["robust.median.loss"] == 3.0
+    calls = []
+    own = flwr_flag.legacy.Median(
+        num_byzantine=1,
+        device="cpu",
+        fit_metrics_aggregation_fn=lambda m: calls.append(m) or {"mine": len(m)},
+    )
+    own._sent = strict._sent
+    _, metrics = own.aggregate_fit(1, results, [])
+    assert metrics["mine"] == 7 and len(calls) == 1
+
+
+class CidProxy(Proxy):
+    """Like Flower's GrpcClientProxy: a cid, no node_id attribute."""
+
+    def __init__(self, cid: str) -> None:
+        super().__init__(0)
+        del self.node_id
+        self.cid = cid
+
+
+def test_legacy_works_with_proxies_that_set_only_a_cid():
+    """Flower's GrpcClientProxy (start_server) never sets node_id: AttributeError before."""
+    global_model = random_model(0)
+    strategy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu")
+    strategy._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
+    results = [
+        (CidProxy(cid), fit_result(1, random_model(i + 1))[1])
+        for i, cid in enumerate(["a1b2", "7", "c3d4", "e5"])
+    ]
+    parameters, metrics = strategy.aggregate_fit(1, results, [])
+    assert parameters is not None and metrics["robust.rejected"] == 0
