@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flower_helpers import SHAPES, arrays_of, linear_app, random_model, reply
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
@@ -117,3 +118,68 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     for r in range(1, 5):
         store.save(r, dict(random_model(r)), {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000003.pt", "round-000004.pt"]
+
+
+def test_a_new_run_refuses_a_directory_with_another_runs_checkpoints(tmp_path):
+    """Before: a new run in a directory holding another run's rounds 7-8 deleted each
+    checkpoint it wrote (older round numbers), and a later resume trained 0 rounds."""
+    old = CheckpointStore(tmp_path)
+    for r in (7, 8):
+        old.save(r, dict(random_model(r)), {})
+    with pytest.raises(ValueError, match=rf"{tmp_path}.*holds checkpoints of another run"):
+        CheckpointStore(tmp_path)
+    with pytest.raises(ValueError, match="resume=True"):
+        flwr_flag.Krum(num_byzantine=1, checkpoint_dir=str(tmp_path))
+    resumed = CheckpointStore(tmp_path, resume=True)
+    assert resumed.run_id == old.run_id
+    resumed.save(9, dict(random_model(9)), {})
+    assert sorted(p.name for p in tmp_path.glob("round-*")) == [
+        "round-000008.pt",
+        "round-000009.pt",
+    ]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        lambda good: {k: v for k, v in good.items() if k != "state"},
+        lambda good: {**good, "state": [1, 2]},
+        lambda good: {**good, "arrays": {"w": 1}},
+        lambda good: {**good, "run": None},
+        lambda good: [good],
+    ],
+    ids=["no-state", "list-state", "array-not-tensor", "no-run", "not-a-mapping"],
+)
+def test_a_malformed_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, payload):
+    """Before: a newest file without state, or a list state, raised KeyError/TypeError."""
+    store = CheckpointStore(tmp_path)
+    store.save(1, dict(random_model(1)), {})
+    newest = store.save(2, dict(random_model(2)), {})
+    good = torch.load(newest, weights_only=True)
+    torch.save(payload(good), newest)
+    assert CheckpointStore(tmp_path, resume=True).latest().server_round == 1
+
+
+def test_an_unwritable_checkpoint_dir_fails_at_construction(tmp_path, monkeypatch):
+    """Before: a read-only checkpoint_dir was accepted and failed after round 1 trained.
+    (Tests run as root, whom a 0500 mode does not stop: the refusal is simulated.)"""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(ValueError, match=rf"checkpoint_dir='{tmp_path}' is not writable"):
+        flwr_flag.FlagAggregator(num_byzantine=1, checkpoint_dir=str(tmp_path))
+
+
+def test_a_planted_link_at_a_temporary_name_is_never_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    directory = tmp_path / "checkpoints"
+    store = CheckpointStore(directory)
+    for name in ("round-000001.pt.tmp", ".round-000001.pt.tmp"):
+        (directory / name).symlink_to(victim)
+    store.save(1, dict(random_model(1)), {})
+    assert victim.read_bytes() == b"precious"
+    assert store.latest().server_round == 1

@@ -36,7 +36,7 @@ from ..rules._registry import (
     check_pre,
     rows_after,
 )
-from ..rules.validation import InputRangeError, Integer, Real, check_int
+from ..rules.validation import Boolean, InputRangeError, Integer, Real, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, structural_problem
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights
@@ -78,7 +78,10 @@ class RobustCore:
     max_update_norm : float, optional
         Replies whose update norm ``||w_i - w||`` exceeds this are rejected.
     checkpoint_dir : path, optional
-        Where each round's global arrays and state are written atomically.
+        Where each round's global arrays and state are written atomically; a new run
+        needs a directory without checkpoints (see :mod:`~.checkpoint`).
+    resume : bool
+        Continue the run whose checkpoints ``checkpoint_dir`` holds.
     weighting : {"uniform", "num-examples"}
         ``"uniform"`` (default): every valid reply counts once, whatever it claims.
         ``"num-examples"`` trusts the clients' claimed counts (see
@@ -100,6 +103,7 @@ class RobustCore:
         chunk_size: int | None = None,
         max_update_norm: float | None = None,
         checkpoint_dir: str | None = None,
+        resume: bool = False,
         weighting: str = "uniform",
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
@@ -120,7 +124,10 @@ class RobustCore:
         self.device = resolve_device(device)
         self.chunk_size = chunk_size
         self.max_update_norm = max_update_norm
-        self.checkpoints = None if checkpoint_dir is None else CheckpointStore(checkpoint_dir)
+        Boolean().check("strategy", "resume", resume)
+        self.checkpoints = (
+            None if checkpoint_dir is None else CheckpointStore(checkpoint_dir, resume=resume)
+        )
         self._momentum: torch.Tensor | None = None
         self._previous: torch.Tensor | None = None
         self._uses_previous = "previous" in entry.state

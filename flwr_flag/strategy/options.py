@@ -110,12 +110,13 @@ class RobustOptions:
                 f"{type(self).__name__} always runs {type(self).rule!r}; rule={rule!r} is "
                 "for RobustStrategy"
             )
-        if not isinstance(resume, bool):
-            raise TypeError(f"strategy: resume={resume!r} must be a bool")
         self.rule = rule or type(self).rule
         flower = next(c for c in type(self).__mro__ if c.__module__.startswith("flwr."))
         self.core, flower_options = build_core(
-            self.rule, num_byzantine, {**self.defaults, **options}, flower.__init__
+            self.rule,
+            num_byzantine,
+            {**self.defaults, **options, "resume": resume},
+            flower.__init__,
         )
         super().__init__(**flower_options)
         if resume and self.core.checkpoints is None:
