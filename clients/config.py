@@ -27,7 +27,17 @@ from typing import Any
 
 from flwr_flag.attacks import Behaviour, make_behaviour, node_list
 from flwr_flag.config import section
-from flwr_flag.rules.validation import Boolean, Choice, Integer, Param, Real, Text, check_int
+from flwr_flag.rules.validation import (
+    SEED_MAX,
+    Boolean,
+    Choice,
+    Device,
+    Integer,
+    Param,
+    Real,
+    Text,
+    check_int,
+)
 
 from . import label_flip  # noqa: F401  (registers "label-flip")
 from .augment import PIPELINES
@@ -41,9 +51,9 @@ SETTINGS: dict[str, tuple[str, Param]] = {
     "partitioning": ("partitioning", Choice(choices=PARTITIONINGS)),
     "dirichlet-alpha": ("alpha", Real(0.0, low_open=True)),
     "data-dir": ("data_dir", Text()),
-    "seed": ("seed", Integer(0)),
+    "seed": ("seed", Integer(0, SEED_MAX)),
     "model": ("model", Choice(choices=MODELS)),
-    "client-device": ("device", Text()),
+    "client-device": ("device", Device()),
     "local-epochs": ("local_epochs", Integer(0)),
     "local-steps": ("local_steps", Integer(0)),
     "batch-size": ("batch_size", Integer(1)),

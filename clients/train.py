@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
+from flwr_flag.engine import resolve_device
+
 from .augment import augmented_views, build_pipeline
 from .config import ClientSettings
 from .data import Split
@@ -58,7 +60,7 @@ def local_train(
     """SGD (lr, momentum, weight decay; each gradient's norm clipped to ``grad_clip``
     when it is > 0) for the configured epochs or steps; returns the mean training loss.
     Deterministic for ``seed`` (batch order, augmentation)."""
-    device = torch.device(settings.device)
+    device = resolve_device(settings.device)
     model.to(device).train()
     optimizer = torch.optim.SGD(
         model.parameters(),

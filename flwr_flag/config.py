@@ -95,7 +95,8 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
         base = str(params.get("base", "geomed"))
         params.setdefault("base_params", section(config, base))
     if rule == "detox":
-        params["stage2_pre"] = pre_steps(config, "detox.stage2-pre", params.get("stage2_pre"))
+        if "stage2_pre" in params:
+            params["stage2_pre"] = pre_steps(config, "detox.stage2-pre", params["stage2_pre"])
         params.setdefault("stage2_params", section(config, str(params.get("stage2", "median"))))
     pre = pre_steps(config, "pre", config.get("pre", ""))
     options: dict[str, Any] = {}

@@ -114,6 +114,14 @@ def test_every_hyperparameter_is_refused_through_run_config(rule, key, value):
         ({"pre": ["nope"]}, "pre-aggregator 'nope'"),
         ({"pre": [("nnm", {"bogus": 1})]}, "pre nnm: hyperparameter 'bogus' is unknown"),
         ({"previous": torch.zeros(3)}, "unknown option(s) ['previous']"),
+        ({"device": "meta"}, "device='meta' is not one of"),
+        ({"device": "banana"}, "device='banana' is not one of"),
+        ({"device": "cuda:x"}, "device='cuda:x' is not one of"),
+        ({"arrayrecord_key": 5}, "arrayrecord_key=5 must be a str"),
+        ({"configrecord_key": []}, "configrecord_key=[] must be a str"),
+        ({"weighted_by_key": None}, "weighted_by_key=None must be a str"),
+        ({"train_metrics_aggr_fn": "mean"}, "train_metrics_aggr_fn='mean' must be a callable"),
+        ({"evaluate_metrics_aggr_fn": 3}, "evaluate_metrics_aggr_fn=3 must be a callable"),
     ],
 )
 def test_strategy_options_are_refused_at_construction(options, message):
@@ -145,6 +153,9 @@ def test_round_state_is_not_a_hyperparameter():
         ({"rule": "detox", "detox.stage2": "nope"}, "stage2='nope' is not one of"),
         ({"rule": "detox", "detox.equal-compute": "yes"}, "equal_compute='yes' must be a bool"),
         ({"pre": "bucketing", "bucketing.s": -2}, "s=-2 is out of range"),
+        ({"rule": "detox", "detox.seed": "x"}, "detox: seed='x' must be an int"),
+        ({"rule": "detox", "detox.seed": -5}, "detox: seed=-5 is out of range"),
+        ({"device": "meta"}, "device='meta' is not one of"),
     ],
 )
 def test_run_config_types_are_strict(config, message, tmp_path, monkeypatch):
@@ -269,3 +280,68 @@ def test_legacy_resume_continues_the_round_numbering(tmp_path):
         "round-000005.pt",
         "round-000006.pt",
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"accept_failures": "no"}, "accept_failures='no' must be a bool"),
+        ({"fit_metrics_aggregation_fn": 1}, "fit_metrics_aggregation_fn=1 must be a callable"),
+        ({"evaluate_fn": "f"}, "evaluate_fn='f' must be a callable"),
+        ({"device": "meta"}, "device='meta' is not one of"),
+    ],
+)
+def test_legacy_flower_options_are_refused_at_construction(options, message):
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        flwr_flag.legacy.Median(num_byzantine=1, **options)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("client-device", "banana", "client-device='banana' is not one of"),
+        ("client-device", "meta", "client-device='meta' is not one of"),
+        ("seed", 2**70, f"seed={2**70} is out of range"),
+    ],
+)
+def test_client_options_are_refused_before_round_1(key, value, message):
+    """Before: client-device='banana' failed every client every round; seed=2**70 was an
+    overflow that did not name the key."""
+    from server_app.app import validated
+
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        validated({"rule": "flag", key: value}, 4)
+
+
+def test_detox_seed_is_checked_in_both_apis():
+    for cls in (flwr_flag.Detox, flwr_flag.legacy.Detox):
+        with pytest.raises(ValueError, match="seed=-5 is out of range"):
+            cls(num_byzantine=1, seed=-5)
+        with pytest.raises(TypeError, match="seed='x' must be an int"):
+            cls(num_byzantine=1, seed="x")
+
+
+def test_robust_strategy_needs_a_rule():
+    """Before: RobustStrategy(num_byzantine=2) silently ran the non-robust mean."""
+    for cls in (flwr_flag.RobustStrategy, flwr_flag.legacy.RobustStrategy):
+        with pytest.raises(TypeError, match="needs rule="):
+            cls(num_byzantine=2)
+
+
+def test_config_and_constructor_build_the_same_detox():
+    """Before: strategy_from_config({"rule": "detox"}) had stage2_pre=[] where Detox(0)
+    had the rule's default (buckets of two)."""
+    from flwr_flag.rules.detox import DEFAULT_SECOND_STAGE_PRE
+
+    built = flwr_flag.strategy_from_config({"rule": "detox"})
+    assert built.core.rule_params.get("stage2_pre", DEFAULT_SECOND_STAGE_PRE) == (
+        flwr_flag.Detox(0).core.rule_params.get("stage2_pre", DEFAULT_SECOND_STAGE_PRE)
+    )
+
+
+def test_a_nested_rule_name_is_checked_before_its_parameters():
+    """Before: a raw KeyError from the nested check reading base before validating it."""
+    from flwr_flag.rules import aggregate
+
+    with pytest.raises(ValueError, match="ctma: base='nope' is not one of"):
+        aggregate(torch.zeros(5, 3), "ctma", 1, base_params={}, base="nope")

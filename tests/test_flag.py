@@ -75,3 +75,10 @@ def test_zero_updates_are_dropped():
     assert result.diagnostics["ratios"][4] == 0.0
     assert result.diagnostics["irls_weights"][4] == 0.0
     assert torch.isfinite(result.vector).all()
+
+
+def test_with_f_zero_nobody_is_outvoted():
+    """Before: FA with f = 0 reported its lowest-weight node as outvoted."""
+    x = torch.randn(6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert aggregate(x, "flag", 0).diagnostics["lowest_weight"] == []
+    assert len(aggregate(x, "flag", 2).diagnostics["lowest_weight"]) == 2

@@ -72,9 +72,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """Map ``None``/``"auto"`` to ``cuda`` when available, else ``cpu``."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device={device!r} is not one of 'auto' | 'cpu' | 'cuda' | 'cuda:<index>'"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
     return resolved
 
 

@@ -288,7 +288,8 @@ def check_params(
             )
         kind = entry.params[key]
         if isinstance(kind, RuleParams):
-            target = given.get(kind.rule_key, entry.defaults[kind.rule_key])
+            sibling = given.get(kind.rule_key, entry.defaults[kind.rule_key])
+            target = entry.params[kind.rule_key].check(label, kind.rule_key, sibling)
             if value is not None and not isinstance(value, Mapping):
                 raise TypeError(f"{label}: {key}={value!r} must be a mapping of {target}'s params")
             out[key] = check_params(target, value or {}, label=f"{label} {key} ({target})")

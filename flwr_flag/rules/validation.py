@@ -14,14 +14,20 @@ scikit-learn's parameter validation. Two kinds:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
+
+SEED_MAX = 2**32 - 1
+"""The largest seed an option takes: seeds derived from it (per round, per node) must
+stay 64-bit ints in Flower's config records and torch's generators."""
 
 
 class InputRangeError(ValueError):
@@ -116,6 +122,37 @@ class Typed(Param):
 
     def _describe(self) -> str:
         return self.kind.__name__
+
+
+@dataclass(frozen=True)
+class Device(Param):
+    """A torch device name: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or
+    ``"cuda:<index>"``. The name is checked here; whether the machine has that device
+    is checked where the device is used (a server and its clients differ)."""
+
+    _PATTERN: ClassVar[re.Pattern] = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+    def _check(self, rule: str, name: str, value: object) -> str:
+        text = str(value) if type(value).__name__ == "device" else value
+        if not isinstance(text, str) or not self._PATTERN.fullmatch(text):
+            raise ValueError(f"{rule}: {name}={value!r} is not one of {self._describe()}")
+        return text
+
+    def _describe(self) -> str:
+        return "'auto' | 'cpu' | 'cuda' | 'cuda:<index>'"
+
+
+@dataclass(frozen=True)
+class Function(Param):
+    """A callable."""
+
+    def _check(self, rule: str, name: str, value: object) -> Callable:
+        if not callable(value):
+            raise TypeError(f"{rule}: {name}={value!r} must be a callable")
+        return value
+
+    def _describe(self) -> str:
+        return "a callable"
 
 
 def Boolean(**options: bool) -> Typed:  # noqa: N802  (reads as the kind it makes)

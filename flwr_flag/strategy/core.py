@@ -36,7 +36,7 @@ from ..rules._registry import (
     check_pre,
     rows_after,
 )
-from ..rules.validation import Boolean, InputRangeError, Integer, Real, check_int
+from ..rules.validation import Boolean, Device, InputRangeError, Integer, Real, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, structural_problem
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights
@@ -121,7 +121,7 @@ class RobustCore:
             "strategy", "max_update_norm", max_update_norm
         )
         self.weighting, self.max_weight_ratio = check_weighting(weighting, max_weight_ratio)
-        self.device = resolve_device(device)
+        self.device = resolve_device(Device().check("strategy", "device", device))
         self.chunk_size = chunk_size
         self.max_update_norm = max_update_norm
         Boolean().check("strategy", "resume", resume)

@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ..rules.validation import check_int
+from ..rules.validation import SEED_MAX, check_int
 from .core import RobustCore
 from .robust import RobustStrategy
 
@@ -64,6 +64,7 @@ class DetoxGroups:
         **options: Any,
     ) -> None:
         replication = check_int("detox", "replication", replication, 1)
+        seed = check_int("detox", "seed", seed, 0, SEED_MAX)
         for name, flag in (("redraw", redraw), ("equal_compute", equal_compute)):
             if not isinstance(flag, bool):
                 raise TypeError(f"detox: {name}={flag!r} must be a bool")

@@ -11,8 +11,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from ..rules import get_rule
-from ..rules.validation import Integer, Real
+from ..rules import RULES, get_rule
+from ..rules.validation import Boolean, Function, Integer, Real, Text
 from .core import RobustCore
 
 CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)[1:]) - {
@@ -23,6 +23,18 @@ CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)
 
 
 FLOWER_PARAMS = {
+    "arrayrecord_key": Text(),
+    "configrecord_key": Text(),
+    "weighted_by_key": Text(),
+    "train_metrics_aggr_fn": Function(optional=True),
+    "evaluate_metrics_aggr_fn": Function(optional=True),
+    "fit_metrics_aggregation_fn": Function(optional=True),
+    "evaluate_metrics_aggregation_fn": Function(optional=True),
+    "on_fit_config_fn": Function(optional=True),
+    "on_evaluate_config_fn": Function(optional=True),
+    "evaluate_fn": Function(optional=True),
+    "accept_failures": Boolean(),
+    "inplace": Boolean(),
     "fraction_train": Real(0.0, 1.0, low_open=True),
     "fraction_fit": Real(0.0, 1.0, low_open=True),
     "fraction_evaluate": Real(0.0, 1.0),
@@ -38,8 +50,9 @@ FLOWER_PARAMS = {
         )
     },
 }
-"""Flower's sampling options (both APIs), checked here: Flower's sampler waits forever
-for a fraction above 1 of the nodes."""
+"""Flower's options (both APIs), checked here because Flower checks none of them: its
+sampler waits forever for a fraction above 1 of the nodes, a key that is not a string
+rejects every reply of every round, a callable that is not one fails after round 1."""
 
 
 def build_core(
@@ -86,7 +99,7 @@ class RobustOptions:
     (:func:`build_core`) and passes Flower's to the Flower base class after it in the
     MRO (``FedAvg`` of either API)."""
 
-    rule: ClassVar[str] = "mean"
+    rule: ClassVar[str | None] = None
     defaults: ClassVar[Mapping[str, Any]] = {}
     """Options a named strategy sets differently from the core's defaults."""
 
@@ -109,6 +122,11 @@ class RobustOptions:
             raise TypeError(
                 f"{type(self).__name__} always runs {type(self).rule!r}; rule={rule!r} is "
                 "for RobustStrategy"
+            )
+        if rule is None and type(self).rule is None:
+            raise TypeError(
+                f"{type(self).__name__} needs rule=..., one of {sorted(RULES)} (or use a "
+                "named strategy, e.g. FlagAggregator); it has no default rule"
             )
         self.rule = rule or type(self).rule
         flower = next(c for c in type(self).__mro__ if c.__module__.startswith("flwr."))
