@@ -33,7 +33,8 @@ has none, and ALIE then sends its honest update. Behaviours that need training d
 this project's ``clients/``.
 
 Every key is checked at each message, honest nodes included, so a bad setting is an
-error at the first message, naming the key.
+error at the first message, naming the key; a ``byzantine.*`` key the mod does not
+know (a typo such as ``byzantine.node``) is an error too, and so is a node named twice.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ class ByzantinePlan:
     @classmethod
     def from_context(cls, context: Context) -> ByzantinePlan:
         run, node = context.run_config, context.node_config
+        unknown = sorted(k for k in run if k.startswith(PREFIX) and k not in known_keys())
+        if unknown:
+            raise ValueError(
+                f"byzantine_mod: unknown key(s) {unknown}; known: {', '.join(KEYS)} and "
+                f"{PREFIX}<attack>.<parameter> for the attacks {sorted(BEHAVIOURS)}"
+            )
         num_nodes = _int(node, "num-partitions", 1, low=1)
         partition = _int(node, "partition-id", 0, low=0)
         if partition >= num_nodes:
@@ -102,6 +109,20 @@ class ByzantinePlan:
             len(nodes),
             _int(run, "byzantine.seed", 0, low=0),
         )
+
+
+PREFIX = "byzantine."
+KEYS = ("byzantine.nodes", "byzantine.attack", "byzantine.seed")
+
+
+def known_keys() -> set[str]:
+    """Every run-config key the mod reads: its own and each behaviour's parameters
+    (``byzantine.<attack>.<parameter>``, dashes for underscores)."""
+    return set(KEYS) | {
+        f"{PREFIX}{name}.{param.replace('_', '-')}"
+        for name, cls in BEHAVIOURS.items()
+        for param in cls.parameters()
+    }
 
 
 def _int(config, key: str, default: int, low: int) -> int:

@@ -21,6 +21,9 @@ def node_list(key: str, value: Any, num_partitions: int) -> tuple[int, ...]:
             raise ValueError(
                 f"{key}={value!r} must be a count or a comma-separated list of ids"
             ) from None
+    repeated = sorted({v for v in nodes if nodes.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{key}={value!r} names node(s) {repeated} more than once")
     if any(not 0 <= v < num_partitions for v in nodes) or len(nodes) > num_partitions:
         raise ValueError(
             f"{key}={value!r} names more nodes than the {num_partitions} partitions "
