@@ -18,7 +18,8 @@ Keys, all optional::
     weighting = "auto"            # "uniform" (robust rules' default), "num-examples"
     max-weight-ratio = "auto"     # cap of "num-examples" weights; "none": no cap
     fraction-train = 1.0          # and fraction-evaluate, min-train-nodes,
-                                  # min-evaluate-nodes, min-available-nodes
+                                  # min-evaluate-nodes
+    min-available-nodes = "auto"  # the fewest nodes the rule can run with for f (>= 2)
 
 A rule's or pre-aggregator's hyperparameters sit under its name, dashes for
 underscores: ``flag.subspace-dim = 8``, ``ctma.base = "geomed"``, ``bucketing.s = 2``
@@ -34,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .rules import PREAGGREGATORS
-from .rules._registry import RuleName
+from .rules._registry import RuleName, nodes_needed
 from .rules.validation import Integer
 from .strategy.named import STRATEGIES
 from .strategy.robust import RobustStrategy
@@ -99,13 +100,12 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
             params["stage2_pre"] = pre_steps(config, "detox.stage2-pre", params["stage2_pre"])
         params.setdefault("stage2_params", section(config, str(params.get("stage2", "median"))))
     pre = pre_steps(config, "pre", config.get("pre", ""))
+    f = Integer(0).check("config", "num-byzantine", config.get("num-byzantine", 0))
     options: dict[str, Any] = {}
     for key, option in {**_CORE, **_FLOWER}.items():
         if key in config and config[key] != _UNSET.get(key, object()):
             options[option] = None if config[key] == "none" else config[key]
-    return STRATEGIES[rule](
-        Integer(0).check("config", "num-byzantine", config.get("num-byzantine", 0)),
-        pre=pre,
-        **params,
-        **options,
-    )
+    if config.get("min-available-nodes") == "auto":
+        # A deployment goes on with the nodes that are up, as long as the rule can run.
+        options["min_available_nodes"] = max(2, nodes_needed(rule, f, pre))
+    return STRATEGIES[rule](f, pre=pre, **params, **options)

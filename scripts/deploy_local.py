@@ -14,11 +14,17 @@ What it does, as on real hosts (README, "Across machines"):
    registered first with ``flwr supernode register``;
 3. ``flwr run . <connection> --stream``, the connection defined in a private
    ``FLWR_HOME`` (the user's ``~/.flwr`` is not touched);
-4. stops every process it started, by PID, also on failure or Ctrl-C.
+4. stops every process it started, by PID, also on failure, Ctrl-C or SIGTERM.
+
+The run needs only as many nodes as its rule needs (``min-available-nodes = "auto"``)
+and a round waits ``--round-timeout`` seconds for replies, so a SuperNode that dies
+mid-run costs one timeout and the run goes on with the others. Round 1 starts once all
+``--nodes`` SuperNodes are connected.
 
 Results go to ``--output-dir`` (default ``outputs/``); logs of every process to
-``<work-dir>/logs``. The work directory (mode 0700; private keys 0600) is a temporary
-one, removed at the end, unless ``--work-dir`` names one to keep.
+``<work-dir>/logs``. The work directory (mode 0700; private keys 0600, written with
+``O_EXCL | O_NOFOLLOW``) is a temporary one, removed at the end, unless ``--work-dir``
+names a new one to keep (an existing directory is refused, never changed).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import datetime as dt
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -120,11 +127,11 @@ def make_certificates(directory: Path) -> dict[str, Path]:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a private key readable by its owner only (0600), from its creation on."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
+    """Write a private key readable by its owner only (0600), from its creation on, into
+    a new file: never through a planted link, never over an existing file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(path, flags, 0o600), "wb") as handle:
         handle.write(data)
-    path.chmod(0o600)
 
 
 def make_node_keys(directory: Path, name: str) -> tuple[Path, Path]:
@@ -154,9 +161,11 @@ class Deployment:
     """Processes of one loopback deployment; ``close()`` stops them all by PID."""
 
     def __init__(self, work: Path, tls: bool, auth: bool) -> None:
+        """``work`` must be a new directory: it is made here, mode 0700 from the start
+        (keys and the connection config live in it), and no one else's is touched."""
         self.work, self.tls, self.auth = work, tls or auth, auth
-        work.mkdir(parents=True, exist_ok=True)
-        work.chmod(0o700)  # keys and the connection config live here
+        work.parent.mkdir(parents=True, exist_ok=True)
+        work.mkdir(mode=0o700)
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.processes: list[subprocess.Popen] = []
@@ -249,6 +258,17 @@ class Deployment:
             command += ["--auth-supernode-private-key", str(private)]
         self.start(f"supernode-{index}", command)
 
+    def wait_for_nodes(self, count: int, timeout: float = 60.0) -> None:
+        """Until ``count`` SuperNodes are active on the SuperLink (its log says so), so
+        that round 1 samples them all although the run needs only what its rule needs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = (self.logs / "superlink.log").read_text(errors="replace")
+            if log.count("[Fleet.ActivateNode] Activated") >= count:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{count} SuperNodes did not connect within {timeout}s")
+
     def close(self) -> None:
         stop({p.pid for p in self.processes})
 
@@ -267,15 +287,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also start this many SuperNodes whose keys are not registered",
     )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "outputs")
-    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="a new directory to keep (logs, keys)"
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a round waits for replies before going on with those that came",
+    )
     parser.add_argument("--run-config", default="", help="extra run-config overrides")
     return parser.parse_args(argv)
 
 
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT end the script through its ``finally``, which stops every
+    process it started (they run in sessions of their own, so no signal reaches them)."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, leave)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.work_dir is not None and args.work_dir.exists():
+        print(f"--work-dir {args.work_dir} exists; name a new directory", file=sys.stderr)
+        return 2
+    stop_on_signals()
     temporary = args.work_dir is None
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="flwr-flag-deploy-"))
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="flwr-flag-deploy-")) / "work"
     deployment = Deployment(work, args.tls, args.auth)
     try:
         deployment.start_superlink()
@@ -288,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             deployment.start_supernode(
                 args.nodes + j, "partition-id=0 num-partitions=1", register=False
             )
+        deployment.wait_for_nodes(args.nodes)
         run_config = (
             f"num-server-rounds={args.rounds} output-dir='{args.output_dir}' "
-            f"byzantine-nodes=0 min-available-nodes={args.nodes} "
+            f"byzantine-nodes=0 round-timeout={args.round_timeout} "
             f"num-byzantine={args.byzantine} {args.run_config}"
         )
         print(
@@ -308,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         deployment.close()
         if temporary:  # keys and logs of a throw-away deployment go with it
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

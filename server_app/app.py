@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from logging import INFO
-from typing import Any
+from typing import Any, NamedTuple
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
@@ -23,7 +23,7 @@ from clients.data import load_test
 from clients.models import build_model, set_arrays
 from clients.train import evaluate
 from flwr_flag import RobustStrategy, strategy_from_config
-from flwr_flag.rules.validation import Integer, Text
+from flwr_flag.rules.validation import Integer, Real, Text
 
 from .results import RunRecorder
 
@@ -32,11 +32,22 @@ app = ServerApp()
 
 NUM_SERVER_ROUNDS = 20
 OUTPUT_DIR = "outputs"
+ROUND_TIMEOUT = 300.0
+"""Seconds a round waits for replies; then it goes on with those that came (a node
+that died mid-run costs one timeout, not the run)."""
+
+
+class ServerSettings(NamedTuple):
+    """The ServerApp's own run-config keys."""
+
+    rounds: int
+    round_timeout: float
+    output_dir: str
 
 
 def validated(
     config: Mapping[str, Any], num_nodes: int
-) -> tuple[RobustStrategy, ClientSettings, int]:
+) -> tuple[RobustStrategy, ClientSettings, ServerSettings]:
     """The strategy, the clients' settings and the number of rounds, every key of the
     run config checked, server and client keys alike, before any round: a mistake stops
     the run here, naming the key, instead of failing every client every round.
@@ -44,23 +55,28 @@ def validated(
     ``num_nodes`` (connected nodes; 0 when none has connected yet) bounds the node ids of
     ``byzantine-nodes`` and ``heavy-augment-nodes``."""
     strategy = strategy_from_config(config)
-    rounds = Integer(1).check(
-        "run config", "num-server-rounds", config.get("num-server-rounds", NUM_SERVER_ROUNDS)
+    server = ServerSettings(
+        Integer(1).check(
+            "run config", "num-server-rounds", config.get("num-server-rounds", NUM_SERVER_ROUNDS)
+        ),
+        Real(0.0, low_open=True).check(
+            "run config", "round-timeout", config.get("round-timeout", ROUND_TIMEOUT)
+        ),
+        Text().check("run config", "output-dir", config.get("output-dir", OUTPUT_DIR)),
     )
-    Text().check("run config", "output-dir", config.get("output-dir", OUTPUT_DIR))
     node = {"partition-id": 0, "num-partitions": num_nodes or 2**31 - 1}
-    return strategy, ClientSettings.from_config(config, node), rounds
+    return strategy, ClientSettings.from_config(config, node), server
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Build the strategy and model from the run config, train, record, summarize."""
     config = context.run_config
-    strategy, settings, rounds = validated(config, len(list(grid.get_node_ids())))
+    strategy, settings, server = validated(config, len(list(grid.get_node_ids())))
     test = load_test(settings.dataset, settings.seed, settings.data_files)
     shape = tuple(test.x.shape[1:])
     model = build_model(settings.model, shape, test.num_classes, settings.seed)
-    recorder = RunRecorder(config.get("output-dir", OUTPUT_DIR), strategy.rule, config)
+    recorder = RunRecorder(server.output_dir, strategy.rule, config)
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         set_arrays(model, OrderedDict((k, v.numpy()) for k, v in arrays.items()))
@@ -75,7 +91,8 @@ def main(grid: Grid, context: Context) -> None:
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=rounds,
+        num_rounds=server.rounds,
+        timeout=server.round_timeout,
         evaluate_fn=central_evaluation,
     )
     recorder.save_model(OrderedDict((k, v.numpy()) for k, v in result.arrays.items()))

@@ -345,3 +345,27 @@ def test_a_nested_rule_name_is_checked_before_its_parameters():
 
     with pytest.raises(ValueError, match="ctma: base='nope' is not one of"):
         aggregate(torch.zeros(5, 3), "ctma", 1, base_params={}, base="nope")
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"rule": "krum", "num-byzantine": 2}, 7),
+        ({"rule": "flag", "num-byzantine": 2}, 5),
+        ({"rule": "bulyan", "num-byzantine": 1}, 7),
+        ({"rule": "median", "num-byzantine": 1, "pre": "bucketing"}, 5),
+        ({"rule": "mean", "num-byzantine": 0}, 2),
+    ],
+)
+def test_min_available_nodes_auto_is_what_the_rule_needs(config, expected):
+    """A deployment goes on with the nodes that are up: not N, but what the rule needs."""
+    strategy = flwr_flag.strategy_from_config({**config, "min-available-nodes": "auto"})
+    assert strategy.min_available_nodes == expected
+
+
+def test_round_timeout_is_checked_before_round_1():
+    from server_app.app import validated
+
+    with pytest.raises(ValueError, match=r"round-timeout=0.0 is out of range"):
+        validated({"rule": "flag", "round-timeout": 0.0}, 4)
+    assert validated({"rule": "flag", "round-timeout": 30}, 4)[2].round_timeout == 30.0

@@ -96,3 +96,110 @@ def test_loopback_deployment(tmp_path, mode, no_leftovers):
         private = [work / "server.key", *work.glob("supernode-?")]
         assert len(private) == 4  # the server's TLS key and three SuperNodes' keys
         assert all(p.stat().st_mode & 0o777 == 0o600 for p in private)
+
+
+def test_deploy_local_stops_everything_on_sigterm(tmp_path, no_leftovers):
+    """Before: cleanup ran only in ``finally``, which SIGTERM skips; the SuperLink and
+    SuperNodes (own sessions) kept running and the run went on."""
+    import signal
+    import time
+
+    script = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/deploy_local.py",
+            *("--nodes", "2", "--byzantine", "0", "--rounds", "50"),
+            *("--work-dir", str(tmp_path / "work")),
+            *("--run-config", "model='mlp' local-steps=3"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "SuperLink on" not in line and time.monotonic() < deadline:
+            line = script.stdout.readline()
+        assert "SuperLink on" in line
+        time.sleep(3)  # the run is under way
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        script.kill()
+        script.stdout.close()
+
+
+def test_deploy_local_refuses_an_existing_work_dir(tmp_path):
+    """Before: an existing --work-dir was chmodded to 0700 (the system temporary
+    directory, as root, would have locked everyone else out)."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o1777)
+    (shared / "someone-elses").write_text("x")
+    done = subprocess.run(
+        [sys.executable, "scripts/deploy_local.py", "--work-dir", str(shared)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "exists" in done.stderr
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert sorted(p.name for p in shared.iterdir()) == ["someone-elses"]
+
+
+def test_private_keys_are_never_written_through_a_planted_link(tmp_path):
+    from deploy_local import write_private
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "server.key").symlink_to(victim)
+    with pytest.raises(OSError):
+        write_private(tmp_path / "server.key", b"secret")
+    assert victim.read_text() == "precious"
+    write_private(tmp_path / "node.key", b"secret")
+    assert (tmp_path / "node.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_supernode_that_dies_mid_run_does_not_stop_the_run(tmp_path, no_leftovers):
+    """Before: deploy_local set min-available-nodes to N, so after one SuperNode died the
+    next round waited for N nodes until the 900 s timeout. Now the run needs what its
+    rule needs and goes on with the nodes that reply."""
+    import time
+
+    from deploy_local import BIN, ROOT, Deployment
+
+    output = tmp_path / "out"
+    deployment = Deployment(tmp_path / "work", tls=False, auth=False)
+    try:
+        deployment.start_superlink()
+        for i in range(3):
+            deployment.start_supernode(i, f"partition-id={i} num-partitions=3 byzantine=false")
+        deployment.wait_for_nodes(3)
+        config = (
+            f"num-server-rounds=4 output-dir='{output}' byzantine-nodes=0 round-timeout=30 "
+            "num-byzantine=0 rule='mean' model='mlp' local-steps=3"
+        )
+        run = subprocess.Popen(
+            [str(BIN / "flwr"), "run", str(ROOT), "deploy", "--stream", "--run-config", config],
+            env=deployment.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 240
+        killed = False
+        while run.poll() is None and time.monotonic() < deadline:
+            rows = list(output.glob("*/rounds.csv"))
+            if not killed and rows and len(rows[0].read_text().splitlines()) >= 3:
+                deployment.processes[-1].kill()  # SuperNode 2, after round 1
+                killed = True
+            time.sleep(0.5)
+        assert run.wait(timeout=10) == 0 and killed
+    finally:
+        deployment.close()
+    table = results(output)
+    assert [r["round"] for r in table] == ["0", "1", "2", "3", "4"]
+    assert table[1]["received"] == "3" and table[-1]["received"] == "2"

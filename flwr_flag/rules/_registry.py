@@ -325,6 +325,17 @@ def rows_after(steps: Iterable[PreStep], n: int) -> int:
     return n
 
 
+def nodes_needed(rule: str, f: int, steps: Iterable[PreStep] = ()) -> int:
+    """The fewest replies with which ``rule`` after the pre-aggregators ``steps`` can
+    run with ``f``: the smallest ``n`` whose rows after ``steps`` meet the rule's
+    requirement (a pre-aggregator never hands on more rows than it gets)."""
+    minimum = get_rule(rule).requirement.minimum(f)
+    n = minimum
+    while rows_after(steps, n) < minimum:
+        n += 1
+    return n
+
+
 def get_rule(name: str) -> Rule:
     """The registered rule ``name``; the error lists the valid names."""
     try:
