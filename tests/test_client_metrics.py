@@ -151,12 +151,12 @@ def test_metrics_of_the_most_common_shape_win():
 # Legacy API
 
 
-def fit_result(node_id: int, model: dict, count: float = 10, **metrics):
+def fit_result(node_id: int, model: dict, count: float = 10, /, **metrics):
     parameters = ndarrays_to_parameters([model[k] for k in SHAPES])
     return Proxy(node_id), FitRes(Status(Code.OK, ""), parameters, count, metrics)
 
 
-def evaluation(node_id: int, loss: float, count: float, **metrics):
+def evaluation(node_id: int, loss: float, count: float, /, **metrics):
     return Proxy(node_id), EvaluateRes(Status(Code.OK, ""), loss, count, metrics)
 
 
@@ -232,3 +232,95 @@ def test_legacy_works_with_proxies_that_set_only_a_cid():
     ]
     parameters, metrics = strategy.aggregate_fit(1, results, [])
     assert parameters is not None and metrics["robust.rejected"] == 0
+
+
+# The reply fuzzer, on the evaluate path of both APIs and on legacy fit metrics.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+HONEST_METRICS = {"num-examples": 100, "accuracy": 0.9, "loss": 0.3}
+# kind -> (metrics, accepted?)
+FUZZ = {
+    "huge-count": ({"num-examples": 10**18, "accuracy": 0.0, "loss": 9.0}, True),
+    "tiny-count": ({"num-examples": 5e-324, "accuracy": 0.0, "loss": 9.0}, True),
+    **{name: (metrics, False) for name, (metrics, _) in BAD_EVALUATIONS.items()},
+    "string": ({"num-examples": 100, "accuracy": "high", "loss": 0.3}, False),
+    "bool": ({"num-examples": True, "accuracy": 0.9, "loss": 0.3}, False),
+    "overflow": ({"num-examples": 10**400, "accuracy": 0.9, "loss": 0.3}, False),
+    "empty-list": ({"num-examples": 100, "accuracy": [], "loss": 0.3}, False),
+}
+LEGACY_ONLY = {"string", "bool", "overflow"}  # a MetricRecord refuses these values
+
+
+def message_with(node_id: int, kind: str) -> Message:
+    request = Message(content=RecordDict(), dst_node_id=node_id, message_type="evaluate")
+    if kind == "no-record":
+        return Message(RecordDict(), reply_to=request)
+    if kind == "two-records":
+        two = {"a": MetricRecord(HONEST_METRICS), "b": MetricRecord({"x": 1.0})}
+        return Message(RecordDict(two), reply_to=request)
+    if kind == "error":
+        from flwr.app import Error
+
+        return Message(Error(300, "crashed"), reply_to=request)
+    return Message(RecordDict({"metrics": MetricRecord(FUZZ[kind][0])}), reply_to=request)
+
+
+MESSAGE_KINDS = sorted(set(FUZZ) - LEGACY_ONLY | {"no-record", "two-records", "error"})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kinds=st.lists(st.sampled_from(MESSAGE_KINDS), min_size=0, max_size=7),
+    duplicates=st.integers(0, 2),
+    name=st.sampled_from(["median", "flag", "mean", "krum"]),
+    order=st.randoms(use_true_random=False),
+)
+def test_evaluate_replies_never_raise(kinds, duplicates, name, order):
+    """Any mix of replies: aggregate_evaluate returns finite metrics; 8 honest replies
+    outnumber the rest, so the medians are the honest values."""
+    from flwr_flag.strategy import STRATEGIES
+
+    replies = honest_evaluations()
+    replies += [message_with(100 + j, kind) for j, kind in enumerate(kinds)]
+    replies += [evaluate_reply(1 + j, **FUZZ["huge-count"][0]) for j in range(duplicates)]
+    tail = replies[8:]
+    order.shuffle(tail)
+    strategy = STRATEGIES[name](num_byzantine=1, device="cpu")
+    record = strategy.aggregate_evaluate(1, replies[:8] + tail)
+    values = [v for value in record.values() for v in np.ravel(value)]
+    assert all(np.isfinite(values))
+    assert record["robust.median.accuracy"] == pytest.approx(0.9)
+    accepted = sum(FUZZ.get(k, (None, False))[1] for k in kinds)
+    assert record["robust.received"] == 8 + len(kinds) + duplicates - kinds.count("error")
+    assert record["robust.rejected"] == record["robust.received"] - 8 - accepted
+    assert record["robust.failed"] == kinds.count("error")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kinds=st.lists(st.sampled_from(sorted(FUZZ)), min_size=0, max_size=7),
+    losses=st.lists(st.sampled_from([0.3, float("nan"), float("inf"), -1.0, 1e308]), max_size=3),
+    name=st.sampled_from(["Median", "FlagAggregator", "Mean"]),
+)
+def test_legacy_evaluate_and_fit_metrics_never_raise(kinds, losses, name):
+    cls = getattr(flwr_flag.legacy, name)
+    strategy = cls(num_byzantine=1, device="cpu")
+    results = [evaluation(i + 1, 0.3, 100, accuracy=0.9) for i in range(8)]
+    for j, kind in enumerate(kinds):
+        metrics = dict(FUZZ[kind][0])
+        count = metrics.pop("num-examples", None)
+        results.append(evaluation(100 + j, 0.3, count, **metrics))
+    results += [evaluation(200 + j, loss, 100, accuracy=0.9) for j, loss in enumerate(losses)]
+    loss, metrics = strategy.aggregate_evaluate(1, results, [])
+    assert np.isfinite(loss) and metrics["robust.median.accuracy"] == pytest.approx(0.9)
+    global_model = random_model(0)
+    strategy._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
+    fits = [fit_result(i + 1, random_model(i + 1), loss=0.3) for i in range(8)]
+    for j, kind in enumerate(kinds):
+        metrics = dict(FUZZ[kind][0])
+        metrics.pop("num-examples", None)
+        fits.append(fit_result(100 + j, random_model(100 + j), **metrics))
+    parameters, scalars = strategy.aggregate_fit(1, fits, [])
+    assert parameters is not None and scalars["robust.median.loss"] == pytest.approx(0.3)

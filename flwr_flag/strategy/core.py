@@ -38,7 +38,7 @@ from ..rules._registry import (
 )
 from ..rules.validation import Boolean, Device, InputRangeError, Integer, Real, check_int
 from .checkpoint import Checkpoint, CheckpointStore
-from .replies import Reply, arrays_mismatch, structural_problem
+from .replies import Reply, arrays_mismatch, screen, structural_problem
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights
 
 Arrays = OrderedDict[str, np.ndarray]
@@ -210,22 +210,9 @@ class RobustCore:
         """Aggregate one round: the new global arrays (``None``: keep the model), the
         metrics, and which replies (indices into ``replies``) were aggregated."""
         start = time.perf_counter()
-        rejected: dict[int, str] = {}
-        candidates = []
-        first_reply: dict[int, int] = {}
-        for index, reply in enumerate(replies):
-            if reply.node_id in first_reply:
-                rejected[index] = (
-                    f"node {reply.node_id} replied more than once; its first reply "
-                    f"(#{first_reply[reply.node_id]}) is the one that counts"
-                )
-                continue
-            first_reply[reply.node_id] = index
-            problem = structural_problem(reply, reference)
-            if problem is None:
-                candidates.append(index)
-            else:
-                rejected[index] = problem
+        candidates, rejected = screen(
+            [r.node_id for r in replies], lambda i: structural_problem(replies[i], reference)
+        )
         result, used, why_kept = self._aggregate(reference, replies, candidates, rejected)
         for index, reason in rejected.items():
             log(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .replies import count_problem
+from .replies import count_problem, screen
 from .weighting import reply_weights
 
 RESERVED = "robust."
@@ -110,25 +110,14 @@ def aggregate_metrics(
 ) -> MetricsSummary:
     """Screen the replies' metrics (see the module docstring) and average the accepted
     ones, with their medians as ``robust.median.<key>``."""
-    rejected: dict[int, str] = {}
-    seen: dict[int, int] = {}
-    candidates = []
-    for index, reply in enumerate(replies):
-        if reply.node_id in seen:
-            rejected[index] = (
-                f"node {reply.node_id} replied more than once; its first reply "
-                f"(#{seen[reply.node_id]}) is the one that counts"
-            )
-            continue
-        seen[reply.node_id] = index
+
+    def problem_of(index: int) -> str | None:
+        reply = replies[index]
         problem = reply.problem or count_problem(reply.values.get(count_key))
-        for key, value in reply.values.items():
-            if problem is None and key != count_key:
-                problem = value_problem(key, value)
-        if problem is None:
-            candidates.append(index)
-        else:
-            rejected[index] = problem
+        others = (value_problem(k, v) for k, v in reply.values.items() if k != count_key)
+        return problem or next((p for p in others if p is not None), None)
+
+    candidates, rejected = screen([r.node_id for r in replies], problem_of)
     signatures = {i: _signature(replies[i].values, count_key) for i in candidates}
     if not signatures:
         return MetricsSummary({}, [], [], rejected)

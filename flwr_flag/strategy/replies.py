@@ -107,3 +107,28 @@ def common_zeros(replies: Sequence[Reply]) -> OrderedDict[str, np.ndarray]:
         return OrderedDict()
     common = structures.most_common(1)[0][0]
     return OrderedDict((k, np.zeros(shape, np.dtype(dtype))) for k, shape, dtype in common)
+
+
+def screen(
+    node_ids: Sequence[int], problem_of: Callable[[int], str | None]
+) -> tuple[list[int], dict[int, str]]:
+    """The indices of the replies that pass, in order, and why the others do not: a
+    node's first reply is the one that counts (later ones are rejected), and it passes
+    when ``problem_of(index)`` finds nothing."""
+    passed: list[int] = []
+    rejected: dict[int, str] = {}
+    first: dict[int, int] = {}
+    for index, node_id in enumerate(node_ids):
+        if node_id in first:
+            rejected[index] = (
+                f"node {node_id} replied more than once; its first reply "
+                f"(#{first[node_id]}) is the one that counts"
+            )
+            continue
+        first[node_id] = index
+        problem = problem_of(index)
+        if problem is None:
+            passed.append(index)
+        else:
+            rejected[index] = problem
+    return passed, rejected
