@@ -5,6 +5,8 @@
 the aggregation rules as plain torch functions.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .config import strategy_from_config
 from .rules import aggregate, get_rule
 from .strategy import (
@@ -51,3 +53,8 @@ __all__ = [
     "get_rule",
     "strategy_from_config",
 ]
+
+try:
+    __version__ = version("flwr-flag")  # one place: pyproject.toml's [project] version
+except PackageNotFoundError:  # the source tree, not installed
+    __version__ = "0+unknown"

@@ -19,8 +19,14 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+try:  # flwr >= 1.42: Run moved, and a Message built outside a runtime needs a task identity
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+except ImportError:  # the flwr 1.21 line
+    from flwr.common.typing import Run
+
+    TaskIdentity = None
 
 CLIENT_APP_EXCEPTION = 300  # the code Flower's runtimes give a failing ClientApp
 
@@ -41,7 +47,8 @@ class InProcessGrid(Grid):
         run_id: int = 1,
     ) -> None:
         # Messages built outside a Flower runtime need a task identity.
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1
+        if TaskIdentity is not None:
+            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1
         configs = node_configs or [
             {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)
         ]

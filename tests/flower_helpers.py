@@ -7,11 +7,13 @@ from collections import OrderedDict
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.task_identity import TaskIdentity
+
+from flwr_flag.inprocess import TaskIdentity
 
 SHAPES = OrderedDict(w=(3, 4), b=(4,))
 
-TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+if TaskIdentity is not None:  # flwr >= 1.42: Messages built outside a runtime need it
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
 def arrays_of(values: dict[str, np.ndarray]) -> ArrayRecord:

@@ -1,14 +1,12 @@
-"""``byzantine_mod``: attacks for any Flower ClientApp, and the wheel ships only the library."""
+"""``byzantine_mod``: attacks for any Flower ClientApp."""
 
 from __future__ import annotations
 
 import copy
 import importlib
 import re
-import subprocess
 import sys
 import tomllib
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +119,7 @@ def test_drop_answers_with_an_error_and_crash_raises():
         ({"byzantine.nodes": "0,0,0,0"}, {}, "byzantine.nodes='0,0,0,0' names node(s) [0]"),
     ],
 )
+@pytest.mark.app  # label-flip, a behaviour of the app's clients/, must be refused
 def test_configuration_errors_name_the_key(run, node, key):
     import clients.label_flip  # noqa: F401  (a registered behaviour the mod must refuse)
 
@@ -154,6 +153,7 @@ def template(tmp_path, monkeypatch):
     return importlib.import_module("pytorch_template.client_app").app, config
 
 
+@pytest.mark.app
 def test_template_attacked_collapses_under_fedavg_and_holds_under_a_robust_strategy(
     tmp_path, monkeypatch
 ):
@@ -180,17 +180,3 @@ def test_template_attacked_collapses_under_fedavg_and_holds_under_a_robust_strat
     assert clean > 0.9
     assert attacked < 0.5
     assert robust > clean - 0.05
-
-
-def test_the_wheel_ships_only_the_library(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    (wheel,) = tmp_path.glob("flwr_flag-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert top == {"flwr_flag"}
-    assert "flwr_flag/attacks/mod.py" in names

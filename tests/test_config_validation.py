@@ -304,6 +304,7 @@ def test_legacy_flower_options_are_refused_at_construction(options, message):
         ("seed", 2**70, f"seed={2**70} is out of range"),
     ],
 )
+@pytest.mark.app
 def test_client_options_are_refused_before_round_1(key, value, message):
     """Before: client-device='banana' failed every client every round; seed=2**70 was an
     overflow that did not name the key."""
@@ -363,6 +364,7 @@ def test_min_available_nodes_auto_is_what_the_rule_needs(config, expected):
     assert strategy.min_available_nodes == expected
 
 
+@pytest.mark.app
 def test_round_timeout_is_checked_before_round_1():
     from server_app.app import validated
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from flower_helpers import SHAPES, arrays_of, random_model, reply
 from flwr.app import ConfigRecord
-from flwr.serverapp.strategy import Krum as FlowerKrum
 
 import flwr_flag
 from flwr_flag.rules import aggregate
@@ -146,6 +145,10 @@ def test_a_caught_node_leaves_the_rule_f_minus_one(fault):
 
 
 def test_krum_selects_the_node_flower_krum_selects():
+    # Flower's own Message-API Krum came after the oldest flwr we support (test-min).
+    FlowerKrum = pytest.importorskip("flwr.serverapp.strategy").__dict__.get("Krum")
+    if FlowerKrum is None:
+        pytest.skip("this flwr has no Message-API Krum")
     global_model = random_model(0)
     rng = np.random.default_rng(7)
     models = [
