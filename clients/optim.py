@@ -1,4 +1,19 @@
-r"""mu^2-SGD, the double-momentum estimator of the CTMA paper (Dahan & Levy, 2024).
+r"""The clients' optimizers: SGD with heavy-ball momentum, and mu^2-SGD, the
+double-momentum estimator of the CTMA paper (Dahan & Levy, 2024).
+
+**SGD** (:class:`SGD`), for each parameter :math:`w` with gradient :math:`g`:
+
+.. math::
+    g \leftarrow g + \lambda w, \qquad
+    b \leftarrow \mu b + g \ (b = g \text{ at the first step}), \qquad
+    w \leftarrow w - \eta b,
+
+``torch.optim.SGD``'s update (no dampening, no Nesterov), written as plain tensor ops:
+the first ``step()`` of a ``torch.optim`` optimizer imports ``torch._dynamo`` (about a
+second), which a deployment pays every round on every node because Flower starts a
+fresh ClientApp process for each message. ``O(p)`` per step.
+
+**mu^2-SGD**
 
 Per honest client, in round ``t`` (from 1), with the global weights :math:`w_t` it
 received and one mini-batch :math:`z_t` used at both points:
@@ -18,10 +33,42 @@ it in ``context.state``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
+
+
+class SGD:
+    """SGD with momentum ``mu`` and weight decay ``lambda`` (module docstring); the
+    ``zero_grad`` / ``step`` interface of ``torch.optim.SGD``."""
+
+    def __init__(
+        self, params: Iterable[Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+    ) -> None:
+        self.params = list(params)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.buffers: list[Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            g = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buffer = self.buffers[i]
+                if buffer is None:
+                    buffer = self.buffers[i] = g.clone()
+                else:
+                    buffer.mul_(self.momentum).add_(g)
+                g = buffer
+            p.add_(g, alpha=-self.lr)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from flwr_flag.engine import resolve_device
 from .augment import augmented_views, build_pipeline
 from .config import ClientSettings
 from .data import Split
+from .optim import SGD
 
 Labels = Callable[[torch.Tensor], torch.Tensor]
 
@@ -62,7 +63,7 @@ def local_train(
     Deterministic for ``seed`` (batch order, augmentation)."""
     device = resolve_device(settings.device)
     model.to(device).train()
-    optimizer = torch.optim.SGD(
+    optimizer = SGD(
         model.parameters(),
         lr=settings.lr,
         momentum=settings.momentum,

@@ -37,6 +37,7 @@ from typing import Any
 from .rules import PREAGGREGATORS
 from .rules._registry import RuleName, nodes_needed
 from .rules.validation import Integer
+from .runconfig import section
 from .strategy.named import STRATEGIES
 from .strategy.robust import RobustStrategy
 
@@ -65,17 +66,6 @@ _UNSET = {
     "weighting": "auto",
     "max-weight-ratio": "auto",
 }
-
-
-def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The keys under ``name.`` as Python keyword names; the value ``"auto"`` stands for
-    the parameter's automatic default (``None``), which TOML cannot write."""
-    prefix = f"{name}."
-    return {
-        k[len(prefix) :].replace("-", "_"): None if v == "auto" else v
-        for k, v in config.items()
-        if k.startswith(prefix)
-    }
 
 
 def pre_steps(config: Mapping[str, Any], key: str, spec: Any) -> list[tuple[str, dict]]:

@@ -100,6 +100,8 @@ class InProcessGrid(Grid):
                 dst_node_id=node,
                 group_id=message.metadata.group_id,
             )
+            # As Flower's grids do: the pushed id, so replies name it as reply_to.
+            delivered.metadata.__dict__["_message_id"] = message_id
             try:
                 reply = self.client_app(delivered, self.contexts[node])
             except Exception as error:

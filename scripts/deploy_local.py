@@ -46,6 +46,8 @@ from processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+SUPEREXEC_POLL = 0.1
+"""Seconds between a SuperExec's looks for a new task (Flower's default: 1 s)."""
 
 
 def free_port() -> int:
@@ -182,6 +184,8 @@ class Deployment:
             **os.environ,
             "FLWR_HOME": str(home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            # The SuperExecs look for a new task every 0.1 s instead of every 1 s.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(SUPEREXEC_POLL),
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         }
 

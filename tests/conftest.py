@@ -13,6 +13,7 @@ import pytest
 APP_MODULES = {
     "test_app_config.py",
     "test_client_app.py",
+    "test_client_startup.py",
     "test_clients.py",
     "test_detox.py",
     "test_flower_runtime.py",

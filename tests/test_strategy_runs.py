@@ -183,3 +183,45 @@ def test_a_planted_link_at_a_temporary_name_is_never_followed(tmp_path):
     store.save(1, dict(random_model(1)), {})
     assert victim.read_bytes() == b"precious"
     assert store.latest().server_round == 1
+
+
+def late_replies_grid(num_nodes: int) -> InProcessGrid:
+    """The in-process grid with Flower's deployment ``send_and_receive`` (HttpGrid's,
+    which sleeps 3 s between pulls), whose replies are not in at the first pull of a
+    round, as when clients are still training."""
+    http_grid = pytest.importorskip("flwr.superlink.grid.http_grid")  # flwr >= 1.42
+
+    class LateReplies(InProcessGrid):
+        send_and_receive = http_grid.HttpGrid.send_and_receive
+
+        def push_messages(self, messages):
+            self.pulls = 0
+            return super().push_messages(messages)
+
+        def pull_messages(self, message_ids):
+            self.pulls += 1
+            return [] if self.pulls == 1 else super().pull_messages(message_ids)
+
+    return LateReplies(linear_app(), num_nodes)
+
+
+def test_replies_are_not_left_waiting_for_flowers_three_second_poll(monkeypatch):
+    """Each round's replies are pulled again 0.1 s after a pull finds none, not 3 s
+    (measured on a fake clock: the seconds the pull loops ask to sleep)."""
+    import time
+
+    from flwr.serverapp.strategy import FedAvg
+
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    initial = arrays_of({"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)})
+
+    def rounds(strategy) -> int:
+        slept.clear()
+        result = strategy.start(grid=late_replies_grid(4), initial_arrays=initial, num_rounds=2)
+        assert sorted(result.train_metrics_clientapp) == [1, 2]
+        return sum(slept)
+
+    assert rounds(FedAvg(fraction_evaluate=0.0)) >= 2 * 3  # Flower's own: 3 s a round
+    ours = rounds(flwr_flag.Median(num_byzantine=1, device="cpu", fraction_evaluate=0.0))
+    assert ours == pytest.approx(2 * 0.1)

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from .metrics import RESERVED, aggregate_metrics, read_metrics
 from .npy import array_record, numpy_view
 from .options import RobustOptions
+from .polling import short_polled
 from .replies import Reply, common_zeros, decoded, partition_of
 
 
@@ -258,7 +259,9 @@ class RobustStrategy(RobustOptions, FedAvg):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        """Flower's loop; with ``resume=True`` it continues after the last checkpoint."""
+        """Flower's loop; with ``resume=True`` it continues after the last checkpoint. In
+        a deployment, replies are pulled every 0.1 s instead of Flower's 3 s
+        (:mod:`~flwr_flag.strategy.polling`)."""
         done = 0
         if self.resume:
             initial = OrderedDict((k, numpy_view(v)) for k, v in initial_arrays.items())
@@ -269,7 +272,7 @@ class RobustStrategy(RobustOptions, FedAvg):
         self._offset = done
         shifted = None if evaluate_fn is None else (lambda r, a: evaluate_fn(r + done, a))
         result = super().start(
-            grid,
+            short_polled(grid),
             initial_arrays,
             max(num_rounds - done, 0),
             timeout,
