@@ -193,7 +193,7 @@ def cannot_run_rule(config: dict[str, Any], nodes: int, f: int) -> str | None:
     its rule's requirement after its pre-aggregators (DETOX: its second stage over the
     ``nodes // r`` winners with ``f' = f // ceil(r / 2)``), or ``None``."""
     from flwr_flag.rules import get_rule
-    from flwr_flag.rules._registry import rows_after
+    from flwr_flag.rules.registry import rows_after
 
     def steps(key: str) -> list[str]:
         return [p.strip() for p in str(config.get(key, "")).split(",") if p.strip()]

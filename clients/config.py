@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from flwr_flag.attacks import Behaviour, make_behaviour, node_list
-from flwr_flag.rules.validation import (
+from flwr_flag.runconfig import section
+from flwr_flag.validation import (
     SEED_MAX,
     Boolean,
     Choice,
@@ -37,7 +38,6 @@ from flwr_flag.rules.validation import (
     Text,
     check_int,
 )
-from flwr_flag.runconfig import section
 
 from . import label_flip  # noqa: F401  (registers "label-flip")
 from .augment import PIPELINES

@@ -35,11 +35,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .rules import PREAGGREGATORS
-from .rules._registry import RuleName, nodes_needed
-from .rules.validation import Integer
+from .rules.registry import RuleName, nodes_needed
 from .runconfig import section
 from .strategy.named import STRATEGIES
 from .strategy.robust import RobustStrategy
+from .validation import Integer
 
 _CORE = {
     "server-lr": "server_lr",

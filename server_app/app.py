@@ -23,7 +23,7 @@ from clients.data import load_test
 from clients.models import build_model, set_arrays
 from clients.train import evaluate
 from flwr_flag import RobustStrategy, strategy_from_config
-from flwr_flag.rules.validation import Integer, Real, Text
+from flwr_flag.validation import Integer, Real, Text
 
 from .results import RunRecorder
 

@@ -18,9 +18,9 @@ from test_strategy_runs import run
 import flwr_flag
 import flwr_flag.legacy
 from flwr_flag.rules import PREAGGREGATORS, RULES
-from flwr_flag.rules._registry import PreSteps, RuleName, RuleParams
-from flwr_flag.rules.validation import Choice, Integer, Real, Typed
+from flwr_flag.rules.registry import PreSteps, RuleName, RuleParams
 from flwr_flag.strategy import STRATEGIES
+from flwr_flag.validation import Choice, Integer, Real, Typed
 
 
 def invalid_values(kind) -> list:

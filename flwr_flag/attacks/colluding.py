@@ -13,7 +13,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from flwr_flag.rules.validation import check_choice, check_float, check_int
+from flwr_flag.validation import check_choice, check_float, check_int
 
 from .base import AttackContext, Behaviour
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from flwr_flag.rules.validation import check_float, check_int
+from flwr_flag.validation import check_float, check_int
 
 from .base import AttackContext, Behaviour
 

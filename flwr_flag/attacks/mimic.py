@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flwr_flag.rules.validation import check_int
+from flwr_flag.validation import check_int
 
 from .base import AttackContext, Behaviour
 

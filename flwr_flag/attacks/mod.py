@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 
-from ..rules.validation import check_int
 from ..runconfig import section
+from ..validation import check_int
 from .base import BEHAVIOURS, AttackContext, Behaviour, make_behaviour
 from .selection import node_list
 from .updates import Arrays, apply_update, flatten, float_names, round_seed, to_record

@@ -45,17 +45,17 @@ from . import (
     mixing,
     subsets,
 )
-from ._registry import (
+from .diagnostics import AggregationResult
+from .inputs import Requirement
+from .registry import (
     PREAGGREGATORS,
     RULES,
-    AggregationResult,
     Preaggregated,
     Rule,
     aggregate,
     get_preaggregator,
     get_rule,
 )
-from .validation import Requirement
 
 __all__ = [
     "PREAGGREGATORS",

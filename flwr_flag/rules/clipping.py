@@ -12,9 +12,10 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import AggregationResult, Preaggregated, Rows, preaggregator, rule
+from ..validation import Integer, Real
 from .coordinate import coordinate_median
-from .validation import Integer, Real
+from .diagnostics import AggregationResult, Rows
+from .registry import Preaggregated, preaggregator, rule
 
 
 @rule(

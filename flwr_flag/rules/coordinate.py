@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import AggregationResult, rule
+from ..validation import Integer
+from .diagnostics import AggregationResult
+from .inputs import within_n
 from .order_statistics import order_statistics
-from .validation import Integer, within_n
+from .registry import rule
 
 
 def mean_of_middle(source: UpdateSource, b: int) -> Tensor:

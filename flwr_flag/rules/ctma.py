@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import Diagnostics, Rows, RuleName, RuleParams, get_rule, span_rule
-from .validation import Real
+from ..validation import Real
+from .diagnostics import Diagnostics, Rows
+from .registry import RuleName, RuleParams, get_rule, span_rule
 
 
 def trimmed_weights(distances: Tensor, weights: Tensor, trim_fraction: float) -> Tensor:

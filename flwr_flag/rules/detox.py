@@ -25,17 +25,10 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import (
-    AggregationResult,
-    Nested,
-    PreSteps,
-    Rows,
-    RuleName,
-    RuleParams,
-    aggregate,
-    rule,
-)
-from .validation import InputRangeError, Integer, Real
+from ..validation import Integer, Real
+from .diagnostics import AggregationResult, Nested, Rows
+from .inputs import InputRangeError
+from .registry import PreSteps, RuleName, RuleParams, aggregate, rule
 
 DEFAULT_SECOND_STAGE_PRE = (("bucketing", {"s": 2}),)
 

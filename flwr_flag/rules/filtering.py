@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import Diagnostics, PerRow, span_rule
+from .diagnostics import Diagnostics, PerRow
+from .registry import span_rule
 
 
 def _weighted_top_direction(gram: Tensor, c: Tensor) -> tuple[float, Tensor, Tensor]:

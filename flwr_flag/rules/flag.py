@@ -39,10 +39,12 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource, pairwise_sq_distances
-from ._registry import Diagnostics, PerRow, Rows, span_rule
+from ..validation import Choice, Integer, Real
 from .coordinate import coordinate_median
+from .diagnostics import Diagnostics, PerRow, Rows
 from .geomed import weiszfeld
-from .validation import Choice, Integer, Real, within_n
+from .inputs import within_n
+from .registry import span_rule
 
 OUTPUTS = ("projected-geomed", "projected-mean", "paper")
 

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 
 from ..engine import Gram, UpdateSource
-from ._registry import Diagnostics, PerRow, span_rule
-from .validation import Integer, Real
+from ..validation import Integer, Real
+from .diagnostics import Diagnostics, PerRow
+from .registry import span_rule
 
 
 def weighted_median(values: Tensor, weights: Tensor) -> float:

@@ -10,9 +10,11 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import AggregationResult, Diagnostics, PerRow, Rows, rule, span_rule
+from ..validation import Integer
 from .coordinate import mean_around_median
-from .validation import Integer, within_n
+from .diagnostics import AggregationResult, Diagnostics, PerRow, Rows
+from .inputs import within_n
+from .registry import rule, span_rule
 
 
 def krum_scores(dist: Tensor, f: int) -> Tensor:

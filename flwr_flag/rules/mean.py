@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import Diagnostics, span_rule
+from .diagnostics import Diagnostics
+from .registry import span_rule
 
 
 @span_rule("mean", needs=(0, 1))

@@ -10,8 +10,10 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ._registry import Diagnostics, Preaggregated, Rows, preaggregator, span_rule
-from .validation import Integer, within_n
+from ..validation import Integer
+from .diagnostics import Diagnostics, Rows
+from .inputs import within_n
+from .registry import Preaggregated, preaggregator, span_rule
 
 
 def nearest(dist: Tensor, k: int) -> Tensor:

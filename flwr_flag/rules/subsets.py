@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from ..engine import Gram, UpdateSource
-from ._registry import Diagnostics, Rows, span_rule
-from .validation import InputRangeError, Integer
+from ..validation import Integer
+from .diagnostics import Diagnostics, Rows
+from .inputs import InputRangeError
+from .registry import span_rule
 
 DEFAULT_MAX_SUBSETS = 1_000_000
 _BATCH = 4096

@@ -27,16 +27,10 @@ from flwr.common.logger import log
 
 from ..engine import ArraysSource, NonFiniteUpdateError, resolve_device
 from ..rules import AggregationResult, aggregate, get_rule
-from ..rules._registry import (
-    Nested,
-    PerRow,
-    PreStep,
-    Rows,
-    check_params,
-    check_pre,
-    rows_after,
-)
-from ..rules.validation import Boolean, Device, InputRangeError, Integer, Real, check_int
+from ..rules.diagnostics import Nested, PerRow, Rows
+from ..rules.inputs import InputRangeError
+from ..rules.registry import PreStep, check_params, check_pre, rows_after
+from ..validation import Boolean, Device, Integer, Real, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, screen, structural_problem
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights

@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ..rules.validation import SEED_MAX, check_int
+from ..validation import SEED_MAX, check_int
 from .core import RobustCore
 from .robust import RobustStrategy
 

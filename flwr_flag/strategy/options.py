@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from ..rules import RULES, get_rule
-from ..rules.validation import Boolean, Function, Integer, Real, Text
+from ..validation import Boolean, Function, Integer, Real, Text
 from .core import RobustCore
 
 CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)[1:]) - {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..rules.validation import check_int
+from ..validation import check_int
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..rules.validation import check_choice, check_float
+from ..validation import check_choice, check_float
 
 WEIGHTINGS = ("uniform", "num-examples")
 DEFAULT_MAX_WEIGHT_RATIO = 2.0
