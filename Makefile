@@ -11,7 +11,7 @@ MIN := .venv-min
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[app,plot,dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[app,dev]"
 	touch $@
 
 # ARGS go to `flwr run`, e.g. ARGS="--run-config \"rule='krum' attack='sign-flip'\""

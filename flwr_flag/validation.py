@@ -101,15 +101,16 @@ class Typed(Param):
     """A value of the Python type ``kind``, taken as it is (no coercion: ``"8"`` is not
     an int, ``"false"`` not a bool)."""
 
-    kind: type = object
+    kind: type | tuple[type, ...] = object
 
     def _check(self, rule: str, name: str, value: object) -> object:
         if not isinstance(value, self.kind):
-            raise TypeError(f"{rule}: {name}={value!r} must be a {self.kind.__name__}")
+            raise TypeError(f"{rule}: {name}={value!r} must be a {self._describe()}")
         return value
 
     def _describe(self) -> str:
-        return self.kind.__name__
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        return " or ".join(k.__name__ for k in kinds)
 
 
 @dataclass(frozen=True)

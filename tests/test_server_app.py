@@ -17,8 +17,8 @@ from flwr.common.config import flatten_dict
 
 from clients.app import app as client_app
 from flwr_flag.inprocess import InProcessGrid
-from flwr_flag.plot import plot_runs
 from server_app.app import main
+from server_app.plot import plot_runs
 
 DEFAULTS = flatten_dict(
     tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"][

@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord
 import flwr_flag
 from flwr_flag.rules import aggregate
 from flwr_flag.strategy import STRATEGIES
+from flwr_flag.strategy.replies import Reply
 
 
 class FixedGrid:
@@ -272,30 +273,38 @@ def test_integer_and_zero_dimensional_arrays_keep_their_dtype_and_shape():
     assert steps.shape == () and steps.dtype == np.int64 and int(steps) == 12
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        flwr_flag.CenteredClipping(num_byzantine=1, device="cpu"),
-        flwr_flag.Mean(device="cpu", server_momentum=0.5),
-    ],
-    ids=["previous", "momentum"],
-)
-def test_the_server_step_writes_in_place_only_into_a_buffer_no_state_keeps(strategy):
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "not-kept"])
+def test_the_server_step_writes_in_place_only_into_a_buffer_no_one_keeps(keep):
+    from flwr_flag.strategy.step import ServerStep
+
+    step = ServerStep(lr=1.0)
     reference = {"w": np.full(6, 100.0, dtype=np.float32)}
     update = torch.arange(6, dtype=torch.float32)
-    arrays = strategy.core._server_step(reference, update)
+    arrays = step(reference, update, keep=keep)
     assert np.array_equal(arrays["w"], 100.0 + np.arange(6, dtype=np.float32))
-    assert torch.equal(update, torch.arange(6, dtype=torch.float32))
-    state = strategy.core._previous if strategy.core._uses_previous else strategy.core._momentum
-    assert torch.equal(state, torch.arange(6, dtype=torch.float32))
+    assert torch.equal(update, torch.arange(6, dtype=torch.float32)) == keep
+
+
+def test_the_round_state_and_the_momentum_keep_what_they_were_given():
+    clipping = flwr_flag.CenteredClipping(num_byzantine=1, device="cpu").core
+    momentum = flwr_flag.Mean(device="cpu", server_momentum=0.5).core
+    reference = {"w": np.full(6, 100.0, dtype=np.float32)}
+    steps = {}
+    for core in (clipping, momentum):
+        replies = [
+            Reply(i, {"w": np.full(6, 100.0 + i, dtype=np.float32)}, 1) for i in range(1, 4)
+        ]
+        steps[id(core)] = torch.from_numpy(core.round(1, reference, replies, 0).arrays["w"] - 100)
+    torch.testing.assert_close(clipping.state_dict()["previous"].cpu(), steps[id(clipping)])
+    assert torch.equal(momentum.state_dict()["momentum"].cpu(), torch.full((6,), 2.0))
 
 
 def test_a_non_finite_step_keeps_the_model_and_the_state():
-    core = flwr_flag.Mean(device="cpu", server_momentum=0.5).core
+    step = flwr_flag.Mean(device="cpu", server_momentum=0.5).core.step
     reference = {"w": np.zeros(3, dtype=np.float32), "steps": np.array(1, dtype=np.int64)}
-    assert core._server_step(reference, torch.tensor([1.0, 2.0, 3.0, float("nan")])) is None
-    assert core._server_step(reference, torch.tensor([1.0, float("inf"), 3.0, 0.0])) is None
-    assert core._momentum is None
+    assert step(reference, torch.tensor([1.0, 2.0, 3.0, float("nan")])) is None
+    assert step(reference, torch.tensor([1.0, float("inf"), 3.0, 0.0])) is None
+    assert step.state_dict() == {}
 
 
 def test_the_float32_server_step_equals_the_float64_one_within_float32_resolution():
@@ -308,7 +317,7 @@ def test_the_float32_server_step_equals_the_float64_one_within_float32_resolutio
     size = sum(a.size for a in reference.values())
     update = torch.from_numpy(rng.normal(scale=1e-3, size=size)).float()
     core = flwr_flag.Mean(device="cpu", server_lr=0.7).core
-    got = core._server_step(reference, update.clone())  # the step writes into its input
+    got = core.step(reference, update.clone())  # the step writes into its input
     offset = 0
     for name, base in reference.items():
         piece = 0.7 * update[offset : offset + base.size].double().numpy().reshape(base.shape)

@@ -7,6 +7,7 @@ norms of the first pass and are diagonal rescalings ``diag(s) X`` served lazily.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -15,7 +16,30 @@ from ..engine import UpdateSource
 from ..validation import Integer, Real
 from .coordinate import coordinate_median
 from .diagnostics import AggregationResult, Rows
-from .registry import Preaggregated, preaggregator, rule
+from .registry import Preaggregated, RoundState, preaggregator, round_state, rule
+
+
+@round_state("previous")
+class PreviousAggregate(RoundState):
+    """The last round's aggregate :math:`v_0` (``None`` before the first), kept on the
+    server and in checkpoints."""
+
+    keeps_aggregate = True
+
+    def __init__(self) -> None:
+        self.aggregate: Tensor | None = None
+
+    def value(self, node_ids: Sequence[int]) -> Tensor | None:
+        return self.aggregate
+
+    def after_step(self, aggregate: Tensor) -> None:
+        self.aggregate = aggregate
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {} if self.aggregate is None else {"previous": self.aggregate}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.aggregate = state.get("previous")
 
 
 @rule(

@@ -28,7 +28,16 @@ from ..engine import UpdateSource
 from ..validation import Integer, Real
 from .diagnostics import AggregationResult, Nested, Rows
 from .inputs import InputRangeError
-from .registry import PreSteps, RuleName, RuleParams, aggregate, rule
+from .registry import (
+    PreSteps,
+    RoundState,
+    RuleName,
+    RuleParams,
+    aggregate,
+    get_rule,
+    round_state,
+    rule,
+)
 
 DEFAULT_SECOND_STAGE_PRE = (("bucketing", {"s": 2}),)
 
@@ -70,9 +79,44 @@ def agreement(source: UpdateSource, groups: Sequence[int], tolerance: float) -> 
     return agree
 
 
+def second_stage_f(f: int, replication: int) -> int:
+    r"""Stage 2's :math:`f' = \lfloor f / \lceil r/2 \rceil \rfloor`: a Byzantine winner
+    needs a Byzantine majority in its group."""
+    return f // math.ceil(replication / 2)
+
+
+def shortfall(rows: int, f: int, params: Mapping[str, Any]) -> str | None:
+    """Why DETOX cannot run on ``rows`` replies with ``f``: too few groups of ``r`` for
+    its second stage with ``f'`` (or ``None``)."""
+    r = params["replication"]
+    groups = rows // r
+    why = get_rule(params["stage2"]).why_not(
+        groups, second_stage_f(f, r), params["stage2_params"], params["stage2_pre"]
+    )
+    return None if why is None else f"{groups} groups of {r}; stage 2 on their winners: {why}"
+
+
+@round_state("groups")
+class GroupLabels(RoundState):
+    """Each row's group (``-1``: none), from the strategy's assignment of the round."""
+
+    needs_strategy = True
+
+    def __init__(self) -> None:
+        self.groups: Mapping[int, int] = {}
+
+    def assign(self, groups: Mapping[int, int]) -> None:
+        """This round's groups: node id -> group."""
+        self.groups = dict(groups)
+
+    def value(self, node_ids: Sequence[int]) -> list[int]:
+        return [self.groups.get(node, -1) for node in node_ids]
+
+
 @rule(
     "detox",
     needs=(0, 1),
+    shortfall=shortfall,
     params={
         "replication": Integer(1),
         "tolerance": Real(0.0),
@@ -133,7 +177,7 @@ def detox(
         winner_rows.append(winners[0])  # one member of the majority: the honest value exactly
         mixing.append(row)
         totals.append(float(weights[winners[0]]))
-    f_prime = f // math.ceil(replication / 2)
+    f_prime = second_stage_f(f, replication)
     diagnostics: dict[str, Any] = {
         "groups": len(labels),
         "dissenting": Rows(dissenting, outvoted=True),

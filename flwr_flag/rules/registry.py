@@ -6,7 +6,7 @@ decorators below register it under a name with its declared hyperparameters
 (``params``: name -> kind, the one place their types and ranges live; the defaults are
 the signature's) and its round ``state`` (inputs the strategy supplies each round, never
 configured), and wrap it so that every call goes through the same checks
-(:mod:`.validation`, :func:`check_params`) before the rule sees its inputs:
+(:mod:`.inputs`, :func:`check_params`) before the rule sees its inputs:
 
 * :func:`rule` -- the implementation returns an :class:`AggregationResult`;
 * :func:`span_rule` -- the implementation returns coefficients ``c`` such that the
@@ -19,10 +19,11 @@ configured), and wrap it so that every call goes through the same checks
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
@@ -43,6 +44,11 @@ class Preaggregated(NamedTuple):
     rows: list[int] | None
 
 
+PreStep = str | tuple[str, Mapping[str, Any]]
+Shortfall = Callable[[int, int, Mapping[str, Any]], str | None]
+"""``(rows, f, params) ->`` why a rule cannot run on ``rows`` rows with ``f``, or ``None``."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """A registered aggregation rule.
@@ -59,11 +65,30 @@ class Rule:
     defaults: Mapping[str, Any]
     state: frozenset[str] = frozenset()
     coefficients: Callable[..., tuple[Tensor, Diagnostics]] | None = None
+    shortfall: Shortfall | None = None
+    """The rule's own answer to "why can it not run with these rows" (DETOX: its groups
+    and second stage), where ``n >= a f + b`` does not say it all."""
 
     @property
     def hyperparameters(self) -> frozenset[str]:
         """Every keyword the rule takes: its hyperparameters and its round state."""
         return frozenset(self.params) | self.state
+
+    def why_not(
+        self, n: int, f: int, params: Mapping[str, Any] | None = None, pre: Iterable[PreStep] = ()
+    ) -> str | None:
+        """Why the rule cannot run on ``n`` replies with ``f`` after the pre-aggregators
+        ``pre``, or ``None`` if it can (the check a strategy makes before a round, and
+        the benchmarks before a cell)."""
+        pre = list(pre)
+        rows = rows_after(pre, n)
+        after = f" ({rows} rows after {[split_step(s)[0] for s in pre]})" if rows != n else ""
+        if self.shortfall is not None:
+            why = self.shortfall(rows, f, {**self.defaults, **(params or {})})
+            return None if why is None else f"{n} replies{after}: {why}"
+        if rows < self.requirement.minimum(f):
+            return f"{n} valid replies{after}, but {self.name} with f={f} needs {self.requirement}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -80,9 +105,57 @@ class Preaggregator:
     state: frozenset[str] = frozenset()
 
 
-PreStep = str | tuple[str, Mapping[str, Any]]
 RULES: dict[str, Rule] = {}
 PREAGGREGATORS: dict[str, Preaggregator] = {}
+
+
+def split_step(step: PreStep) -> tuple[str, Mapping[str, Any]]:
+    """A pre-aggregator step's name and params (a bare name has none)."""
+    return (step, {}) if isinstance(step, str) else (step[0], step[1])
+
+
+class RoundState(ABC):
+    """A rule input that the strategy supplies each round, never configured (the last
+    round's aggregate, each row's group). The rule's module registers one provider class
+    per state key (:func:`round_state`); a strategy makes one instance per key of its
+    rule, asks it for the round's value and tells it the aggregate after each step."""
+
+    needs_strategy: ClassVar[bool] = False
+    """Only a strategy can supply it (each row's DETOX group): a benchmark on stacked
+    updates cannot run such a rule alone."""
+    keeps_aggregate: ClassVar[bool] = False
+    """:meth:`after_step` keeps the aggregate tensor, so the step must not write into it."""
+
+    @abstractmethod
+    def value(self, node_ids: Sequence[int]) -> Any:
+        """The rule's input for this round's rows (the nodes of the rows, in order)."""
+
+    def after_step(self, aggregate: Tensor) -> None:
+        """The round's aggregate, after the server step used it."""
+        return None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """What a checkpoint keeps of it."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what :meth:`state_dict` gave (already checked: finite, model-sized)."""
+        return None
+
+
+ROUND_STATE: dict[str, type[RoundState]] = {}
+
+
+def round_state(key: str) -> Callable[[type[RoundState]], type[RoundState]]:
+    """Register the provider class of the state ``key`` (one provider per key)."""
+
+    def register(cls: type[RoundState]) -> type[RoundState]:
+        if key in ROUND_STATE and ROUND_STATE[key] is not cls:
+            raise ValueError(f"round state {key!r} already has a provider: {ROUND_STATE[key]}")
+        ROUND_STATE[key] = cls
+        return cls
+
+    return register
 
 
 def _declared(
@@ -125,12 +198,16 @@ def rule(
     needs: tuple[int, int] = (2, 1),
     params: Mapping[str, Param] | None = None,
     state: Iterable[str] = (),
+    shortfall: Shortfall | None = None,
 ) -> Callable:
-    """Register ``impl`` returning an :class:`AggregationResult`; needs ``n >= a f + b``."""
+    """Register ``impl`` returning an :class:`AggregationResult`; needs ``n >= a f + b``
+    (or what ``shortfall`` says)."""
 
     def register(impl: Callable[..., AggregationResult]) -> Callable[..., AggregationResult]:
         declared, defaults, requirement, function = _declared(name, impl, params, state, needs)
-        RULES[name] = Rule(name, function, requirement, declared, defaults, frozenset(state))
+        RULES[name] = Rule(
+            name, function, requirement, declared, defaults, frozenset(state), shortfall=shortfall
+        )
         return function
 
     return register
@@ -267,7 +344,7 @@ def check_pre(what: str, steps: object) -> list[PreStep]:
         raise TypeError(f"{what}={steps!r} must be a list of names or (name, params) pairs")
     out: list[PreStep] = []
     for step in steps:
-        step_name, params = (step, {}) if isinstance(step, str) else tuple(step)
+        step_name, params = split_step(step if isinstance(step, str) else tuple(step))
         try:
             get_preaggregator(step_name)
         except ValueError as error:
@@ -282,21 +359,25 @@ def check_pre(what: str, steps: object) -> list[PreStep]:
 def rows_after(steps: Iterable[PreStep], n: int) -> int:
     """How many rows the rule sees after the pre-aggregators ``steps`` on ``n`` rows."""
     for step in steps:
-        step_name, params = (step, {}) if isinstance(step, str) else step
+        step_name, params = split_step(step)
         entry = PREAGGREGATORS[step_name]
         n = entry.rows(n, {**entry.defaults, **params})
     return n
 
 
-def nodes_needed(rule: str, f: int, steps: Iterable[PreStep] = ()) -> int:
-    """The fewest replies with which ``rule`` after the pre-aggregators ``steps`` can
-    run with ``f``: the smallest ``n`` whose rows after ``steps`` meet the rule's
-    requirement (a pre-aggregator never hands on more rows than it gets)."""
-    minimum = get_rule(rule).requirement.minimum(f)
-    n = minimum
-    while rows_after(steps, n) < minimum:
-        n += 1
-    return n
+NODES_SEARCHED = 100_000
+
+
+def nodes_needed(
+    rule: str, f: int, steps: Iterable[PreStep] = (), params: Mapping[str, Any] | None = None
+) -> int:
+    """The fewest replies with which ``rule`` (its ``params``) after the pre-aggregators
+    ``steps`` can run with ``f`` (:meth:`Rule.why_not`)."""
+    entry, steps = get_rule(rule), list(steps)
+    for n in range(1, NODES_SEARCHED + 1):
+        if entry.why_not(n, f, params, steps) is None:
+            return n
+    raise ValueError(f"{rule} with f={f} cannot run with up to {NODES_SEARCHED} replies")
 
 
 def get_rule(name: str) -> Rule:
@@ -337,7 +418,7 @@ def aggregate(
     pre_diagnostics: Diagnostics = {}
     rows: list[int] | None = list(range(source.n))
     for step in pre:
-        step_name, params = (step, {}) if isinstance(step, str) else step
+        step_name, params = split_step(step)
         out = get_preaggregator(step_name).function(source, f, weights, **dict(params))
         source, f, weights = out.source, out.f, out.weights
         pre_diagnostics[step_name] = out.diagnostics

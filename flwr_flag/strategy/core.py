@@ -1,8 +1,8 @@
 """The aggregation round shared by the Message-API strategies and the legacy adapters.
 
-Data flows one way: replies -> structural checks -> update source (``g_i = w_i - w``,
-streamed, never stacked) -> value checks in the engine's first pass (NaN/Inf, norm
-bound) -> robust rule -> server step ``w <- w + lr * m``, ``m = beta m + agg`` -> arrays.
+Data flows one way: replies -> structural checks (:mod:`.replies`) -> update source
+(``g_i = w_i - w``, streamed, never stacked) -> value checks in the engine's first pass
+(NaN/Inf, norm bound) -> robust rule -> server step (:mod:`.step`) -> arrays.
 
 A round never raises because of what a client sent, and never emits a non-finite model:
 a reply that fails a check (it cannot be decoded, its structure or values are wrong, its
@@ -15,9 +15,10 @@ current model is kept and the reason logged.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any, NamedTuple
 
@@ -25,18 +26,34 @@ import numpy as np
 import torch
 from flwr.common.logger import log
 
-from ..engine import ArraysSource, NonFiniteUpdateError, resolve_device
+from ..engine import ArraysSource, NonFiniteUpdateError, UpdateSource, resolve_device
 from ..rules import AggregationResult, aggregate, get_rule
 from ..rules.diagnostics import Nested, PerRow, Rows
 from ..rules.inputs import InputRangeError
-from ..rules.registry import PreStep, check_params, check_pre, rows_after
-from ..validation import Boolean, Device, Integer, Real, check_int
+from ..rules.registry import ROUND_STATE, PreStep, RoundState, check_params, check_pre
+from ..validation import Boolean, Choice, Device, Integer, Param, Real, Typed, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, screen, structural_problem
-from .weighting import DEFAULT_MAX_WEIGHT_RATIO, check_weighting, reply_weights
+from .step import PARAMS as STEP_PARAMS
+from .step import ServerStep
+from .weighting import DEFAULT_MAX_WEIGHT_RATIO, WEIGHTINGS, reply_weights
 
 Arrays = OrderedDict[str, np.ndarray]
 Metrics = dict[str, int | float | list[int] | list[float]]
+
+OPTIONS: dict[str, Param] = {
+    "server_lr": STEP_PARAMS["lr"],
+    "server_momentum": STEP_PARAMS["momentum"],
+    "device": Device(),
+    "chunk_size": Integer(1, optional=True),
+    "max_update_norm": Real(0.0, low_open=True, optional=True),
+    "checkpoint_dir": Typed(kind=(str, os.PathLike), optional=True),
+    "resume": Boolean(),
+    "weighting": Choice(choices=WEIGHTINGS),
+    "max_weight_ratio": Real(1.0, optional=True),
+}
+"""The aggregation options of every robust strategy, declared once: checked when a
+strategy is built, and listed in its docstring from here."""
 
 
 class RoundOutcome(NamedTuple):
@@ -46,6 +63,16 @@ class RoundOutcome(NamedTuple):
     arrays: Arrays | None
     metrics: Metrics
     used: list[int]
+
+
+class Aggregation(NamedTuple):
+    """What the rule made of a round's candidates: its result (``None``: keep the
+    model, for the reason ``why_kept``) and the replies it ran on (row ``i`` of its input
+    is ``replies[used[i]]``)."""
+
+    result: AggregationResult | None
+    used: list[int]
+    why_kept: str | None = None
 
 
 class RobustCore:
@@ -61,10 +88,8 @@ class RobustCore:
         The rule's own hyperparameters.
     pre : sequence
         Pre-aggregators, as names or ``(name, params)`` pairs.
-    server_lr : float
-        Server learning rate ``lr > 0`` of the step ``w <- w + lr * m``.
-    server_momentum : float
-        ``0 <= beta < 1``; with ``beta > 0``, ``m = beta m + agg`` (heavy ball).
+    server_lr, server_momentum : float
+        The server step ``w <- w + lr * m``, ``m = beta m + agg`` (:class:`.ServerStep`).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``.
     chunk_size : int, optional
@@ -83,6 +108,10 @@ class RobustCore:
     max_weight_ratio : float or None
         With ``weighting="num-examples"``, each weight is clipped to this multiple of
         the median weight (default 2); ``None`` removes the cap.
+
+    The rule's round state (the previous aggregate, each row's group) comes from the
+    providers its module registered (:class:`~flwr_flag.rules.registry.RoundState`), one
+    per key, in :attr:`round_state`.
     """
 
     def __init__(
@@ -101,33 +130,34 @@ class RobustCore:
         weighting: str = "uniform",
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        entry = get_rule(rule)
+        given = {
+            "server_lr": server_lr,
+            "server_momentum": server_momentum,
+            "device": device,
+            "chunk_size": chunk_size,
+            "max_update_norm": max_update_norm,
+            "checkpoint_dir": checkpoint_dir,
+            "resume": resume,
+            "weighting": weighting,
+            "max_weight_ratio": max_weight_ratio,
+        }
+        for key, kind in OPTIONS.items():
+            kind.check("strategy", key, given[key])
         self.rule = rule
         self.num_byzantine = check_int("strategy", "num_byzantine", num_byzantine, 0)
         self.rule_params = check_params(rule, rule_params or {})
         self.pre = check_pre("pre", pre)
-        self.server_lr = Real(0.0, low_open=True).check("strategy", "server_lr", server_lr)
-        self.server_momentum = Real(0.0, 1.0, high_open=True).check(
-            "strategy", "server_momentum", server_momentum
-        )
-        Integer(1, optional=True).check("strategy", "chunk_size", chunk_size)
-        Real(0.0, low_open=True, optional=True).check(
-            "strategy", "max_update_norm", max_update_norm
-        )
-        self.weighting, self.max_weight_ratio = check_weighting(weighting, max_weight_ratio)
-        self.device = resolve_device(Device().check("strategy", "device", device))
+        self.step = ServerStep(server_lr, server_momentum)
+        self.device = resolve_device(device)
         self.chunk_size = chunk_size
         self.max_update_norm = max_update_norm
-        Boolean().check("strategy", "resume", resume)
+        self.weighting, self.max_weight_ratio = weighting, max_weight_ratio
         self.checkpoints = (
             None if checkpoint_dir is None else CheckpointStore(checkpoint_dir, resume=resume)
         )
-        self._momentum: torch.Tensor | None = None
-        self._previous: torch.Tensor | None = None
-        self._uses_previous = "previous" in entry.state
-        self.row_params: Callable[[list[Reply]], dict[str, Any]] | None = None
-        """Optional per-round hyperparameters that depend on which replies are aggregated
-        (DETOX's group label of each row); called with the replies in row order."""
+        self.round_state: dict[str, RoundState] = {
+            key: ROUND_STATE[key]() for key in sorted(get_rule(rule).state)
+        }
 
     def settings(self) -> dict[str, Any]:
         """The settings, for ``summary()`` logs."""
@@ -136,8 +166,8 @@ class RobustCore:
             "num_byzantine": self.num_byzantine,
             "rule_params": self.rule_params,
             "pre": self.pre,
-            "server_lr": self.server_lr,
-            "server_momentum": self.server_momentum,
+            "server_lr": self.step.lr,
+            "server_momentum": self.step.momentum,
             "device": str(self.device),
             "chunk_size": self.chunk_size or "auto",
             "max_update_norm": self.max_update_norm,
@@ -147,17 +177,16 @@ class RobustCore:
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {}
-        if self._momentum is not None:
-            state["momentum"] = self._momentum
-        if self._previous is not None:
-            state["previous"] = self._previous
+        """The server step's state and the round state's, by key."""
+        state = self.step.state_dict()
+        for provider in self.round_state.values():
+            state.update(provider.state_dict())
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], size: int | None = None) -> None:
         """Restore the state; with ``size`` (the model's parameter count), refuse state
         of another model."""
-        expected = {"momentum"} | ({"previous"} if self._uses_previous else set())
+        expected = {"momentum"} | set(self.round_state)
         unknown = set(state) - expected
         if unknown:
             raise ValueError(f"resume: state {sorted(unknown)} does not belong to {self.rule}")
@@ -169,8 +198,10 @@ class RobustCore:
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"resume: state {key!r} is not finite")
-        self._momentum = state["momentum"].to(self.device) if "momentum" in state else None
-        self._previous = state["previous"].to(self.device) if "previous" in state else None
+        state = {k: v.to(self.device) for k, v in state.items()}
+        self.step.load_state_dict(state)
+        for provider in self.round_state.values():
+            provider.load_state_dict(state)
 
     def resume(self, initial: Arrays) -> Checkpoint | None:
         """The newest readable checkpoint, checked against the ``initial`` arrays (names,
@@ -216,12 +247,15 @@ class RobustCore:
                 replies[index].node_id,
                 reason,
             )
-
         arrays = None
         if result is not None:
-            arrays = self._server_step(reference, result.vector)
+            keep = any(p.keeps_aggregate for p in self.round_state.values())
+            arrays = self.step(reference, result.vector, keep=keep)
             if arrays is None:
                 why_kept = "the aggregate is not finite"
+            else:
+                for provider in self.round_state.values():
+                    provider.after_step(result.vector)
         if why_kept:
             log(WARNING, "Round %d: keeping the current model: %s", server_round, why_kept)
         metrics: Metrics = {
@@ -235,8 +269,7 @@ class RobustCore:
             "robust.aggregation-seconds": time.perf_counter() - start,
         }
         if result is not None:
-            node_ids = [replies[i].node_id for i in used]
-            metrics.update(summarize(result.diagnostics, node_ids))
+            metrics.update(summarize(result.diagnostics, [replies[i].node_id for i in used]))
         if arrays is not None and self.checkpoints is not None:
             self.checkpoints.save(server_round, arrays, self.state_dict())
         return RoundOutcome(arrays, metrics, used if result is not None else [])
@@ -247,60 +280,63 @@ class RobustCore:
         replies: Sequence[Reply],
         candidates: list[int],
         rejected: dict[int, str],
-    ) -> tuple[AggregationResult | None, list[int], str | None]:
-        """The rule's result on the candidates that pass the value checks, and those
-        replies' indices: row ``i`` of the rule's input is ``replies[live[i]]``."""
-        names = list(reference)
-        requirement = get_rule(self.rule).requirement
-        # float64 models are aggregated in float64, as Flower's FedAvg does.
-        wide = any(a.dtype == np.float64 for a in reference.values())
-        dtype = torch.float64 if wide else torch.float32
+    ) -> Aggregation:
+        """The rule on the candidates that pass the value checks. A check that rejects
+        rows (the norm bound, NaN/Inf found in the first pass) records why in
+        ``rejected`` and starts over on the rest; the loop ends with a result or with
+        the reason the model is kept."""
         live = list(candidates)
         while True:
             f = self.byzantine_left(replies, rejected, live)
-            rows = rows_after(self.pre, len(live))
-            if rows < requirement.minimum(f):
-                after = f" ({rows} rows after {self.pre})" if rows != len(live) else ""
-                why = f"{len(live)} valid replies{after}, but {self.rule} with f={f} needs "
-                why += str(requirement)
-                return None, live, why
+            why = get_rule(self.rule).why_not(len(live), f, self.rule_params, self.pre)
+            if why is not None:
+                return Aggregation(None, live, why)
             chosen = [replies[i] for i in live]
-            source = ArraysSource(
-                [[r.arrays[k] for k in names] for r in chosen],
-                base=list(reference.values()),
-                device=self.device,
-                dtype=dtype,
-                chunk_size=self.chunk_size,
-            )
+            source = self._source(reference, chosen)
             try:
-                if self.max_update_norm is not None:
-                    norms = source.sq_norms().sqrt().tolist()
-                    too_large = {i for i, v in enumerate(norms) if v > self.max_update_norm}
-                    for i in too_large:
-                        rejected[live[i]] = (
-                            f"update norm {norms[i]:.4g} exceeds "
-                            f"max_update_norm={self.max_update_norm}"
-                        )
-                    if too_large:
-                        live = [r for i, r in enumerate(live) if i not in too_large]
-                        continue
-                params = dict(self.rule_params)
-                if self._uses_previous and self._previous is not None:
-                    params["previous"] = self._previous
-                if self.row_params is not None:
-                    params.update(self.row_params(chosen))
-                weights = reply_weights(
-                    [r.num_examples for r in chosen], self.weighting, self.max_weight_ratio
-                )
-                result = aggregate(source, self.rule, f, weights, pre=self.pre, **params)
-                return result, live, None
+                bad = self._too_large(source)
+                if not bad:
+                    params = {
+                        **self.rule_params,
+                        **{
+                            k: s.value([r.node_id for r in chosen])
+                            for k, s in self.round_state.items()
+                        },
+                    }
+                    weights = reply_weights(
+                        [r.num_examples for r in chosen], self.weighting, self.max_weight_ratio
+                    )
+                    result = aggregate(source, self.rule, f, weights, pre=self.pre, **params)
+                    return Aggregation(result, live)
             except NonFiniteUpdateError as error:
-                bad = set(error.rows)
-                for i in bad:
-                    rejected[live[i]] = "update contains NaN or Inf (or overflows)"
-                live = [r for i, r in enumerate(live) if i not in bad]
+                bad = dict.fromkeys(error.rows, "update contains NaN or Inf (or overflows)")
             except InputRangeError as error:
-                return None, live, str(error)
+                return Aggregation(None, live, str(error))
+            rejected.update({live[i]: reason for i, reason in bad.items()})
+            live = [r for i, r in enumerate(live) if i not in bad]
+
+    def _source(self, reference: Arrays, chosen: list[Reply]) -> UpdateSource:
+        """The updates ``w_i - w`` of ``chosen``, streamed from their arrays; float64
+        models are aggregated in float64, as Flower's FedAvg does."""
+        wide = any(a.dtype == np.float64 for a in reference.values())
+        return ArraysSource(
+            [[r.arrays[k] for k in reference] for r in chosen],
+            base=list(reference.values()),
+            device=self.device,
+            dtype=torch.float64 if wide else torch.float32,
+            chunk_size=self.chunk_size,
+        )
+
+    def _too_large(self, source: UpdateSource) -> dict[int, str]:
+        """Rows whose update norm exceeds ``max_update_norm``, with the reason."""
+        if self.max_update_norm is None:
+            return {}
+        norms = source.sq_norms().sqrt().tolist()
+        return {
+            i: f"update norm {v:.4g} exceeds max_update_norm={self.max_update_norm}"
+            for i, v in enumerate(norms)
+            if v > self.max_update_norm
+        }
 
     def byzantine_left(
         self, replies: Sequence[Reply], rejected: Mapping[int, str], live: Sequence[int]
@@ -312,47 +348,6 @@ class RobustCore:
         kept = {replies[i].node_id for i in live}
         caught = {replies[i].node_id for i in rejected} - kept
         return max(self.num_byzantine - len(caught), 0)
-
-    def _server_step(self, reference: Arrays, aggregate_update: torch.Tensor) -> Arrays | None:
-        """``w + lr * m`` array by array, in each array's own dtype: the step is moved to
-        the host once, in float32 unless an array is float64 (one rounding of the step
-        and one of the sum, so the result is within two float32 ulps of the float64
-        step's); integer arrays (step counters) get the rounded float64 step. The new
-        arrays are written into the step's own buffer when no state keeps it (a rule's
-        output is a fresh tensor), so the step costs no model-sized copy; ``None`` when a new
-        array would not be finite."""
-        step = aggregate_update
-        if self.server_momentum > 0:
-            momentum = self._momentum if self._momentum is not None else torch.zeros_like(step)
-            step = self.server_momentum * momentum + aggregate_update
-        kept = self.server_momentum > 0 or self._uses_previous
-        wide = any(a.dtype == np.float64 for a in reference.values())
-        delta = step.to("cpu", torch.float64 if wide else torch.float32, copy=kept)
-        if self.server_lr != 1:
-            delta.mul_(self.server_lr)
-        host = delta.numpy()
-        out: Arrays = OrderedDict()
-        offset = 0
-        for name, base in reference.items():
-            piece = host[offset : offset + base.size].reshape(base.shape)
-            if base.dtype == host.dtype:
-                value = np.add(piece, base, out=piece)
-            elif np.issubdtype(base.dtype, np.floating):
-                value = base + piece.astype(base.dtype)
-            elif np.isfinite(piece).all():
-                value = np.rint(base.astype(np.float64) + piece.astype(np.float64))
-            else:
-                return None
-            # A non-finite step, or a sum that overflows, leaves a non-finite value.
-            if value.dtype.kind in "fc" and not np.isfinite(value).all():
-                return None
-            out[name] = np.asarray(value, dtype=base.dtype)  # 0-d arrays stay arrays
-            offset += base.size
-        if self.server_momentum > 0:
-            self._momentum = step
-        if self._uses_previous:
-            self._previous = aggregate_update
-        return out
 
 
 def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int]) -> Metrics:

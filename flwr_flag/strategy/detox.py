@@ -72,14 +72,12 @@ class DetoxGroups:
         self.replication, self.redraw, self.seed = replication, redraw, seed
         self.equal_compute = equal_compute
         self.groups = {}
-        self.core.row_params = lambda live: {
-            "groups": [self.groups.get(r.node_id, -1) for r in live]
-        }
 
     def _assign(self, node_ids: list[int], server_round: int) -> dict[int, dict[str, int]]:
         """The extra train config of each node that takes part in this round."""
         draw_seed = self.seed * 100_003 + (server_round if self.redraw else 1)
         self.groups, left_over = form_groups(node_ids, self.replication, draw_seed)
+        self.core.round_state["groups"].assign(self.groups)
         if not self.groups:
             log(
                 WARNING,

@@ -21,29 +21,13 @@ without one), so no claim between ``5e-324`` and ``1.8e308`` can overflow or zer
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ..validation import check_choice, check_float
-
 WEIGHTINGS = ("uniform", "num-examples")
 DEFAULT_MAX_WEIGHT_RATIO = 2.0
-
-
-def check_weighting(weighting: object, max_weight_ratio: object) -> tuple[str, float | None]:
-    """Validate the two options; a cap is a real ``>= 1`` or ``None``."""
-    weighting = check_choice("strategy", "weighting", weighting, WEIGHTINGS)
-    if max_weight_ratio is not None:
-        max_weight_ratio = check_float("strategy", "max_weight_ratio", max_weight_ratio, 1.0)
-        if math.isinf(max_weight_ratio):
-            raise ValueError(
-                "strategy: max_weight_ratio=inf is out of range; allowed 1 <= max_weight_ratio "
-                "< inf, or None for no cap"
-            )
-    return weighting, max_weight_ratio
 
 
 def reply_weights(

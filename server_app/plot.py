@@ -1,6 +1,6 @@
 """Accuracy curves of one or several runs, for comparing rules.
 
-    python -m flwr_flag.plot outputs/20261127-101500-flag outputs/20261127-102000-krum \\
+    python -m server_app.plot outputs/20261127-101500-flag outputs/20261127-102000-krum \\
         --output comparison.png
 
 Each run directory is one written by the ServerApp (``rounds.csv``, ``config.json``);
