@@ -41,6 +41,7 @@ import torch
 
 from flwr_flag.engine import ArraysSource, StackedSource
 from flwr_flag.rules import RULES, aggregate
+from flwr_flag.rules.registry import ROUND_STATE
 from flwr_flag.rules.subsets import DEFAULT_MAX_SUBSETS
 
 RESULTS = Path(__file__).parent / "results"
@@ -200,8 +201,8 @@ def ours(x: torch.Tensor, clients, f: int, device: torch.device, chunk: int | No
     for name in sorted(RULES):
         if name in ("mda", "smea") and math.comb(x.shape[0], f) > DEFAULT_MAX_SUBSETS:
             continue
-        if name == "detox":  # needs each row's group: its own table (run_detox_case)
-            continue
+        if any(ROUND_STATE[k].needs_strategy for k in RULES[name].state):
+            continue  # DETOX needs each row's group: its own table (run_detox_case)
         calls[name] = on_stacked(name)
     calls["nnm -> median"] = on_stacked("median", pre=["nnm"])
     calls["ctma(flag)"] = on_stacked("ctma", base="flag")

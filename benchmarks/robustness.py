@@ -189,25 +189,14 @@ def cannot_run(cell: Cell) -> str | None:
 
 
 def cannot_run_rule(config: dict[str, Any], nodes: int, f: int) -> str | None:
-    """Why the strategy ``config`` describes cannot run with ``f`` of ``nodes`` replies:
-    its rule's requirement after its pre-aggregators (DETOX: its second stage over the
-    ``nodes // r`` winners with ``f' = f // ceil(r / 2)``), or ``None``."""
+    """Why the strategy ``config`` describes cannot run with ``f`` of ``nodes`` replies
+    (the registry's answer, :meth:`flwr_flag.rules.registry.Rule.why_not`), or ``None``."""
+    from flwr_flag.config import nested, pre_steps, section
     from flwr_flag.rules import get_rule
-    from flwr_flag.rules.registry import rows_after
 
-    def steps(key: str) -> list[str]:
-        return [p.strip() for p in str(config.get(key, "")).split(",") if p.strip()]
-
-    rule, rows, what = config["rule"], rows_after(steps("pre"), nodes), "n"
-    if rule == "detox":
-        r = config.get("detox.replication", 3)
-        rule, f = config.get("detox.stage2", "median"), f // -(-r // 2)
-        rows, what = rows_after(steps("detox.stage2-pre"), nodes // r), f"n/{r} winners"
-    requirement = get_rule(rule).requirement
-    if rows < requirement.minimum(f):
-        shrunk = f" ({rows} rows)" if rows != nodes else ""
-        return f"needs {what}{shrunk} >= {requirement.factor}f+{requirement.offset}, f={f}"
-    return None
+    rule = config["rule"]
+    params = nested(config, rule, section(config, rule))
+    return get_rule(rule).why_not(nodes, f, params, pre_steps(config, "pre", config.get("pre")))
 
 
 def train(config: dict[str, Any], nodes: int, strategy, rounds: int, seed: int) -> dict[str, Any]:

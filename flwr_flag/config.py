@@ -34,10 +34,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .rules import PREAGGREGATORS
-from .rules.registry import RuleName, nodes_needed
+from .rules import PREAGGREGATORS, RULES, get_rule
+from .rules.registry import PreSteps, RuleName, RuleParams, nodes_needed
 from .runconfig import section
-from .strategy.named import STRATEGIES
+from .strategy.named import strategy_for
 from .strategy.robust import RobustStrategy
 from .validation import Integer
 
@@ -78,17 +78,27 @@ def pre_steps(config: Mapping[str, Any], key: str, spec: Any) -> list[tuple[str,
     return steps
 
 
+def nested(config: Mapping[str, Any], name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of rule ``name`` with its nested declarations filled from the config:
+    a ``PreSteps`` value is parsed as a comma-separated list (each step's params from
+    its own section), and a ``RuleParams`` not given is the section of the rule its
+    sibling names (CTMA's base, DETOX's second stage), so one config holds the settings
+    of every rule and a rule's own keys serve wherever it is nested."""
+    entry = get_rule(name)
+    for key, kind in entry.params.items():
+        if isinstance(kind, PreSteps) and key in params:
+            params[key] = pre_steps(config, f"{name}.{key.replace('_', '-')}", params[key])
+        elif isinstance(kind, RuleParams) and key not in params:
+            target = params.get(kind.rule_key, entry.defaults[kind.rule_key])
+            if isinstance(target, str) and target in RULES:
+                params[key] = section(config, target)
+    return params
+
+
 def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     """The Message-API strategy that ``config`` describes (see the module docstring)."""
     rule = RuleName().check("config", "rule", config.get("rule", "flag"))
-    params = section(config, rule)
-    if rule == "ctma":
-        base = str(params.get("base", "geomed"))
-        params.setdefault("base_params", section(config, base))
-    if rule == "detox":
-        if "stage2_pre" in params:
-            params["stage2_pre"] = pre_steps(config, "detox.stage2-pre", params["stage2_pre"])
-        params.setdefault("stage2_params", section(config, str(params.get("stage2", "median"))))
+    params = nested(config, rule, section(config, rule))
     pre = pre_steps(config, "pre", config.get("pre", ""))
     f = Integer(0).check("config", "num-byzantine", config.get("num-byzantine", 0))
     options: dict[str, Any] = {}
@@ -97,5 +107,5 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
             options[option] = None if config[key] == "none" else config[key]
     if config.get("min-available-nodes") == "auto":
         # A deployment goes on with the nodes that are up, as long as the rule can run.
-        options["min_available_nodes"] = max(2, nodes_needed(rule, f, pre))
-    return STRATEGIES[rule](f, pre=pre, **params, **options)
+        options["min_available_nodes"] = max(2, nodes_needed(rule, f, pre, params))
+    return strategy_for(rule)(f, pre=pre, **params, **options)

@@ -236,31 +236,95 @@ class Detox(DetoxGroups, RobustStrategy):
         ]
 
 
-def _legacy(cls: type) -> type[RobustStrategy]:
-    return type(
-        cls.__name__,
-        (RobustStrategy,),
-        {
-            "rule": cls.rule,
-            "defaults": cls.defaults,
-            "__doc__": cls.__doc__,
-            "__module__": __name__,
-        },
-    )
+# The legacy twin of each named Message-API class (tests/test_registry.py checks the
+# pairs against the registry).
 
 
-Mean = _legacy(named.Mean)
-Median = _legacy(named.Median)
-TrimmedMean = _legacy(named.TrimmedMean)
-MeaMed = _legacy(named.MeaMed)
-Krum = _legacy(named.Krum)
-MultiKrum = _legacy(named.MultiKrum)
-Bulyan = _legacy(named.Bulyan)
-GeometricMedian = _legacy(named.GeometricMedian)
-CenteredClipping = _legacy(named.CenteredClipping)
-FlagAggregator = _legacy(named.FlagAggregator)
-CTMA = _legacy(named.CTMA)
-MDA = _legacy(named.MDA)
-SMEA = _legacy(named.SMEA)
-CAF = _legacy(named.CAF)
-MoNNA = _legacy(named.MoNNA)
+class Mean(RobustStrategy):
+    __doc__ = named.Mean.__doc__
+    rule = named.Mean.rule
+    defaults = named.Mean.defaults
+
+
+class Median(RobustStrategy):
+    __doc__ = named.Median.__doc__
+    rule = named.Median.rule
+    defaults = named.Median.defaults
+
+
+class TrimmedMean(RobustStrategy):
+    __doc__ = named.TrimmedMean.__doc__
+    rule = named.TrimmedMean.rule
+    defaults = named.TrimmedMean.defaults
+
+
+class MeaMed(RobustStrategy):
+    __doc__ = named.MeaMed.__doc__
+    rule = named.MeaMed.rule
+    defaults = named.MeaMed.defaults
+
+
+class Krum(RobustStrategy):
+    __doc__ = named.Krum.__doc__
+    rule = named.Krum.rule
+    defaults = named.Krum.defaults
+
+
+class MultiKrum(RobustStrategy):
+    __doc__ = named.MultiKrum.__doc__
+    rule = named.MultiKrum.rule
+    defaults = named.MultiKrum.defaults
+
+
+class Bulyan(RobustStrategy):
+    __doc__ = named.Bulyan.__doc__
+    rule = named.Bulyan.rule
+    defaults = named.Bulyan.defaults
+
+
+class GeometricMedian(RobustStrategy):
+    __doc__ = named.GeometricMedian.__doc__
+    rule = named.GeometricMedian.rule
+    defaults = named.GeometricMedian.defaults
+
+
+class CenteredClipping(RobustStrategy):
+    __doc__ = named.CenteredClipping.__doc__
+    rule = named.CenteredClipping.rule
+    defaults = named.CenteredClipping.defaults
+
+
+class FlagAggregator(RobustStrategy):
+    __doc__ = named.FlagAggregator.__doc__
+    rule = named.FlagAggregator.rule
+    defaults = named.FlagAggregator.defaults
+
+
+class CTMA(RobustStrategy):
+    __doc__ = named.CTMA.__doc__
+    rule = named.CTMA.rule
+    defaults = named.CTMA.defaults
+
+
+class MDA(RobustStrategy):
+    __doc__ = named.MDA.__doc__
+    rule = named.MDA.rule
+    defaults = named.MDA.defaults
+
+
+class SMEA(RobustStrategy):
+    __doc__ = named.SMEA.__doc__
+    rule = named.SMEA.rule
+    defaults = named.SMEA.defaults
+
+
+class CAF(RobustStrategy):
+    __doc__ = named.CAF.__doc__
+    rule = named.CAF.rule
+    defaults = named.CAF.defaults
+
+
+class MoNNA(RobustStrategy):
+    __doc__ = named.MoNNA.__doc__
+    rule = named.MoNNA.rule
+    defaults = named.MoNNA.defaults

@@ -36,6 +36,6 @@ def test_a_rule_that_cannot_run_is_na_not_an_accuracy(tmp_path):
         "--out", str(tmp_path),
     ]  # fmt: skip
     table = robustness.main(args).read_text()
-    assert "| bulyan | n/a (needs n >= 4f+3, f=4) |" in table
+    assert "| bulyan | n/a (15 valid replies, but bulyan with f=4 needs n >= 4f + 3) |" in table
     fa_row = next(line for line in table.splitlines() if line.startswith("| FA |"))
     assert fa_row.startswith("| FA | **")  # the only number is the column's best

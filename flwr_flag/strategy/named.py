@@ -6,7 +6,8 @@ does; the rule's own hyperparameters are documented on the rule function named b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, ClassVar
 
 from .detox import Detox
@@ -144,4 +145,10 @@ STRATEGIES: dict[str, type[RobustStrategy]] = {
         Detox,
     )
 }
-"""Rule name -> Message-API strategy class."""
+"""Rule name -> Message-API strategy class, for the rules that have a named class."""
+
+
+def strategy_for(rule: str) -> Callable[..., RobustStrategy]:
+    """The named class of ``rule``, or :class:`RobustStrategy` running it (a rule
+    registered without a class of its own works everywhere a name is taken)."""
+    return STRATEGIES.get(rule) or partial(RobustStrategy, rule=rule)

@@ -1,0 +1,86 @@
+"""A rule is one module and one registration: everything else (both strategy APIs, the
+run config, the ServerApp's checks, the round state, the public names) comes from the
+registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flower_helpers import SHAPES, reply
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from test_strategy import configured
+from test_strategy_runs import Proxy
+
+import flwr_flag
+import flwr_flag.legacy
+import flwr_flag.strategy
+from flwr_flag.rules import RULES
+from flwr_flag.rules.diagnostics import AggregationResult, Rows
+from flwr_flag.rules.registry import ROUND_STATE, rule
+from flwr_flag.strategy import STRATEGIES
+from flwr_flag.validation import Real
+
+
+@pytest.fixture
+def coordinate_max():
+    """A toy rule defined here, as a contributor's new module would: the coordinate-wise
+    maximum of the updates times ``scale``. Unregistered afterwards."""
+
+    @rule("coordinate-max", needs=(1, 1), params={"scale": Real(0.0, low_open=True)})
+    def coordinate_max(source, f: int, weights: torch.Tensor, scale: float = 1.0):
+        top = source.map_columns(lambda chunk: chunk.max(dim=0).values)
+        return AggregationResult(top * scale, {"top": Rows([0])})
+
+    yield "coordinate-max"
+    del RULES["coordinate-max"]
+
+
+def models(n: int = 4) -> list[dict[str, np.ndarray]]:
+    return [{k: np.full(s, float(i), np.float32) for k, s in SHAPES.items()} for i in range(n)]
+
+
+@pytest.mark.app  # the ServerApp's checks
+def test_a_new_rule_runs_through_both_apis_the_run_config_and_the_server_app(coordinate_max):
+    from server_app.app import validated
+
+    zero = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models())]
+    strategy = flwr_flag.RobustStrategy(rule=coordinate_max, num_byzantine=1, scale=2.0)
+    arrays, metrics = configured(strategy, zero, 4).aggregate_train(1, messages)
+    assert np.all(arrays["w"].numpy() == 6.0) and metrics["robust.top-nodes"] == [1]
+
+    legacy = flwr_flag.legacy.RobustStrategy(rule=coordinate_max, num_byzantine=1, scale=2.0)
+    legacy._sent = ndarrays_to_parameters([zero[k] for k in SHAPES])
+    results = [
+        (Proxy(i + 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(list(m.values())), 1, {}))
+        for i, m in enumerate(models())
+    ]
+    parameters, _ = legacy.aggregate_fit(1, results, [])
+    assert np.all(parameters_to_ndarrays(parameters)[0] == 6.0)
+
+    config = {"rule": coordinate_max, "num-byzantine": 1, "coordinate-max.scale": 3.0}
+    built = flwr_flag.strategy_from_config({**config, "min-available-nodes": "auto"})
+    assert built.core.rule_params == {"scale": 3.0} and built.min_available_nodes == 2
+    assert validated(config, 4)[0].rule == coordinate_max
+    with pytest.raises(ValueError, match=r"coordinate-max: scale=-1.0 is out of range"):
+        validated({**config, "coordinate-max.scale": -1.0}, 4)
+    assert RULES[coordinate_max].why_not(1, 1) == (
+        "1 valid replies, but coordinate-max with f=1 needs n >= f + 1"
+    )
+
+
+def test_every_named_strategy_has_its_legacy_twin_and_public_names():
+    for name, cls in STRATEGIES.items():
+        assert cls.rule == name in RULES
+        twin = getattr(flwr_flag.legacy, cls.__name__)
+        assert (twin.rule, dict(twin.defaults)) == (name, dict(cls.defaults))
+        assert twin.__doc__ == cls.__doc__ or name == "detox"  # DETOX's twin says more
+        assert cls.__name__ in flwr_flag.__all__ and cls.__name__ in flwr_flag.strategy.__all__
+        assert getattr(flwr_flag, cls.__name__) is cls
+
+
+def test_every_round_state_key_has_one_provider():
+    for entry in RULES.values():
+        for key in entry.state:
+            assert key in ROUND_STATE, (entry.name, key)
