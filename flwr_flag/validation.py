@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -152,6 +152,14 @@ def Boolean(**options: bool) -> Typed:  # noqa: N802  (reads as the kind it make
 def Text(**options: bool) -> Typed:  # noqa: N802
     """A string."""
     return Typed(kind=str, **options)
+
+
+def describe(heading: str, kinds: Mapping[str, Param], defaults: Mapping[str, object]) -> str:
+    """A docstring section: ``heading``, then one line per option with its kind and
+    default, from the same declarations that check it."""
+    lines = [heading]
+    lines += [f"    {k}: {kind.describe()}; default {defaults[k]!r}" for k, kind in kinds.items()]
+    return "\n".join(lines if kinds else [heading, "    none"])
 
 
 def check_int(rule: str, name: str, value: object, low: int, high: float = math.inf) -> int:

@@ -291,9 +291,7 @@ def test_the_round_state_and_the_momentum_keep_what_they_were_given():
     reference = {"w": np.full(6, 100.0, dtype=np.float32)}
     steps = {}
     for core in (clipping, momentum):
-        replies = [
-            Reply(i, {"w": np.full(6, 100.0 + i, dtype=np.float32)}, 1) for i in range(1, 4)
-        ]
+        replies = [Reply(i, {"w": np.full(6, 100.0 + i, dtype=np.float32)}, 1) for i in range(1, 4)]
         steps[id(core)] = torch.from_numpy(core.round(1, reference, replies, 0).arrays["w"] - 100)
     torch.testing.assert_close(clipping.state_dict()["previous"].cpu(), steps[id(clipping)])
     assert torch.equal(momentum.state_dict()["momentum"].cpu(), torch.full((6,), 2.0))

@@ -18,13 +18,14 @@ module in this package.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from ..validation import Param
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {}
 
@@ -61,6 +62,15 @@ class Behaviour:
         if "name" in cls.__dict__:  # shared bases without a name of their own stay out
             BEHAVIOURS[cls.name] = cls
 
+    params: ClassVar[Mapping[str, Param]] = {}
+    """The behaviour's parameters and their kinds, declared once: :func:`make_behaviour`,
+    the constructor and :func:`~flwr_flag.attacks.mod.byzantine_mod` check them from
+    here (the defaults are the constructor's)."""
+
+    def __init__(self, **values: Any) -> None:
+        for key, value in values.items():
+            setattr(self, key, self.params[key].check(f"attack {self.name}", key, value))
+
     def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         return y
 
@@ -73,8 +83,7 @@ class Behaviour:
     @classmethod
     def parameters(cls) -> list[str]:
         """The names of the behaviour's parameters."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        return [p.name for p in params if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+        return list(cls.params)
 
     def describe(self) -> dict[str, Any]:
         """Name and parameters, reported in the reply."""
@@ -84,13 +93,22 @@ class Behaviour:
 BEHAVIOURS["honest"] = Behaviour
 
 
-def make_behaviour(name: str, params: dict[str, Any]) -> Behaviour:
-    """Behaviour ``name`` with ``params``; errors list the valid names or parameters."""
+def make_behaviour(
+    name: str, params: dict[str, Any], key: Callable[[str], str] | None = None
+) -> Behaviour:
+    """Behaviour ``name`` with ``params``, each checked against its declaration; errors
+    list the valid names or parameters. ``key(param)`` is how the caller's config names
+    a parameter (the mod: ``byzantine.<attack>.<param>``), so that errors name it."""
     if name not in BEHAVIOURS:
         raise ValueError(f"attack={name!r} is not one of {sorted(BEHAVIOURS)}")
     cls = BEHAVIOURS[name]
+    owner, key = (f"attack {name}", str) if key is None else ("run config", key)
     accepted = cls.parameters()
-    unknown = sorted(set(params) - set(accepted))
+    unknown = sorted(key(p) for p in set(params) - set(accepted))
     if unknown:
-        raise ValueError(f"attack {name!r}: unknown parameter(s) {unknown}; accepted {accepted}")
+        raise ValueError(
+            f"{owner}: unknown parameter(s) {unknown}; accepted {[key(p) for p in accepted]}"
+        )
+    for param, value in params.items():
+        cls.params[param].check(owner, key(param), value)
     return cls(**params)

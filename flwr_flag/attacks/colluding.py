@@ -9,11 +9,13 @@ colluding nodes that share data characteristics end up with similar estimates.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from statistics import NormalDist
+from typing import ClassVar
 
 import numpy as np
 
-from flwr_flag.validation import check_choice, check_float, check_int
+from flwr_flag.validation import Choice, Integer, Param, Real
 
 from .base import AttackContext, Behaviour
 
@@ -26,8 +28,7 @@ def alie_z(num_nodes: int, num_byzantine: int) -> float:
 
 
 class _Estimating(Behaviour):
-    def __init__(self, samples: int = 4) -> None:
-        self.samples = check_int(f"attack {self.name}", "samples", samples, 2)
+    params: ClassVar[Mapping[str, Param]] = {"samples": Integer(2)}
 
     def estimate(self, context: AttackContext) -> tuple[np.ndarray, np.ndarray]:
         updates = context.honest_samples(self.samples)
@@ -43,9 +44,10 @@ class ALIE(_Estimating):
 
     name = "alie"
 
+    params: ClassVar[Mapping[str, Param]] = {"z": Real(optional=True), **_Estimating.params}
+
     def __init__(self, z: float | None = None, samples: int = 4) -> None:
-        super().__init__(samples)
-        self.z = None if z is None else check_float("attack alie", "z", z)
+        super().__init__(z=z, samples=samples)
 
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
         mu, sigma = self.estimate(context)
@@ -58,9 +60,13 @@ class IPM(_Estimating):
 
     name = "ipm"
 
+    params: ClassVar[Mapping[str, Param]] = {
+        "epsilon": Real(0.0, low_open=True),
+        **_Estimating.params,
+    }
+
     def __init__(self, epsilon: float = 0.1, samples: int = 4) -> None:
-        super().__init__(samples)
-        self.epsilon = check_float("attack ipm", "epsilon", epsilon, 0.0, low_open=True)
+        super().__init__(epsilon=epsilon, samples=samples)
 
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
         return -self.epsilon * self.estimate(context)[0]
@@ -79,16 +85,16 @@ class MinMax(_Estimating):
 
     name = "min-max"
 
+    params: ClassVar[Mapping[str, Param]] = {
+        "perturbation": Choice(choices=("std", "unit", "sign")),
+        "gamma_max": Real(0.0, low_open=True),
+        **_Estimating.params,
+    }
+
     def __init__(
         self, perturbation: str = "std", gamma_max: float = 50.0, samples: int = 4
     ) -> None:
-        super().__init__(samples)
-        self.perturbation = check_choice(
-            f"attack {self.name}", "perturbation", perturbation, ("std", "unit", "sign")
-        )
-        self.gamma_max = check_float(
-            f"attack {self.name}", "gamma_max", gamma_max, 0.0, low_open=True
-        )
+        super().__init__(perturbation=perturbation, gamma_max=gamma_max, samples=samples)
 
     @staticmethod
     def accepts(malicious: np.ndarray, benign: np.ndarray) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
-from flwr_flag.validation import check_float, check_int
+from flwr_flag.validation import Integer, Param, Real
 
 from .base import AttackContext, Behaviour
 
@@ -35,8 +37,10 @@ class BitFlip(Behaviour):
 
     name = "bit-flip"
 
+    params: ClassVar[Mapping[str, Param]] = {"bits": Integer(1)}
+
     def __init__(self, bits: int = 10) -> None:
-        self.bits = check_int("attack bit-flip", "bits", bits, 1)
+        super().__init__(bits=bits)
 
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
         payload = honest.astype(np.float32).copy()
@@ -63,8 +67,10 @@ class Straggle(Behaviour):
 
     name = "straggle"
 
+    params: ClassVar[Mapping[str, Param]] = {"seconds": Real(0.0)}
+
     def __init__(self, seconds: float = 30.0) -> None:
-        self.seconds = check_float("attack straggle", "seconds", seconds, 0.0)
+        super().__init__(seconds=seconds)
 
     def before_reply(self, context: AttackContext) -> None:
         time.sleep(self.seconds)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import numpy as np
 
-from flwr_flag.validation import check_int
+from flwr_flag.validation import Integer, Param
 
 from .base import AttackContext, Behaviour
 
@@ -18,8 +21,10 @@ class Mimic(Behaviour):
     name = "mimic"
     needs = "another partition's training data"
 
+    params: ClassVar[Mapping[str, Param]] = {"target": Integer(0)}
+
     def __init__(self, target: int = 0) -> None:
-        self.target = check_int("attack mimic", "target", target, 0)
+        super().__init__(target=target)
 
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
         if self.target >= context.num_nodes:

@@ -88,12 +88,11 @@ class ByzantinePlan:
             raise ValueError(f"byzantine.attack={attack!r} must be a string")
         if attack not in BEHAVIOURS:
             raise ValueError(f"byzantine.attack={attack!r} is not one of {sorted(BEHAVIOURS)}")
-        try:
-            behaviour = make_behaviour(attack, section(run, f"byzantine.{attack}"))
-        except (TypeError, ValueError) as error:
-            # "attack sign-flip: k='x' must be ..." names the key byzantine.sign-flip.k
-            named = str(error).replace(f"attack {attack}: ", f"byzantine.{attack}.")
-            raise ValueError(named) from None
+        behaviour = make_behaviour(
+            attack,
+            section(run, f"byzantine.{attack}"),
+            key=lambda param: f"byzantine.{attack}.{param.replace('_', '-')}",
+        )
         if behaviour.needs:
             raise ValueError(
                 f"byzantine.attack={attack!r} needs {behaviour.needs}, which a mod cannot "

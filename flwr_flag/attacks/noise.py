@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import numpy as np
 
-from flwr_flag.validation import check_choice, check_float
+from flwr_flag.validation import Choice, Param, Real
 
 from .base import AttackContext, Behaviour
 
@@ -14,9 +17,13 @@ class Gaussian(Behaviour):
 
     name = "gaussian"
 
+    params: ClassVar[Mapping[str, Param]] = {
+        "sigma": Real(0.0),
+        "mode": Choice(choices=("add", "replace")),
+    }
+
     def __init__(self, sigma: float = 1.0, mode: str = "add") -> None:
-        self.sigma = check_float("attack gaussian", "sigma", sigma, 0.0)
-        self.mode = check_choice("attack gaussian", "mode", mode, ("add", "replace"))
+        super().__init__(sigma=sigma, mode=mode)
 
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
         noise = context.rng.normal(0.0, self.sigma, size=honest.shape).astype(honest.dtype)

@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ..validation import SEED_MAX, check_int
+from ..validation import SEED_MAX, Boolean, Integer
 from .core import RobustCore
 from .robust import RobustStrategy
 
@@ -45,6 +45,15 @@ def form_groups(
     usable = len(nodes) // replication * replication
     groups = {node: i // replication for i, node in enumerate(order[:usable])}
     return groups, order[usable:]
+
+
+OPTIONS = {
+    "replication": Integer(1),
+    "redraw": Boolean(),
+    "seed": Integer(0, SEED_MAX),
+    "equal_compute": Boolean(),
+}
+"""DETOX's strategy options (the rule's own ``replication`` is checked again by the rule)."""
 
 
 class DetoxGroups:
@@ -63,11 +72,14 @@ class DetoxGroups:
         equal_compute: bool = False,
         **options: Any,
     ) -> None:
-        replication = check_int("detox", "replication", replication, 1)
-        seed = check_int("detox", "seed", seed, 0, SEED_MAX)
-        for name, flag in (("redraw", redraw), ("equal_compute", equal_compute)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"detox: {name}={flag!r} must be a bool")
+        given = {
+            "replication": replication,
+            "redraw": redraw,
+            "seed": seed,
+            "equal_compute": equal_compute,
+        }
+        for key, kind in OPTIONS.items():
+            kind.check("detox", key, given[key])
         super().__init__(num_byzantine, replication=replication, **options)
         self.replication, self.redraw, self.seed = replication, redraw, seed
         self.equal_compute = equal_compute

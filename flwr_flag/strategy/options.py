@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from ..rules import RULES, get_rule
-from ..validation import Boolean, Function, Integer, Real, Text
-from .core import RobustCore
+from ..validation import Boolean, Function, Integer, Real, Text, describe
+from .core import OPTIONS, RobustCore
 
 CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)[1:]) - {
     "rule",
@@ -81,17 +81,19 @@ def build_core(
 
 
 HEADING = "Hyperparameters of rule"
+OPTIONS_HEADING = "Aggregation options (keyword options):"
 
 
 def describe_rule(rule: str) -> str:
     """``HEADING`` and one line per declared hyperparameter: kind and default."""
     entry = get_rule(rule)
-    lines = [f"{HEADING} {rule!r} (keyword options):"]
-    for name, kind in entry.params.items():
-        lines.append(f"    {name}: {kind.describe()}; default {entry.defaults[name]!r}")
-    if not entry.params:
-        lines.append("    none")
-    return "\n".join(lines)
+    return describe(f"{HEADING} {rule!r} (keyword options):", entry.params, entry.defaults)
+
+
+def describe_options() -> str:
+    """The aggregation options every robust strategy takes, from their declarations."""
+    defaults = {k: p.default for k, p in inspect.signature(RobustCore.__init__).parameters.items()}
+    return describe(OPTIONS_HEADING, OPTIONS, defaults)
 
 
 class RobustOptions:
@@ -109,6 +111,10 @@ class RobustOptions:
         super().__init_subclass__(**kwargs)
         if "rule" in cls.__dict__ and cls.__doc__ and HEADING not in cls.__doc__:
             cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_rule(cls.rule)
+        elif (
+            "rule" not in cls.__dict__ and cls.__doc__ and "Aggregation options" not in cls.__doc__
+        ):
+            cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_options()
 
     def __init__(
         self,
