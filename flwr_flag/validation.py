@@ -154,6 +154,13 @@ def Text(**options: bool) -> Typed:  # noqa: N802
     return Typed(kind=str, **options)
 
 
+def check_all(owner: str, kinds: Mapping[str, Param], given: Mapping[str, object]) -> None:
+    """Check the value of every option that ``kinds`` declares (``given`` may hold more:
+    a constructor passes its ``locals()``)."""
+    for key, kind in kinds.items():
+        kind.check(owner, key, given[key])
+
+
 def describe(heading: str, kinds: Mapping[str, Param], defaults: Mapping[str, object]) -> str:
     """A docstring section: ``heading``, then one line per option with its kind and
     default, from the same declarations that check it."""

@@ -41,15 +41,12 @@ for the memory-bound passes), 128 MiB on a GPU (fewer kernel launches)."""
 COMBINE_PIECE = 1 << 17
 """Elements of one client's piece in the host's combine pass (512 KiB of float32: it
 stays in cache between the subtraction, the squared norm and the weighted sum). The pass
-runs on torch's kernels, which split pieces this large over the threads: over 10
-ResNet-18 replies it took 0.044 s against 0.069 s for numpy's single-threaded ones on
-64K-element pieces (2 cores)."""
+runs on torch's kernels, which split pieces this large over the threads where numpy's
+run on one (timings: ``benchmarks/strategy_overhead.py``)."""
 GRAM_COLUMNS = 16384
 """Columns of a Gram-pass block on the host. Wide blocks keep the per-row assembly's
-Python loop short and the products large: with 8192 / 16384 columns, Gram passes took
-0.085 / 0.078 s at n = 10 (11M parameters), 0.32 / 0.28 s at n = 64 (4M) and
-1.71 / 1.67 s at n = 500 (1M); 32768 gained under 10 % more and doubles the block
-(``4 n`` bytes a column)."""
+Python loop short and the products large; wider ones double the block (``4 n`` bytes a
+column) for little more (timings: ``benchmarks/scaling.py``)."""
 MAP_PIECE = 1 << 18
 """Elements of one ``(n, columns)`` block of the host's coordinate-wise pass (1 MiB of
 float32: the block stays in cache while a selection makes many passes over it), but
@@ -539,10 +536,8 @@ class MixedRows(UpdateSource):
 
 
 def _host_gram(rows: np.ndarray) -> np.ndarray:
-    """``rows rows^T`` of a host block. Torch's GEMM, not numpy's: on these short, wide
-    blocks (``n + 1`` rows, thousands of columns) it measured 3.5x faster at n = 10 and
-    1.5x at n = 100 (numpy's float32 matmul took 0.15 s of a 0.23 s Gram pass over
-    ResNet-18-sized updates)."""
+    """``rows rows^T`` of a host block. Torch's GEMM, not numpy's: it is the faster of
+    the two on these short, wide blocks (``n + 1`` rows, thousands of columns)."""
     block = torch.from_numpy(rows)
     return torch.mm(block, block.T).numpy()
 

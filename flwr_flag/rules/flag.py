@@ -116,9 +116,8 @@ def flag_aggregator(
         ``"projected-geomed"`` (default): :math:`Y Y^T m` with :math:`m` the weighted
         geometric median of those clipped updates. A subspace cannot tell :math:`g`
         from :math:`-g`, so sign-flipped updates are reconstructed as well as honest
-        ones and pull a mean towards zero (the robustness study measured FA with the
-        projected mean no better than the plain mean under sign flips); the geometric
-        median outvotes such a minority. Both are computed on the Gram matrix: no
+        ones and pull a mean towards zero; the geometric median outvotes such a
+        minority. Both are computed on the Gram matrix: no
         extra pass.
 
     ``f`` does not enter the rule; it needs ``n >= 2f + 1``. Diagnostics: the

@@ -85,8 +85,8 @@ def bulyan(source: UpdateSource, f: int, weights: Tensor) -> AggregationResult:
        closest to the coordinate median of the selection.
 
     Needs ``n >= 4f + 3``, so a strategy run at exactly ``n = 4f + 3`` keeps the model
-    in every round where one reply is rejected (the robustness study's 15 nodes with
-    ``f = 3``). Weights are ignored. Cost: ``O(n^2 p)`` plus a sort of every coordinate's
+    in every round where one reply is rejected (15 nodes with ``f = 3``). Weights are
+    ignored. Cost: ``O(n^2 p)`` plus a sort of every coordinate's
     ``theta`` selected values.
     """
     dist = source.gram().sq_distances()

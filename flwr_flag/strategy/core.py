@@ -31,7 +31,7 @@ from ..rules import AggregationResult, aggregate, get_rule
 from ..rules.diagnostics import Nested, PerRow, Rows
 from ..rules.inputs import InputRangeError
 from ..rules.registry import ROUND_STATE, PreStep, RoundState, check_params, check_pre
-from ..validation import Boolean, Choice, Device, Integer, Param, Real, Typed, check_int
+from ..validation import Boolean, Choice, Device, Integer, Param, Real, Typed, check_all, check_int
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, screen, structural_problem
 from .step import PARAMS as STEP_PARAMS
@@ -130,19 +130,7 @@ class RobustCore:
         weighting: str = "uniform",
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        given = {
-            "server_lr": server_lr,
-            "server_momentum": server_momentum,
-            "device": device,
-            "chunk_size": chunk_size,
-            "max_update_norm": max_update_norm,
-            "checkpoint_dir": checkpoint_dir,
-            "resume": resume,
-            "weighting": weighting,
-            "max_weight_ratio": max_weight_ratio,
-        }
-        for key, kind in OPTIONS.items():
-            kind.check("strategy", key, given[key])
+        check_all("strategy", OPTIONS, locals())
         self.rule = rule
         self.num_byzantine = check_int("strategy", "num_byzantine", num_byzantine, 0)
         self.rule_params = check_params(rule, rule_params or {})
@@ -344,7 +332,7 @@ class RobustCore:
         """The f the rule gets: ``num_byzantine`` less the nodes already caught. Honest
         nodes send well-formed, finite updates, so a node none of whose replies passed
         the checks is one of the f, and at most ``f - caught`` faulty nodes remain among
-        the rest (a NaN attacker no longer costs Bulyan at ``n = 4f + 3`` its round)."""
+        the rest (so a NaN attacker does not cost Bulyan at ``n = 4f + 3`` its round)."""
         kept = {replies[i].node_id for i in live}
         caught = {replies[i].node_id for i in rejected} - kept
         return max(self.num_byzantine - len(caught), 0)

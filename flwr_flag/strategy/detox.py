@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ..validation import SEED_MAX, Boolean, Integer
+from ..validation import SEED_MAX, Boolean, Integer, check_all
 from .core import RobustCore
 from .robust import RobustStrategy
 
@@ -72,14 +72,7 @@ class DetoxGroups:
         equal_compute: bool = False,
         **options: Any,
     ) -> None:
-        given = {
-            "replication": replication,
-            "redraw": redraw,
-            "seed": seed,
-            "equal_compute": equal_compute,
-        }
-        for key, kind in OPTIONS.items():
-            kind.check("detox", key, given[key])
+        check_all("detox", OPTIONS, locals())
         super().__init__(num_byzantine, replication=replication, **options)
         self.replication, self.redraw, self.seed = replication, redraw, seed
         self.equal_compute = equal_compute

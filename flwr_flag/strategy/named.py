@@ -87,12 +87,9 @@ class FlagAggregator(RobustStrategy):
 class CTMA(RobustStrategy):
     """Centered trimmed meta-aggregator over a base rule (:func:`flwr_flag.rules.ctma.ctma`).
 
-    When f is close to n / 2, put NNM before it (``pre=["nnm"]``): in the CTMA paper's
-    protocol re-run here (17 nodes, 8 Byzantine, ``benchmarks/results/papers.md``) NNM +
-    CTMA beat CTMA alone for every base under label flip and sign flip, with both
-    optimizers (median, label flip, worker momentum: 88.1 % against 80.6 %; sign flip
-    with mu^2-SGD: 80.3 % against 63.1 %), and it costs no extra pass (NNM's mixed rows
-    reuse the Gram). It is not the default: its cost without an attack was not measured.
+    When f is close to n / 2, put NNM before it (``pre=["nnm"]``), as the CTMA paper
+    pairs them: NNM's mixed rows reuse the Gram matrix, so it costs no extra pass
+    (measured protocols: ``benchmarks/results/papers.md``).
     """
 
     rule = "ctma"
