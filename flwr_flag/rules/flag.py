@@ -171,7 +171,7 @@ def flag_aggregator(
         if output == "projected-geomed":
             clipped = gram.mix(torch.diag(clip))
             center, _ = weiszfeld(
-                clipped, weights, nu=1e-6 * float(norms.max()), max_iter=2000, tol=1e-15
+                clipped, weights, nu=1e-6 * float(norms.max()), max_iter=2000, tol=1e-10
             )
         coefficients = q_raw @ (q_raw.T @ (raw @ (center * clip)))
     irls = torch.where(live, d2, 0.0)
