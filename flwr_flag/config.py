@@ -3,7 +3,7 @@
 Keys, all optional::
 
     rule = "flag"                 # a registered rule name
-    num-byzantine = 2             # f
+    num-byzantine = 2             # f, or a fraction of each round's replies (0.2)
     pre = "nnm"                   # comma-separated pre-aggregators, applied in order
     detox.replication = 3         # rule = "detox": groups, vote, second stage
     detox.stage2 = "median"       # its params from the [median] section
@@ -39,7 +39,7 @@ from .rules.registry import PreSteps, RuleName, RuleParams, nodes_needed
 from .runconfig import section
 from .strategy.named import strategy_for
 from .strategy.robust import RobustStrategy
-from .validation import Integer
+from .validation import ByzantineCount
 
 _CORE = {
     "server-lr": "server_lr",
@@ -100,7 +100,7 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     rule = RuleName().check("config", "rule", config.get("rule", "flag"))
     params = nested(config, rule, section(config, rule))
     pre = pre_steps(config, "pre", config.get("pre", ""))
-    f = Integer(0).check("config", "num-byzantine", config.get("num-byzantine", 0))
+    f = ByzantineCount().check("config", "num-byzantine", config.get("num-byzantine", 0))
     options: dict[str, Any] = {}
     for key, option in {**_CORE, **_FLOWER}.items():
         if key in config and config[key] != _UNSET.get(key, object()):

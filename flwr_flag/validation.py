@@ -114,6 +114,28 @@ class Typed(Param):
 
 
 @dataclass(frozen=True)
+class ByzantineCount(Param):
+    """How many Byzantine replies to tolerate: an int ``f >= 0``, or a float in
+    ``(0, 0.5)``, the fraction of each round's replies (``f = ceil(fraction * n)``)."""
+
+    def _check(self, rule: str, name: str, value: object) -> int | float:
+        if isinstance(value, float):
+            return check_float(rule, name, value, 0.0, 0.5, low_open=True, high_open=True)
+        return check_int(rule, name, value, 0)
+
+    def _describe(self) -> str:
+        return "int >= 0, or a fraction 0 < f < 0.5 of each round's replies"
+
+
+def byzantine_count(num_byzantine: int | float, replies: int) -> int:
+    """``f`` for a round with ``replies`` replies: the count itself, or the fraction of
+    the replies rounded up (with 20 % of 13 replies, 3 are tolerated)."""
+    if isinstance(num_byzantine, int):
+        return num_byzantine
+    return math.ceil(num_byzantine * replies - 1e-9)
+
+
+@dataclass(frozen=True)
 class Device(Param):
     """A torch device name: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or
     ``"cuda:<index>"``. The name is checked here; whether the machine has that device

@@ -140,7 +140,11 @@ def test_round_state_is_not_a_hyperparameter():
     ("config", "message"),
     [
         ({"num-byzantine": "2"}, "num-byzantine='2' must be an int"),
-        ({"num-byzantine": 2.7}, "num-byzantine=2.7 must be an int"),
+        (
+            {"num-byzantine": 2.7},
+            "num-byzantine=2.7 is out of range; allowed 0.0 < num-byzantine < 0.5",
+        ),
+        ({"num-byzantine": 0.5}, "num-byzantine=0.5 is out of range"),
         ({"num-byzantine": True}, "num-byzantine=True must be an int"),
         ({"resume": "false", "checkpoint-dir": "x"}, "resume='false' must be a bool"),
         ({"flag.subspace-dim": "8"}, "subspace_dim='8' must be an int"),

@@ -375,3 +375,31 @@ def test_arrays_are_written_as_np_save_writes_them():
         npy_view(npy_bytes(huge))
     with pytest.raises(ValueError, match="object arrays"):
         npy_bytes(np.array([object()]))
+
+
+def test_a_byzantine_fraction_sets_f_from_each_rounds_replies():
+    """num_byzantine=0.2: f = ceil(0.2 n) of the nodes that replied. In this round 3 of
+    10 sampled nodes are attackers, one more than the 2 expected: the median still
+    holds (3 < n / 2), and the round reports the f it used."""
+    global_model = random_model(0)
+    rng = np.random.default_rng(3)
+    honest = [
+        {k: v + 1 + rng.normal(scale=0.05, size=v.shape).astype(np.float32)
+         for k, v in global_model.items()}
+        for _ in range(7)
+    ]  # fmt: skip
+    attackers = [{k: v + 1e6 for k, v in global_model.items()} for _ in range(3)]
+    messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(honest + attackers)]
+    strategy = configured(flwr_flag.Median(num_byzantine=0.2, device="cpu"), global_model, 10)
+    arrays, metrics = strategy.aggregate_train(1, messages)
+    assert metrics["robust.f"] == 2
+    moved = updates_of([{k: arrays[k].numpy() for k in SHAPES}], global_model)[0]
+    steps = updates_of(honest, global_model)
+    assert bool((moved >= steps.min(0).values - 1e-6).all())
+    assert bool((moved <= steps.max(0).values + 1e-6).all())
+    krum = configured(flwr_flag.Krum(num_byzantine=0.2, device="cpu"), global_model, 13)
+    _, metrics = krum.aggregate_train(1, messages[:6])  # f = ceil(1.2) = 2: Krum needs 7
+    assert metrics["robust.kept-model"] == 1 and metrics["robust.f"] == 2
+    more = messages + [reply(11 + i, honest[i], **{"num-examples": 1}) for i in range(3)]
+    _, metrics = krum.aggregate_train(1, more)  # 13 replies: f = ceil(2.6) = 3
+    assert metrics["robust.f"] == 3

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor
 
 from ..engine import UpdateSource, as_source
-from ..validation import Param
+from ..validation import Param, byzantine_count
 from .diagnostics import AggregationResult, Diagnostics, Nested
 from .inputs import Requirement, check_updates, normalized_weights
 
@@ -369,13 +369,17 @@ NODES_SEARCHED = 100_000
 
 
 def nodes_needed(
-    rule: str, f: int, steps: Iterable[PreStep] = (), params: Mapping[str, Any] | None = None
+    rule: str,
+    f: int | float,
+    steps: Iterable[PreStep] = (),
+    params: Mapping[str, Any] | None = None,
 ) -> int:
     """The fewest replies with which ``rule`` (its ``params``) after the pre-aggregators
-    ``steps`` can run with ``f`` (:meth:`Rule.why_not`)."""
+    ``steps`` can run with ``f`` (a count, or a fraction of the replies:
+    :func:`~flwr_flag.validation.byzantine_count`), by :meth:`Rule.why_not`."""
     entry, steps = get_rule(rule), list(steps)
     for n in range(1, NODES_SEARCHED + 1):
-        if entry.why_not(n, f, params, steps) is None:
+        if entry.why_not(n, byzantine_count(f, n), params, steps) is None:
             return n
     raise ValueError(f"{rule} with f={f} cannot run with up to {NODES_SEARCHED} replies")
 

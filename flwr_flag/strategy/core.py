@@ -31,7 +31,18 @@ from ..rules import AggregationResult, aggregate, get_rule
 from ..rules.diagnostics import Nested, PerRow, Rows
 from ..rules.inputs import InputRangeError
 from ..rules.registry import ROUND_STATE, PreStep, RoundState, check_params, check_pre
-from ..validation import Boolean, Choice, Device, Integer, Param, Real, Typed, check_all, check_int
+from ..validation import (
+    Boolean,
+    ByzantineCount,
+    Choice,
+    Device,
+    Integer,
+    Param,
+    Real,
+    Typed,
+    byzantine_count,
+    check_all,
+)
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, screen, structural_problem
 from .step import PARAMS as STEP_PARAMS
@@ -82,8 +93,10 @@ class RobustCore:
     ----------
     rule : str
         A registered rule (see :mod:`flwr_flag.rules`).
-    num_byzantine : int
-        ``f``, the number of Byzantine replies to tolerate.
+    num_byzantine : int or float
+        ``f``, the number of Byzantine replies to tolerate, or a float in (0, 0.5): the
+        fraction of each round's replying nodes, ``f = ceil(fraction * n)`` (a user
+        who samples 50 of 1,000 nodes knows a fraction, not a count).
     rule_params : mapping
         The rule's own hyperparameters.
     pre : sequence
@@ -117,7 +130,7 @@ class RobustCore:
     def __init__(
         self,
         rule: str,
-        num_byzantine: int = 0,
+        num_byzantine: int | float = 0,
         rule_params: Mapping[str, Any] | None = None,
         pre: Sequence[PreStep] = (),
         server_lr: float = 1.0,
@@ -132,7 +145,7 @@ class RobustCore:
     ) -> None:
         check_all("strategy", OPTIONS, locals())
         self.rule = rule
-        self.num_byzantine = check_int("strategy", "num_byzantine", num_byzantine, 0)
+        self.num_byzantine = ByzantineCount().check("strategy", "num_byzantine", num_byzantine)
         self.rule_params = check_params(rule, rule_params or {})
         self.pre = check_pre("pre", pre)
         self.step = ServerStep(server_lr, server_momentum)
@@ -329,13 +342,15 @@ class RobustCore:
     def byzantine_left(
         self, replies: Sequence[Reply], rejected: Mapping[int, str], live: Sequence[int]
     ) -> int:
-        """The f the rule gets: ``num_byzantine`` less the nodes already caught. Honest
+        """The f the rule gets: ``num_byzantine`` (a count, or the fraction of the nodes
+        that replied, rounded up) less the nodes already caught. Honest
         nodes send well-formed, finite updates, so a node none of whose replies passed
         the checks is one of the f, and at most ``f - caught`` faulty nodes remain among
         the rest (so a NaN attacker does not cost Bulyan at ``n = 4f + 3`` its round)."""
         kept = {replies[i].node_id for i in live}
         caught = {replies[i].node_id for i in rejected} - kept
-        return max(self.num_byzantine - len(caught), 0)
+        nodes = len({r.node_id for r in replies})
+        return max(byzantine_count(self.num_byzantine, nodes) - len(caught), 0)
 
 
 def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int]) -> Metrics:
