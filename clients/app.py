@@ -25,6 +25,7 @@ deterministic torch algorithms, so a group's honest members send equal updates.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -119,7 +120,9 @@ class Node:
         trained = get_arrays(model)
         return flatten(trained, self.names) - flatten(self.sent, self.names), trained, loss
 
-    def mu2_update(self, state: RecordDict) -> tuple[np.ndarray, Arrays, float]:
+    def mu2_update(
+        self, state: RecordDict, data: Split, seed: int
+    ) -> tuple[np.ndarray, Arrays, float]:
         model = self.model()
         previous = None
         if "mu2" in state:
@@ -130,7 +133,7 @@ class Node:
                 torch.from_numpy(record["d"].numpy()),
             )
         w = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
-        gradient = batch_gradient(model, self.data, self.labels, self.settings, self.seed)
+        gradient = batch_gradient(model, data, self.labels, self.settings, seed)
         new = mu2_step(
             gradient, w, previous, self.settings.mu2_beta_min, self.settings.mu2_gamma_min
         )
@@ -149,10 +152,17 @@ class Node:
         )
         return update, self.sent, float("nan")
 
-    def honest_update(self, state: RecordDict) -> tuple[np.ndarray, Arrays, float]:
+    def honest_update(
+        self, state: RecordDict, data: Split | None = None, seed: int | None = None
+    ) -> tuple[np.ndarray, Arrays, float]:
+        """The update an honest node sends from ``state`` (updated in place): with the
+        configured optimizer (local SGD, worker momentum, mu^2-SGD), on ``data`` (the
+        node's own by default) with ``seed``."""
+        data = self.data if data is None else data
+        seed = self.seed if seed is None else seed
         if self.settings.optimizer == "mu2-sgd":
-            return self.mu2_update(state)
-        update, trained, loss = self.sgd_update(self.data, self.seed)
+            return self.mu2_update(state, data, seed)
+        update, trained, loss = self.sgd_update(data, seed)
         beta = self.settings.worker_momentum
         if beta > 0:
             previous = (
@@ -162,14 +172,21 @@ class Node:
             state["momentum"] = to_record({"m": update})
         return update, trained, loss
 
-    def attack_context(self) -> AttackContext:
+    def attack_context(self, state: RecordDict) -> AttackContext:
+        """What this node's behaviour may use. ``state`` is the node's state as it was
+        before this round's update: the colluders' honest samples are made the way honest
+        nodes make their updates, with the same optimizer from a copy of that state (a
+        plain SGD step's scale is not mu^2-SGD's or worker momentum's)."""
         rng = np.random.default_rng(self.seed)
 
         def honest_samples(k: int) -> np.ndarray:
             updates = []
             for i in range(k):
                 index = torch.from_numpy(rng.integers(0, len(self.data), len(self.data)))
-                updates.append(self.sgd_update(self.data.subset(index), self.seed + 1 + i)[0])
+                sample = self.honest_update(
+                    copy.deepcopy(state), self.data.subset(index), self.seed + 1 + i
+                )
+                updates.append(sample[0])
             return np.stack(updates)
 
         def honest_update_for(partition_id: int) -> np.ndarray:
@@ -199,10 +216,13 @@ def train(message: Message, context: Context) -> Message | None:
     server_round = int(config.get("server-round", 1))
     shard = Shard.from_config(config)  # DETOX: the group's shard, for every member
     node = Node(settings, sent, server_round, shard)
+    behaviour = settings.behaviour
+    # The state before this round's update, for the colluders' estimates (honest nodes
+    # never make any, and skip the copy).
+    before = copy.deepcopy(context.state) if behaviour.name != "honest" else RecordDict()
     with deterministic() if shard else nullcontext():
         update, trained, loss = node.honest_update(context.state)
-    behaviour = settings.behaviour
-    attack = node.attack_context()
+    attack = node.attack_context(before)
     behaviour.before_reply(attack)
     reported = behaviour.update(update, attack)
     if reported is None:

@@ -297,3 +297,31 @@ def test_every_behaviour_is_registered():
         "straggle",
         "drop",
     } <= set(BEHAVIOURS)
+
+
+@pytest.mark.parametrize(
+    "optimizer", [{"optimizer": "mu2-sgd"}, {"worker-momentum": 0.9}], ids=["mu2-sgd", "momentum"]
+)
+def test_colluders_estimate_updates_the_way_honest_nodes_make_them(optimizer):
+    """Before: the colluders' honest samples were plain local-SGD updates whatever the
+    node's optimizer, a different scale from mu^2-SGD's -lr d_t (one gradient step) or
+    the worker momentum. Now the estimated mean is within 2x of the honest update."""
+    import copy
+
+    from flwr.app import RecordDict
+
+    from clients.app import Node
+    from clients.models import build_model, get_arrays
+
+    config = {"model": "mlp", "local-steps": 5, **optimizer}
+    settings = ClientSettings.from_config(config, {"partition-id": 0, "num-partitions": 4})
+    test = load_test("digits", 0, None)
+    sent = get_arrays(build_model("mlp", tuple(test.x.shape[1:]), test.num_classes, 0))
+    state = RecordDict()
+    for server_round in range(1, 5):
+        node = Node(settings, sent, server_round)
+        before = copy.deepcopy(state)
+        update, _, _ = node.honest_update(state)
+    estimate = node.attack_context(before).honest_samples(4).mean(axis=0)
+    ratio = float(np.linalg.norm(estimate) / np.linalg.norm(update))
+    assert 0.5 <= ratio <= 2.0, ratio
