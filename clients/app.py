@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from flwr_flag.attacks.updates import (
     to_record,
 )
 
-from .config import ClientSettings
+from .config import MU2_GAMMA_MIN, ClientSettings
 from .data import Split, load_partition
 from .models import build_model, get_arrays, set_arrays
 from .optim import Mu2State, mu2_step
@@ -214,6 +214,11 @@ def train(message: Message, context: Context) -> Message | None:
     sent = OrderedDict((k, v.numpy()) for k, v in message.content["arrays"].items())
     config = message.content["config"]
     server_round = int(config.get("server-round", 1))
+    if "anytime-gamma-min" in config:  # the server's AnyTime floor: both average alike
+        floor = MU2_GAMMA_MIN.check(
+            "train config", "anytime-gamma-min", config["anytime-gamma-min"]
+        )
+        settings = replace(settings, mu2_gamma_min=floor)
     shard = Shard.from_config(config)  # DETOX: the group's shard, for every member
     node = Node(settings, sent, server_round, shard)
     behaviour = settings.behaviour

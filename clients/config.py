@@ -45,6 +45,8 @@ from .data import DATASETS, PARTITIONINGS, check_data_options
 from .models import MODELS
 
 OPTIMIZERS = ("sgd", "mu2-sgd")
+MU2_GAMMA_MIN = Real(0.0, 1.0, low_open=True)
+"""The AnyTime average's floor (run config ``mu2.gamma-min``, or the server's)."""
 
 SETTINGS: dict[str, tuple[str, Param]] = {
     "dataset": ("dataset", Choice(choices=(*DATASETS, "parquet"))),
@@ -64,7 +66,7 @@ SETTINGS: dict[str, tuple[str, Param]] = {
     "grad-clip": ("grad_clip", Real(0.0)),
     "optimizer": ("optimizer", Choice(choices=OPTIMIZERS)),
     "mu2.beta-min": ("mu2_beta_min", Real(0.0, 1.0, low_open=True)),
-    "mu2.gamma-min": ("mu2_gamma_min", Real(0.0, 1.0, low_open=True)),
+    "mu2.gamma-min": ("mu2_gamma_min", MU2_GAMMA_MIN),
     "augment": ("augment", Choice(choices=PIPELINES)),
     "augment-copies": ("augment_copies", Integer(1)),
     "heavy-augment": ("heavy_augment", Choice(choices=PIPELINES)),

@@ -59,6 +59,8 @@ _FLOWER = {
     "min-evaluate-nodes": "min_evaluate_nodes",
     "min-available-nodes": "min_available_nodes",
 }
+DEFAULT_GAMMA_MIN = 0.1
+"""mu^2-SGD's AnyTime floor when the run config does not set ``mu2.gamma-min``."""
 _UNSET = {
     "chunk-size": 0,
     "max-update-norm": 0.0,
@@ -105,6 +107,9 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     for key, option in {**_CORE, **_FLOWER}.items():
         if key in config and config[key] != _UNSET.get(key, object()):
             options[option] = None if config[key] == "none" else config[key]
+    if config.get("optimizer") == "mu2-sgd" and "anytime_gamma_min" not in options:
+        # The clients run mu^2-SGD: the model to evaluate and return is its AnyTime average.
+        options["anytime_gamma_min"] = config.get("mu2.gamma-min", DEFAULT_GAMMA_MIN)
     if config.get("min-available-nodes") == "auto":
         # A deployment goes on with the nodes that are up, as long as the rule can run.
         options["min_available_nodes"] = max(2, nodes_needed(rule, f, pre, params))

@@ -102,9 +102,24 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """FedAvg's; remembers the parameters sent, the reference of the updates."""
+        """FedAvg's; remembers the parameters sent, the reference of the updates (and
+        sends the AnyTime floor, as the Message API does)."""
         self._sent = parameters
-        return super().configure_fit(server_round, parameters, client_manager)
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        if self.core.anytime is None:
+            return instructions
+        floor = {"anytime-gamma-min": self.core.anytime.gamma_min}
+        return [(p, FitIns(ins.parameters, {**ins.config, **floor})) for p, ins in instructions]
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        """FedAvg's centralised evaluation, of the AnyTime average when it is on (Flower's
+        legacy loop keeps the last parameters as its final model)."""
+        anytime = self.core.anytime
+        if anytime is not None and anytime.t:
+            parameters = _parameters(anytime.arrays())
+        return super().evaluate(server_round, parameters)
 
     def aggregate_fit(
         self,

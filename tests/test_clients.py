@@ -325,3 +325,22 @@ def test_colluders_estimate_updates_the_way_honest_nodes_make_them(optimizer):
     estimate = node.attack_context(before).honest_samples(4).mean(axis=0)
     ratio = float(np.linalg.norm(estimate) / np.linalg.norm(update))
     assert 0.5 <= ratio <= 2.0, ratio
+
+
+def test_the_servers_anytime_average_is_the_clients_bit_for_bit():
+    """mu^2-SGD on a quadratic: each round the client computes its query point x_t from
+    the model w_t it receives (clients/optim.py), the server steps w and averages the
+    models it sends (flwr_flag.strategy.step); the two x_t are equal to the bit."""
+    from collections import OrderedDict
+
+    from flwr_flag.strategy.step import AnyTimeAverage
+
+    rng = np.random.default_rng(0)
+    curvature = torch.from_numpy(rng.uniform(0.5, 2.0, 50).astype(np.float32))
+    w = torch.from_numpy(rng.normal(size=50).astype(np.float32))
+    server, state = AnyTimeAverage(0.1), None
+    for _ in range(12):
+        server.add(OrderedDict(w=w.numpy()))
+        state = mu2_step(lambda x: curvature * x, w, state, beta_min=0.1, gamma_min=0.1)
+        assert torch.equal(torch.from_numpy(server.arrays()["w"]), state.x)
+        w = w - 0.3 * state.d

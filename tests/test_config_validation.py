@@ -375,3 +375,11 @@ def test_round_timeout_is_checked_before_round_1():
     with pytest.raises(ValueError, match=r"round-timeout=0.0 is out of range"):
         validated({"rule": "flag", "round-timeout": 0.0}, 4)
     assert validated({"rule": "flag", "round-timeout": 30}, 4)[2].round_timeout == 30.0
+
+
+def test_the_anytime_average_is_on_when_the_clients_run_mu2_sgd():
+    mu2 = flwr_flag.strategy_from_config({"optimizer": "mu2-sgd", "mu2.gamma-min": 0.2})
+    assert mu2.core.anytime is not None and mu2.core.anytime.gamma_min == 0.2
+    assert flwr_flag.strategy_from_config({"optimizer": "sgd"}).core.anytime is None
+    with pytest.raises(ValueError, match=re.escape("anytime_gamma_min=0.0 is out of range")):
+        flwr_flag.Krum(num_byzantine=1, anytime_gamma_min=0.0)

@@ -225,3 +225,50 @@ def test_replies_are_not_left_waiting_for_flowers_three_second_poll(monkeypatch)
     assert rounds(FedAvg(fraction_evaluate=0.0)) >= 2 * 3  # Flower's own: 3 s a round
     ours = rounds(flwr_flag.Median(num_byzantine=1, device="cpu", fraction_evaluate=0.0))
     assert ours == pytest.approx(2 * 0.1)
+
+
+def test_the_anytime_average_is_what_is_evaluated_and_returned():
+    """With anytime_gamma_min, evaluate_fn sees x_t and the result is x_T: the AnyTime
+    average of the models the plain run sends, round by round."""
+    from flwr_flag.strategy.step import AnyTimeAverage
+
+    initial = arrays_of({"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)})
+
+    def start(**options):
+        seen = []
+        strategy = flwr_flag.Median(num_byzantine=1, device="cpu", **options)
+        result = strategy.start(
+            grid=InProcessGrid(linear_app(), 5),
+            initial_arrays=initial,
+            num_rounds=4,
+            evaluate_fn=lambda r, a: seen.append({k: a[k].numpy().copy() for k in SHAPES}),
+        )
+        return seen, {k: result.arrays[k].numpy() for k in SHAPES}
+
+    models, last = start()  # w_1 (the initial model) .. w_5, as evaluated
+    averaged, output = start(anytime_gamma_min=0.1)
+    expected = AnyTimeAverage(0.1)
+    for r, model in enumerate(models):
+        expected.add(model)
+        for k in SHAPES:
+            np.testing.assert_array_equal(averaged[r][k], expected.arrays()[k])
+    for k in SHAPES:
+        np.testing.assert_array_equal(output[k], expected.arrays()[k])
+    assert not np.array_equal(output["w"], last["w"])
+
+
+def test_kill_and_resume_keeps_the_anytime_average(tmp_path):
+    def strategy(directory, resume=False):
+        return flwr_flag.Median(
+            num_byzantine=1,
+            device="cpu",
+            anytime_gamma_min=0.2,
+            checkpoint_dir=str(directory),
+            resume=resume,
+        )
+
+    straight = run(strategy(tmp_path / "a"), 6)
+    run(strategy(tmp_path / "b"), 3)
+    resumed = run(strategy(tmp_path / "b", resume=True), 6)
+    for k in SHAPES:
+        np.testing.assert_array_equal(resumed.arrays[k].numpy(), straight.arrays[k].numpy())

@@ -46,7 +46,7 @@ from ..validation import (
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, screen, structural_problem
 from .step import PARAMS as STEP_PARAMS
-from .step import ServerStep
+from .step import AnyTimeAverage, ServerStep
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, WEIGHTINGS, reply_weights
 
 Arrays = OrderedDict[str, np.ndarray]
@@ -62,6 +62,7 @@ OPTIONS: dict[str, Param] = {
     "resume": Boolean(),
     "weighting": Choice(choices=WEIGHTINGS),
     "max_weight_ratio": Real(1.0, optional=True),
+    "anytime_gamma_min": Real(0.0, 1.0, low_open=True, optional=True),
 }
 """The aggregation options of every robust strategy, declared once: checked when a
 strategy is built, and listed in its docstring from here."""
@@ -87,7 +88,7 @@ class Aggregation(NamedTuple):
 
 
 class RobustCore:
-    """One robust aggregation round; the state a server keeps between rounds.
+    r"""One robust aggregation round; the state a server keeps between rounds.
 
     Parameters
     ----------
@@ -121,6 +122,10 @@ class RobustCore:
     max_weight_ratio : float or None
         With ``weighting="num-examples"``, each weight is clipped to this multiple of
         the median weight (default 2); ``None`` removes the cap.
+    anytime_gamma_min : float, optional
+        Keep mu^2-SGD's AnyTime average of the global models with this floor
+        :math:`\gamma_{\min}` (:class:`.AnyTimeAverage`): what is evaluated and
+        returned, and what the clients running mu^2-SGD average too. ``None``: off.
 
     The rule's round state (the previous aggregate, each row's group) comes from the
     providers its module registered (:class:`~flwr_flag.rules.registry.RoundState`), one
@@ -142,6 +147,7 @@ class RobustCore:
         resume: bool = False,
         weighting: str = "uniform",
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
+        anytime_gamma_min: float | None = None,
     ) -> None:
         check_all("strategy", OPTIONS, locals())
         self.rule = rule
@@ -156,6 +162,7 @@ class RobustCore:
         self.checkpoints = (
             None if checkpoint_dir is None else CheckpointStore(checkpoint_dir, resume=resume)
         )
+        self.anytime = None if anytime_gamma_min is None else AnyTimeAverage(anytime_gamma_min)
         self.round_state: dict[str, RoundState] = {
             key: ROUND_STATE[key]() for key in sorted(get_rule(rule).state)
         }
@@ -182,23 +189,30 @@ class RobustCore:
         state = self.step.state_dict()
         for provider in self.round_state.values():
             state.update(provider.state_dict())
+        if self.anytime is not None:
+            state.update(self.anytime.state_dict())
         return state
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor], size: int | None = None) -> None:
-        """Restore the state; with ``size`` (the model's parameter count), refuse state
-        of another model."""
-        expected = {"momentum"} | set(self.round_state)
-        unknown = set(state) - expected
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], model: Arrays) -> None:
+        """Restore the state, refusing state of another model than ``model``."""
+        size = sum(a.size for a in model.values())
+        shapes = {"momentum": (size,), "anytime": (size,), "anytime-t": ()}
+        shapes.update(dict.fromkeys(self.round_state, (size,)))
+        if self.anytime is None:
+            del shapes["anytime"], shapes["anytime-t"]
+        unknown = set(state) - set(shapes)
         if unknown:
             raise ValueError(f"resume: state {sorted(unknown)} does not belong to {self.rule}")
         for key, value in state.items():
-            if size is not None and tuple(value.shape) != (size,):
+            if tuple(value.shape) != shapes[key]:
                 raise ValueError(
                     f"resume: state {key!r} has shape {tuple(value.shape)}, but the model has "
                     f"{size} parameters"
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"resume: state {key!r} is not finite")
+        if self.anytime is not None:
+            self.anytime.load_state_dict(state, model)
         state = {k: v.to(self.device) for k, v in state.items()}
         self.step.load_state_dict(state)
         for provider in self.round_state.values():
@@ -221,7 +235,7 @@ class RobustCore:
         for name, array in checkpoint.arrays.items():
             if array.dtype.kind in "fc" and not np.isfinite(array).all():
                 raise ValueError(f"{where}: array '{name}' is not finite")
-        self.load_state_dict(checkpoint.state, sum(a.size for a in initial.values()))
+        self.load_state_dict(checkpoint.state, initial)
         log(
             INFO,
             "Resuming after round %d from %s",
@@ -236,6 +250,8 @@ class RobustCore:
         """Aggregate one round: the new global arrays (``None``: keep the model), the
         metrics, and which replies (indices into ``replies``) were aggregated."""
         start = time.perf_counter()
+        if self.anytime is not None and not self.anytime.t:
+            self.anytime.add(reference)  # x_1 = w_1, the model of the first round
         candidates, rejected = screen(
             [r.node_id for r in replies], lambda i: structural_problem(replies[i], reference)
         )
@@ -271,6 +287,8 @@ class RobustCore:
         }
         if result is not None:
             metrics.update(summarize(result.diagnostics, [replies[i].node_id for i in used]))
+        if self.anytime is not None:
+            self.anytime.add(reference if arrays is None else arrays)
         if arrays is not None and self.checkpoints is not None:
             self.checkpoints.save(server_round, arrays, self.state_dict())
         return RoundOutcome(arrays, metrics, used if result is not None else [])

@@ -90,8 +90,12 @@ class RobustStrategy(RobustOptions, FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """FedAvg's sampling; remembers the arrays sent, the reference of the updates."""
+        """FedAvg's sampling; remembers the arrays sent, the reference of the updates.
+        With the AnyTime average on, the train config carries its floor
+        (``anytime-gamma-min``), so that clients running mu^2-SGD average with it."""
         self._sent = arrays
+        if self.core.anytime is not None:
+            config["anytime-gamma-min"] = self.core.anytime.gamma_min
         messages = list(super().configure_train(server_round + self._offset, arrays, config, grid))
         self._sampled = len(messages)
         return messages
@@ -261,7 +265,9 @@ class RobustStrategy(RobustOptions, FedAvg):
     ) -> Result:
         """Flower's loop; with ``resume=True`` it continues after the last checkpoint. In
         a deployment, replies are pulled every 0.1 s instead of Flower's 3 s
-        (:mod:`~flwr_flag.strategy.polling`)."""
+        (:mod:`~flwr_flag.strategy.polling`). With the AnyTime average on
+        (``anytime_gamma_min``), ``evaluate_fn`` sees and the result holds the average
+        :math:`x_t`, mu^2-SGD's output, instead of the last model :math:`w_t`."""
         done = 0
         if self.resume:
             initial = OrderedDict((k, numpy_view(v)) for k, v in initial_arrays.items())
@@ -270,7 +276,9 @@ class RobustStrategy(RobustOptions, FedAvg):
                 done = checkpoint.server_round
                 initial_arrays = array_record(checkpoint.arrays)
         self._offset = done
-        shifted = None if evaluate_fn is None else (lambda r, a: evaluate_fn(r + done, a))
+        shifted = (
+            None if evaluate_fn is None else (lambda r, a: evaluate_fn(r + done, self._output(a)))
+        )
         result = super().start(
             short_polled(grid),
             initial_arrays,
@@ -288,6 +296,10 @@ class RobustStrategy(RobustOptions, FedAvg):
             shifted = {r + done: v for r, v in records.items()}
             records.clear()
             records.update(shifted)
-        if not result.arrays:
-            result.arrays = initial_arrays
+        result.arrays = self._output(result.arrays or initial_arrays)
         return result
+
+    def _output(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What the strategy's model is: ``arrays``, or the AnyTime average when on."""
+        anytime = self.core.anytime
+        return arrays if anytime is None or not anytime.t else array_record(anytime.arrays())

@@ -79,3 +79,58 @@ class ServerStep:
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         self.buffer = state.get("momentum")
+
+
+class AnyTimeAverage:
+    r"""mu^2-SGD's output (Dahan & Levy, 2024), the AnyTime average of the global models:
+
+    .. math::
+        x_1 = w_1, \qquad x_t = (1 - \gamma_t)\, x_{t-1} + \gamma_t\, w_t,
+        \qquad \gamma_t = \max(2 / (t + 1), \gamma_{\min}),
+
+    with :math:`w_t` the model sent in round ``t``. The clients compute the same
+    :math:`x_t` (``clients/optim.py``) as their query point, with the floor the strategy
+    sends them (``anytime-gamma-min`` in the train config), and the same float32 torch
+    arithmetic, so the two agree bit for bit while a client takes part in every round.
+    What the paper evaluates and returns is :math:`x_t`; non-float arrays (counters) are
+    taken from :math:`w_t`. ``O(p)`` a round.
+    """
+
+    def __init__(self, gamma_min: float) -> None:
+        self.gamma_min = gamma_min
+        self.t = 0
+        self.x: dict[str, Tensor] = {}
+
+    def add(self, arrays: Arrays) -> None:
+        """Average in the global model of the next round."""
+        self.t += 1
+        gamma = max(2.0 / (self.t + 1), self.gamma_min)
+        for name, w in arrays.items():
+            value = torch.from_numpy(np.array(w, copy=True))
+            if self.t == 1 or w.dtype.kind != "f":
+                self.x[name] = value
+            else:
+                self.x[name] = (1 - gamma) * self.x[name] + gamma * value
+
+    def arrays(self) -> Arrays:
+        """:math:`x_t`, array by array."""
+        return OrderedDict((k, v.numpy()) for k, v in self.x.items())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """:math:`x_t` as one float64 vector over all arrays (exact for float32), and
+        ``t``."""
+        if not self.t:
+            return {}
+        flat = torch.cat([v.reshape(-1).double() for v in self.x.values()])
+        return {"anytime": flat, "anytime-t": torch.tensor(float(self.t))}
+
+    def load_state_dict(self, state: Mapping[str, Tensor], like: Arrays) -> None:
+        """Restore from :meth:`state_dict`, shaped like the model ``like``."""
+        if "anytime" not in state:
+            return
+        self.t = int(state["anytime-t"])
+        flat, offset = state["anytime"].cpu(), 0
+        for name, w in like.items():
+            piece = flat[offset : offset + w.size].reshape(w.shape)
+            self.x[name] = piece.to(torch.from_numpy(np.asarray(w)).dtype)
+            offset += w.size
