@@ -15,8 +15,7 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
-from logging import INFO, WARNING
+from logging import INFO
 from typing import Any
 
 from flwr.common import EvaluateRes, FitIns, FitRes, Parameters, Scalar
@@ -28,10 +27,9 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from .strategy import named
 from .strategy.detox import DetoxGroups
 from .strategy.metrics import (
-    RESERVED,
     MetricsSummary,
-    aggregate_metrics,
     read_metrics,
+    screened_metrics,
     value_problem,
 )
 from .strategy.npy import npy_bytes, npy_view
@@ -211,26 +209,19 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
 
             return values
 
-        summary = aggregate_metrics(
+        own = None
+        if aggregate_fn is not None:
+            own = lambda accepted: aggregate_fn(  # noqa: E731
+                [(results[i][1].num_examples, results[i][1].metrics) for i in accepted]
+            )
+        return screened_metrics(
+            server_round,
             [read_metrics(node_of(proxy), read(res)) for proxy, res in results],
             count_key,
             self.core.weighting,
             self.core.max_weight_ratio,
+            own,
         )
-        for index, reason in summary.rejected.items():
-            node = node_of(results[index][0])
-            log(WARNING, "Round %d: metrics of node %d rejected: %s", server_round, node, reason)
-        if aggregate_fn is None:
-            return summary
-        try:
-            own = aggregate_fn(
-                [(results[i][1].num_examples, results[i][1].metrics) for i in summary.accepted]
-            )
-            metrics = {k: v for k, v in own.items() if not k.startswith(RESERVED)}
-        except Exception as error:  # the user's function on clients' values
-            log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
-            metrics = {}
-        return replace(summary, metrics=metrics)
 
 
 class Detox(DetoxGroups, RobustStrategy):

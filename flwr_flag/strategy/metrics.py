@@ -25,9 +25,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from logging import WARNING
+from typing import Any
 
 import numpy as np
+from flwr.common.logger import log
 
 from .replies import count_problem, screen
 from .weighting import reply_weights
@@ -144,3 +147,29 @@ def aggregate_metrics(
         else:
             metrics[key], metrics[f"{RESERVED}median.{key}"] = mean.tolist(), median.tolist()
     return MetricsSummary(metrics, accepted, w.tolist(), rejected)
+
+
+def screened_metrics(
+    server_round: int,
+    replies: Sequence[ClientMetrics],
+    count_key: str,
+    weighting: str,
+    max_weight_ratio: float | None,
+    own: Callable[[list[int]], Mapping[str, Any]] | None = None,
+) -> MetricsSummary:
+    """:func:`aggregate_metrics` of a round, every rejection logged. ``own`` is a user's
+    aggregation function, called with the indices of the accepted replies: its result
+    replaces the averages (less any ``robust.`` key), and if it raises, the round goes
+    on without client metrics (both Flower APIs let a user pass one)."""
+    summary = aggregate_metrics(replies, count_key, weighting, max_weight_ratio)
+    for index, reason in summary.rejected.items():
+        node = replies[index].node_id
+        log(WARNING, "Round %d: metrics of node %d rejected: %s", server_round, node, reason)
+    if own is None:
+        return summary
+    try:
+        metrics = {k: v for k, v in own(summary.accepted).items() if not k.startswith(RESERVED)}
+    except Exception as error:  # the user's function on clients' values
+        log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
+        metrics = {}
+    return replace(summary, metrics=metrics)

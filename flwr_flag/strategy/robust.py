@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from .metrics import RESERVED, aggregate_metrics, read_metrics
+from .metrics import MetricsSummary, read_metrics, screened_metrics
 from .npy import array_record, numpy_view
 from .options import RobustOptions
 from .polling import short_polled
@@ -137,7 +137,7 @@ class RobustStrategy(RobustOptions, FedAvg):
         client = self._client_metrics(
             server_round, [answered[i] for i in used], self.train_metrics_aggr_fn
         )
-        record = MetricRecord({**client, **metrics})
+        record = MetricRecord({**client.metrics, **metrics})
         if arrays is None:
             return None, record
         return array_record(arrays), record
@@ -155,25 +155,23 @@ class RobustStrategy(RobustOptions, FedAvg):
         if not replies:
             return None
         answered, failed = self._answered(server_round, replies, self._sampled_evaluate)
-        rejected: list[int] = []
-        client = self._client_metrics(
-            server_round, answered, self.evaluate_metrics_aggr_fn, rejected
-        )
+        client = self._client_metrics(server_round, answered, self.evaluate_metrics_aggr_fn)
+        rejected = sorted(answered[i].metadata.src_node_id for i in client.rejected)
         log(
             INFO,
             "Round %d: evaluation metrics from %d of %d replies (%d rejected, %d failed)",
             server_round,
-            len(answered) - len(rejected),
+            len(client.accepted),
             len(replies),
             len(rejected),
             failed,
         )
         return MetricRecord(
             {
-                **client,
+                **client.metrics,
                 "robust.received": len(answered),
                 "robust.rejected": len(rejected),
-                "robust.rejected-nodes": sorted(rejected),
+                "robust.rejected-nodes": rejected,
                 "robust.failed": failed,
             }
         )
@@ -199,32 +197,22 @@ class RobustStrategy(RobustOptions, FedAvg):
         server_round: int,
         messages: list[Message],
         aggregate_fn: Callable[[list[RecordDict], str], MetricRecord],
-        rejected_nodes: list[int] | None = None,
-    ) -> dict[str, Any]:
-        """The screened clients' metrics of ``messages`` (see
-        :mod:`~flwr_flag.strategy.metrics`); a user's own ``*_metrics_aggr_fn`` gets
-        the accepted replies, and if it raises, the round goes on without them."""
-        summary = aggregate_metrics(
+    ) -> MetricsSummary:
+        """The screened clients' metrics of ``messages`` (:func:`.screened_metrics`); a
+        user's own ``*_metrics_aggr_fn`` gets the accepted replies."""
+        own = None
+        if aggregate_fn is not aggregate_metricrecords:
+            own = lambda accepted: aggregate_fn(  # noqa: E731
+                [messages[i].content for i in accepted], self.weighted_by_key
+            )
+        return screened_metrics(
+            server_round,
             [read_metrics(m.metadata.src_node_id, _metric_record(m)) for m in messages],
             self.weighted_by_key,
             self.core.weighting,
             self.core.max_weight_ratio,
+            own,
         )
-        for index, reason in summary.rejected.items():
-            node = messages[index].metadata.src_node_id
-            log(WARNING, "Round %d: metrics of node %d rejected: %s", server_round, node, reason)
-            if rejected_nodes is not None:
-                rejected_nodes.append(node)
-        if aggregate_fn is aggregate_metricrecords:
-            return summary.metrics
-        try:
-            own = aggregate_fn(
-                [messages[i].content for i in summary.accepted], self.weighted_by_key
-            )
-            return {k: v for k, v in own.items() if not k.startswith(RESERVED)}
-        except Exception as error:  # the user's function on clients' values
-            log(WARNING, "Round %d: client metrics not aggregated: %s", server_round, error)
-            return {}
 
     def _reader(self, message: Message) -> Callable[[], Reply]:
         """How to decode a reply: its arrays, example count and ``node`` record (run
