@@ -196,10 +196,9 @@ class RobustCore:
     def load_state_dict(self, state: Mapping[str, torch.Tensor], model: Arrays) -> None:
         """Restore the state, refusing state of another model than ``model``."""
         size = sum(a.size for a in model.values())
-        shapes = {"momentum": (size,), "anytime": (size,), "anytime-t": ()}
-        shapes.update(dict.fromkeys(self.round_state, (size,)))
-        if self.anytime is None:
-            del shapes["anytime"], shapes["anytime-t"]
+        shapes = dict.fromkeys(["momentum", *self.round_state], (size,))
+        if self.anytime is not None:
+            shapes.update({"anytime": (size,), "anytime-t": ()})
         unknown = set(state) - set(shapes)
         if unknown:
             raise ValueError(f"resume: state {sorted(unknown)} does not belong to {self.rule}")

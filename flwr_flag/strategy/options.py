@@ -111,9 +111,7 @@ class RobustOptions:
         super().__init_subclass__(**kwargs)
         if "rule" in cls.__dict__ and cls.__doc__ and HEADING not in cls.__doc__:
             cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_rule(cls.rule)
-        elif (
-            "rule" not in cls.__dict__ and cls.__doc__ and "Aggregation options" not in cls.__doc__
-        ):
+        elif "rule" not in cls.__dict__ and cls.__doc__ and OPTIONS_HEADING not in cls.__doc__:
             cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_options()
 
     def __init__(
