@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flwr_flag.attacks import AttackContext
+from flwr_flag.attacks.base import digest, shared
 from flwr_flag.attacks.updates import (
     Arrays,
     apply_update,
@@ -172,12 +175,14 @@ class Node:
             state["momentum"] = to_record({"m": update})
         return update, trained, loss
 
-    def attack_context(self, state: RecordDict) -> AttackContext:
+    def attack_context(self, state: RecordDict, run_config: Mapping[str, Any]) -> AttackContext:
         """What this node's behaviour may use. ``state`` is the node's state as it was
         before this round's update: the colluders' honest samples are made the way honest
         nodes make their updates, with the same optimizer from a copy of that state (a
-        plain SGD step's scale is not mu^2-SGD's or worker momentum's)."""
+        plain SGD step's scale is not mu^2-SGD's or worker momentum's). Another node's
+        state is out of reach: its update is made from this node's."""
         rng = np.random.default_rng(self.seed)
+        s = self.settings
 
         def honest_samples(k: int) -> np.ndarray:
             updates = []
@@ -190,20 +195,37 @@ class Node:
             return np.stack(updates)
 
         def honest_update_for(partition_id: int) -> np.ndarray:
-            target_seed = round_seed(self.settings.seed, self.server_round, partition_id)
-            model = self.model()
-            local_train(
-                model, self.partition(partition_id), self.settings, lambda y: y, target_seed
+            target_seed = round_seed(s.seed, self.server_round, partition_id)
+            data = self.partition(partition_id)
+            return self.honest_update(copy.deepcopy(state), data, target_seed)[0]
+
+        def population_samples(k: int) -> np.ndarray:
+            # one draw per round for all colluders: an id no partition has seeds it
+            draw = np.random.default_rng(round_seed(s.seed, self.server_round, s.num_partitions))
+            honest = [p for p in range(s.num_partitions) if p not in s.byzantine_nodes]
+            chosen = draw.choice(honest, size=k, replace=k > len(honest))
+            make = lambda: np.stack([honest_update_for(int(p)) for p in chosen])  # noqa: E731
+            if len(state):  # the samples start from this node's own optimizer state
+                return make()
+            known = (
+                "population",
+                k,
+                self.server_round,
+                s.num_partitions,
+                digest(*self.sent.values()),
+                tuple(sorted(run_config.items())),
             )
-            return flatten(get_arrays(model), self.names) - flatten(self.sent, self.names)
+            return shared(known, make)
 
         return AttackContext(
             rng,
             self.server_round,
-            self.settings.num_partitions,
-            len(self.settings.byzantine_nodes),
+            s.num_partitions,
+            len(s.byzantine_nodes),
             honest_samples,
             honest_update_for,
+            population_samples,
+            run_config,
         )
 
 
@@ -227,7 +249,7 @@ def train(message: Message, context: Context) -> Message | None:
     before = copy.deepcopy(context.state) if behaviour.name != "honest" else RecordDict()
     with deterministic() if shard else nullcontext():
         update, trained, loss = node.honest_update(context.state)
-    attack = node.attack_context(before)
+    attack = node.attack_context(before, context.run_config)
     behaviour.before_reply(attack)
     reported = behaviour.update(update, attack)
     if reported is None:

@@ -32,14 +32,15 @@ config can hold settings for several rules and switch with ``rule`` alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .rules import PREAGGREGATORS, RULES, get_rule
-from .rules.registry import PreSteps, RuleName, RuleParams, nodes_needed
+from .rules.registry import PreStep, PreSteps, RuleName, RuleParams, nodes_needed
 from .runconfig import section
-from .strategy.named import strategy_for
-from .strategy.robust import RobustStrategy
 from .validation import ByzantineCount
+
+if TYPE_CHECKING:
+    from .strategy.robust import RobustStrategy
 
 _CORE = {
     "server-lr": "server_lr",
@@ -97,12 +98,32 @@ def nested(config: Mapping[str, Any], name: str, params: dict[str, Any]) -> dict
     return params
 
 
+class RuleConfig(NamedTuple):
+    """The aggregation a run config describes: the rule, its hyperparameters, the
+    pre-aggregators and ``num-byzantine`` (a count or a fraction)."""
+
+    rule: str
+    params: dict[str, Any]
+    pre: list[PreStep]
+    num_byzantine: int | float
+
+
+def rule_from_config(config: Mapping[str, Any], rule: str | None = None) -> RuleConfig:
+    """The aggregation of ``config`` (``rule`` overrides its ``rule`` key), checked."""
+    rule = RuleName().check("config", "rule", rule or config.get("rule", "flag"))
+    return RuleConfig(
+        rule,
+        nested(config, rule, section(config, rule)),
+        pre_steps(config, "pre", config.get("pre", "")),
+        ByzantineCount().check("config", "num-byzantine", config.get("num-byzantine", 0)),
+    )
+
+
 def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     """The Message-API strategy that ``config`` describes (see the module docstring)."""
-    rule = RuleName().check("config", "rule", config.get("rule", "flag"))
-    params = nested(config, rule, section(config, rule))
-    pre = pre_steps(config, "pre", config.get("pre", ""))
-    f = ByzantineCount().check("config", "num-byzantine", config.get("num-byzantine", 0))
+    from .strategy.named import strategy_for
+
+    rule, params, pre, f = rule_from_config(config)
     options: dict[str, Any] = {}
     for key, option in {**_CORE, **_FLOWER}.items():
         if key in config and config[key] != _UNSET.get(key, object()):

@@ -322,7 +322,7 @@ def test_colluders_estimate_updates_the_way_honest_nodes_make_them(optimizer):
         node = Node(settings, sent, server_round)
         before = copy.deepcopy(state)
         update, _, _ = node.honest_update(state)
-    estimate = node.attack_context(before).honest_samples(4).mean(axis=0)
+    estimate = node.attack_context(before, {}).honest_samples(4).mean(axis=0)
     ratio = float(np.linalg.norm(estimate) / np.linalg.norm(update))
     assert 0.5 <= ratio <= 2.0, ratio
 

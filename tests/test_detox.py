@@ -116,7 +116,7 @@ def test_detox_members_attack_with_the_runs_node_count():
     arrays = build_model("mlp", (1, 8, 8), 10).state_dict()
     sent = {k: v.numpy() for k, v in arrays.items()}
     node = Node(settings, sent, 1, Shard(index=3, count=5, seed=11))
-    context = node.attack_context(RecordDict())
+    context = node.attack_context(RecordDict(), {})
     assert (context.num_nodes, context.num_byzantine) == (15, 2)
     assert len(node.data) == len(node.partition(3, 5, 11))
 

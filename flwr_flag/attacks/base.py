@@ -18,8 +18,10 @@ module in this package.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +30,28 @@ import torch
 from ..validation import Param
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {}
+
+_SHARED: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def shared(key: tuple, make: Callable[[], Any], size: int = 32) -> Any:
+    """``make()``, computed once per ``key`` among the last ``size`` keys of this
+    process. Colluders that run in one process (a simulation) and know the same things
+    reach the same result: the first computes it, the others reuse it. ``key`` must hold
+    everything the result depends on."""
+    if key not in _SHARED:
+        _SHARED[key] = make()
+        while len(_SHARED) > size:
+            _SHARED.popitem(last=False)
+    return _SHARED[key]
+
+
+def digest(*arrays: np.ndarray) -> bytes:
+    """A short fingerprint of arrays' contents, for :func:`shared` keys."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.digest()
 
 
 @dataclass
@@ -38,7 +62,10 @@ class AttackContext:
     the node's own data (what a colluding attacker on one SuperNode can compute to
     estimate the honest mean and spread); ``honest_update_for(pid)`` trains on
     partition ``pid``'s data, reachable in a simulation where all partitions live on
-    one machine.
+    one machine; ``population_samples(k)``, where reachable, the updates of ``k`` honest
+    nodes drawn at random for the round (the same for every colluder).
+    ``run_config`` is the run's config as the node received it: where it names the
+    server's rule and options, the colluders know them.
     """
 
     rng: np.random.Generator
@@ -47,6 +74,8 @@ class AttackContext:
     num_byzantine: int
     honest_samples: Callable[[int], np.ndarray]
     honest_update_for: Callable[[int], np.ndarray]
+    population_samples: Callable[[int], np.ndarray] | None = None
+    run_config: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Behaviour:

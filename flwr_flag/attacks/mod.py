@@ -172,6 +172,7 @@ def byzantine_mod(message: Message, context: Context, call_next) -> Message:
         plan.num_byzantine,
         honest_samples,
         not_reachable,
+        run_config=context.run_config,
     )
     plan.behaviour.before_reply(attack)
     reply = call_next(message, context)

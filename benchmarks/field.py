@@ -1,0 +1,360 @@
+"""Field study: heterogeneous data, sampled clients, attackers who know the rule.
+
+Every cell is a real federated training run (this project's ClientApp and strategies,
+in-process as in :mod:`robustness`): bundled digits (standardised), the MLP, 30 rounds
+of 2 local epochs (SGD lr 0.1, momentum 0.9), centralized test accuracy. Regimes:
+
+* ``iid``, ``dir1``, ``dir0.5``, ``dir0.1``: 15 nodes, all sampled, 3 Byzantine
+  (20 %), partitions IID or Dirichlet(alpha) over the labels; the rules run with f = 3;
+* ``many``: 100 nodes, Dirichlet(0.5), 20 sampled per round, 20 of the 100 Byzantine,
+  so the number of attackers in a round varies; our rules run with
+  ``num-byzantine = 0.2`` (f = ceil(0.2 n) of each round's replies), Flower's with the
+  expected count, 4.
+
+Attacks: none, sign flip, label flip, ALIE and IPM at their papers' scales, and the
+rule-aware attacks of :mod:`flwr_flag.attacks.aware` (ALIE and IPM with the scale tuned
+against the rule, Fang et al.'s Krum and trimmed-mean attacks, the attacks built against
+FA and CTMA), whose colluders know the server's rule and the data distribution
+(``knowledge = "population"``). Against Flower's strategies they target our rule of the
+same math (FedMedian: median, ...).
+
+The headline per regime is each rule's worst case over the attacks beside its clean
+accuracy. Cells are appended to ``--out/cells.jsonl`` and a rerun skips them
+(resumable); ``--quick`` runs one field cell per rule family.
+
+    python benchmarks/field.py --workers 2
+    python benchmarks/field.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import robustness  # the cell trainer and the process pool
+
+RESULTS = robustness.ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Regime:
+    nodes: int
+    sampled: int
+    byzantine: int
+    alpha: float | None  # None: IID
+
+    @property
+    def num_byzantine(self) -> int | float:
+        """What our rules are told: a count when every node replies, else the fraction."""
+        return self.byzantine if self.sampled == self.nodes else self.byzantine / self.nodes
+
+    @property
+    def expected_f(self) -> int:
+        return round(self.sampled * self.byzantine / self.nodes)
+
+
+REGIMES = {
+    "iid": Regime(15, 15, 3, None),
+    "dir1": Regime(15, 15, 3, 1.0),
+    "dir0.5": Regime(15, 15, 3, 0.5),
+    "dir0.1": Regime(15, 15, 3, 0.1),
+    "many": Regime(100, 20, 20, 0.5),
+}
+OURS: dict[str, dict[str, Any]] = {
+    "mean (FedAvg)": {"rule": "mean"},
+    "krum": {"rule": "krum"},
+    "bulyan": {"rule": "bulyan"},
+    "median": {"rule": "median"},
+    "trimmed-mean": {"rule": "trimmed-mean"},
+    "geomed": {"rule": "geomed"},
+    "centered-clipping": {"rule": "centered-clipping"},
+    "FA": {"rule": "flag"},
+    "CTMA": {"rule": "ctma"},
+    "NNM + CTMA": {"rule": "ctma", "pre": "nnm"},
+}
+PEERS = {  # Flower's strategy and the rule of ours with the same math (the attacks' target)
+    "flower Krum": "krum",
+    "flower FedMedian": "median",
+    "flower FedTrimmedAvg": "trimmed-mean",
+    "flower Bulyan": "bulyan",
+}
+ATTACKS = (
+    "none",
+    "sign-flip",
+    "label-flip",
+    "alie",
+    "ipm",
+    "alie-tuned",
+    "ipm-tuned",
+    "fang-krum",
+    "fang-trim",
+    "flag-flip",
+    "ctma-inside",
+)
+RULE_AWARE = ("alie-tuned", "ipm-tuned", "fang-krum", "fang-trim", "flag-flip", "ctma-inside")
+TRAINING = {
+    "model": "mlp",
+    "local-epochs": 2,
+    "batch-size": 32,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "fraction-evaluate": 0.0,
+    "device": "cpu",
+}
+ROUNDS = 30
+QUICK = {
+    "rules": ["mean (FedAvg)", "FA", "CTMA", "flower FedMedian"],
+    "attacks": ["none", "ipm-tuned"],
+    "regimes": ["many"],
+    "seeds": [0],
+    "rounds": 3,
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    rule: str
+    attack: str
+    regime: str
+    seed: int
+    rounds: int
+    variant: str = ""
+    """A JSON object of extra run-config keys (a configuration being tuned), or ``""``."""
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def run_config(cell: Cell) -> dict[str, Any]:
+    regime = REGIMES[cell.regime]
+    config = robustness.run_config(
+        robustness.Cell("mean (FedAvg)", "none", 0.2, "iid", cell.seed, cell.rounds)
+    )
+    config.update(TRAINING)
+    config.update(
+        {
+            "partitioning": "iid" if regime.alpha is None else "dirichlet",
+            "dirichlet-alpha": regime.alpha or 0.5,
+            "num-byzantine": regime.num_byzantine,
+            "fraction-train": regime.sampled / regime.nodes,
+            "min-train-nodes": regime.sampled,
+            "byzantine-nodes": 0 if cell.attack == "none" else regime.byzantine,
+            "attack": "alie" if cell.attack == "none" else cell.attack,
+            "min-available-nodes": regime.nodes,
+        }
+    )
+    if cell.rule in PEERS and cell.attack in RULE_AWARE:
+        config[f"{cell.attack}.rule"] = PEERS[cell.rule]
+    config.update(OURS.get(cell.rule, {}))
+    config.update(json.loads(cell.variant or "{}"))
+    return config
+
+
+def strategy_for(cell: Cell, config: dict[str, Any]):
+    from flwr.serverapp import strategy as flower
+
+    from flwr_flag import strategy_from_config
+
+    regime = REGIMES[cell.regime]
+    common = {
+        "fraction_train": regime.sampled / regime.nodes,
+        "min_train_nodes": regime.sampled,
+        "fraction_evaluate": 0.0,
+        "min_available_nodes": regime.nodes,
+    }
+    f = regime.expected_f
+    peers = {
+        "flower Krum": lambda: flower.Krum(num_malicious_nodes=f, **common),
+        "flower FedMedian": lambda: flower.FedMedian(**common),
+        "flower FedTrimmedAvg": lambda: flower.FedTrimmedAvg(beta=f / regime.sampled, **common),
+        "flower Bulyan": lambda: flower.Bulyan(num_malicious_nodes=f, **common),
+    }
+    return peers[cell.rule]() if cell.rule in peers else strategy_from_config(config)
+
+
+def cannot_run(cell: Cell) -> str | None:
+    """Why the rule cannot run with a round's replies (``None``: it can)."""
+    from flwr_flag.validation import byzantine_count
+
+    regime = REGIMES[cell.regime]
+    config = run_config(cell)
+    rule = PEERS.get(cell.rule) or config["rule"]
+    f = byzantine_count(regime.num_byzantine, regime.sampled)
+    return robustness.cannot_run_rule({**config, "rule": rule}, regime.sampled, f)
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    random.seed(cell.seed)  # Flower samples a round's nodes with the random module
+    config = run_config(cell)
+    nodes = REGIMES[cell.regime].nodes
+    return {
+        **asdict(cell),
+        **robustness.train(config, nodes, strategy_for(cell, config), cell.rounds, cell.seed),
+    }
+
+
+def load(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {Cell(**{k: r[k] for k in Cell.__dataclass_fields__ if k in r}).key: r for r in rows}
+
+
+def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "cells.jsonl"
+    done = load(store)
+    for cell in cells:
+        reason = None if cell.key in done else cannot_run(cell)
+        if reason is not None:
+            done[cell.key] = {**asdict(cell), "accuracy": [], "na": reason}
+            with open(store, "a") as handle:
+                handle.write(json.dumps(done[cell.key]) + "\n")
+    todo = [c for c in cells if c.key not in done]
+    print(f"{len(todo)} cells to train ({len(cells) - len(todo)} done or n/a)", flush=True)
+    for cell, row in robustness.train_cells(todo, run_cell, store, workers, len(cells)):
+        done[cell.key] = row
+    return {c.key: done[c.key] for c in cells if c.key in done}
+
+
+def finals(rows: list[dict[str, Any]], rule: str, attack: str, regime: str, variant: str = ""):
+    """The final accuracies (%) over the seeds, or the reason the cell has none."""
+    runs = [
+        r
+        for r in rows
+        if (r["rule"], r["attack"], r["regime"], r.get("variant", ""))
+        == (rule, attack, regime, variant)
+    ]
+    if any("na" in r for r in runs):
+        return f"n/a ({runs[0]['na']})"
+    return [100 * (0.0 if r["diverged"] else r["accuracy"][-1]) for r in runs]
+
+
+def text(values) -> str:
+    if isinstance(values, str) or not values:
+        return values or ""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+
+
+def headline(rows, rules, attacks, regime: str) -> list[str]:
+    """Per rule: clean, worst over the attacks (which), and the gap to clean FedAvg."""
+    fedavg = finals(rows, "mean (FedAvg)", "none", regime)
+    reference = statistics.mean(fedavg) if isinstance(fedavg, list) and fedavg else None
+    lines = [
+        "| rule | clean | worst case | worst attack | worst - clean FedAvg |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for rule in rules:
+        clean = finals(rows, rule, "none", regime)
+        scored = {
+            a: statistics.mean(v)
+            for a in attacks
+            if a != "none" and isinstance(v := finals(rows, rule, a, regime), list) and v
+        }
+        if isinstance(clean, str):
+            lines.append(f"| {rule} | {clean} | | | |")
+            continue
+        if not scored:
+            continue
+        worst = min(scored, key=scored.get)
+        gap = "" if reference is None else f"{scored[worst] - reference:+.1f}"
+        worst_text = text(finals(rows, rule, worst, regime))
+        lines.append(f"| {rule} | {text(clean)} | {worst_text} | {worst} | {gap} |")
+    return lines
+
+
+def full_table(rows, rules, attacks, regime: str) -> list[str]:
+    lines = ["| rule | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]
+    for rule in rules:
+        cells = [text(finals(rows, rule, a, regime)) for a in attacks]
+        if any(cells):
+            lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(rows, rules, attacks, regimes, seeds, rounds, path: Path) -> Path:
+    seconds = [r["seconds"] for r in rows if "seconds" in r]
+    lines = [
+        "# Field study: heterogeneous data, sampled clients, rule-aware attackers",
+        "",
+        f"Digits (standardised), MLP, {rounds} rounds of {TRAINING['local-epochs']} local "
+        f"epochs (SGD lr {TRAINING['lr']}, momentum {TRAINING['momentum']}), seeds "
+        f"{list(seeds)}; final test accuracy in %, mean ± std over the seeds run. Every rule "
+        "gets the same data and compute. The rule-aware attacks (`*-tuned`, `fang-*`, "
+        "`flag-flip`, `ctma-inside`) know the server's rule and the data distribution "
+        "(module docstring of `flwr_flag/attacks/aware.py`). `worst case`: the attack with "
+        "the lowest mean. Regenerate: `python benchmarks/field.py --report-only`.",
+        "",
+    ]
+    if seconds:
+        lines += [
+            f"Seconds per cell (one thread): median {statistics.median(seconds):.1f}, "
+            f"max {max(seconds):.1f}, {len(seconds)} cells.",
+            "",
+        ]
+    for regime in regimes:
+        r = REGIMES[regime]
+        data = "IID" if r.alpha is None else f"Dirichlet {r.alpha}"
+        lines += [
+            f"## {regime}: {r.nodes} nodes, {r.sampled} sampled per round, {r.byzantine} "
+            f"Byzantine in the population, {data}",
+            "",
+            *headline(rows, rules, attacks, regime),
+            "",
+            "<details><summary>every attack</summary>",
+            "",
+            *full_table(rows, rules, attacks, regime),
+            "",
+            "</details>",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rules", nargs="*", default=[*OURS, *PEERS])
+    parser.add_argument("--attacks", nargs="*", default=list(ATTACKS))
+    parser.add_argument("--regimes", nargs="*", default=list(REGIMES))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--variant", default="", help="extra run-config keys as JSON")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    out = args.out or (RESULTS / "field" / ("quick" if args.quick else "default"))
+    cells = [
+        Cell(rule, attack, regime, seed, args.rounds, args.variant)
+        for seed in args.seeds
+        for regime in args.regimes
+        for attack in args.attacks
+        for rule in args.rules
+    ]
+    if args.report_only:
+        done = load(out / "cells.jsonl")
+        rows = [done[c.key] for c in cells if c.key in done]
+    else:
+        rows = list(run(cells, out, args.workers).values())
+    path = out / "field.md" if args.out or args.quick else RESULTS / "field.md"
+    report(rows, args.rules, args.attacks, args.regimes, args.seeds, args.rounds, path)
+    print(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    main()
