@@ -11,7 +11,9 @@ of 2 local epochs (SGD lr 0.1, momentum 0.9), centralized test accuracy. Regimes
   ``num-byzantine = 0.2`` (f = ceil(0.2 n) of each round's replies), Flower's with the
   expected count, 4.
 
-Attacks: none, sign flip, label flip, ALIE and IPM at their papers' scales, and the
+Attacks: none, drop (the Byzantine nodes never reply: FedAvg under it is the
+accuracy the honest nodes' data allow, the ceiling of any rule under attack), sign flip,
+label flip, ALIE and IPM at their papers' scales, and the
 rule-aware attacks of :mod:`flwr_flag.attacks.aware` (ALIE and IPM with the scale tuned
 against the rule, Fang et al.'s Krum and trimmed-mean attacks, the attacks built against
 FA and CTMA), whose colluders know the server's rule and the data distribution
@@ -87,6 +89,7 @@ PEERS = {  # Flower's strategy and the rule of ours with the same math (the atta
 }
 ATTACKS = (
     "none",
+    "drop",
     "sign-flip",
     "label-flip",
     "alie",
@@ -249,7 +252,11 @@ def headline(rows, rules, attacks, regime: str) -> list[str]:
     """Per rule: clean, worst over the attacks (which), and the gap to clean FedAvg."""
     fedavg = finals(rows, "mean (FedAvg)", "none", regime)
     reference = statistics.mean(fedavg) if isinstance(fedavg, list) and fedavg else None
+    honest_only = finals(rows, "mean (FedAvg)", "drop", regime)
     lines = [
+        f"Clean FedAvg {text(fedavg)}; FedAvg on the honest nodes alone (`drop`) "
+        f"{text(honest_only)}.",
+        "",
         "| rule | clean | worst case | worst attack | worst - clean FedAvg |",
         "|---|---:|---:|---|---:|",
     ]

@@ -39,3 +39,21 @@ def test_a_rule_that_cannot_run_is_na_not_an_accuracy(tmp_path):
     assert "| bulyan | n/a (15 valid replies, but bulyan with f=4 needs n >= 4f + 3) |" in table
     fa_row = next(line for line in table.splitlines() if line.startswith("| FA |"))
     assert fa_row.startswith("| FA | **")  # the only number is the column's best
+
+
+def test_the_field_studys_quick_grid_trains_a_many_client_cell_under_a_rule_aware_attack(
+    tmp_path,
+):
+    import field
+
+    assert field.QUICK["regimes"] == ["many"] and "ipm-tuned" in field.QUICK["attacks"]
+    args = [
+        "--rules", "FA", "--attacks", "none", "ipm-tuned", "--regimes", "many", "--seeds", "0",
+        "--rounds", "3", "--workers", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    table = field.main(args).read_text()
+    rows = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert {r["attack"] for r in rows} == {"none", "ipm-tuned"}
+    assert all(len(r["accuracy"]) == 4 and not r["diverged"] for r in rows)
+    headline = next(line for line in table.splitlines() if line.startswith("| FA |"))
+    assert "| ipm-tuned |" in headline  # the worst case names its attack

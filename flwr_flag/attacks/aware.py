@@ -212,8 +212,14 @@ class FangKrum(_RuleAware):
         "halvings": Integer(1),
     }
 
-    def __init__(self, halvings: int = 16, **common: Any) -> None:
-        super().__init__(halvings=halvings, **common)
+    def __init__(
+        self,
+        rule: str | None = None,
+        knowledge: str = "population",
+        samples: int | None = None,
+        halvings: int = 16,
+    ) -> None:
+        super().__init__(rule, knowledge, samples, halvings=halvings)
 
     def candidates(self, simulated: SimulatedRound) -> Iterable[np.ndarray]:
         g, c = simulated.honest, simulated.colluders
@@ -243,8 +249,14 @@ class FangTrim(_RuleAware):
         "b": Real(1.0, low_open=True),
     }
 
-    def __init__(self, b: float = 2.0, **common: Any) -> None:
-        super().__init__(b=b, **common)
+    def __init__(
+        self,
+        rule: str | None = None,
+        knowledge: str = "population",
+        samples: int | None = None,
+        b: float = 2.0,
+    ) -> None:
+        super().__init__(rule, knowledge, samples, b=b)
 
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
         g = self.simulated(context).honest
