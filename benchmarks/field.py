@@ -78,8 +78,8 @@ OURS: dict[str, dict[str, Any]] = {
     "geomed": {"rule": "geomed"},
     "centered-clipping": {"rule": "centered-clipping"},
     "FA": {"rule": "flag"},
-    "CTMA": {"rule": "ctma"},
-    "NNM + CTMA": {"rule": "ctma", "pre": "nnm"},
+    "CTMA": {"rule": "ctma"},  # its default: NNM before it
+    "CTMA without NNM": {"rule": "ctma", "pre": ""},
 }
 PEERS = {  # Flower's strategy and the rule of ours with the same math (the attacks' target)
     "flower Krum": "krum",

@@ -106,8 +106,7 @@ def ctma_rule(base: str, variant: str) -> dict[str, Any]:
     """``base`` alone, under CTMA, after NNM, or NNM then CTMA."""
     config: dict[str, Any] = {"rule": "ctma", "ctma.base": base} if "CTMA" in variant else {}
     config.setdefault("rule", base)
-    if "NNM" in variant:
-        config["pre"] = "nnm"
+    config["pre"] = "nnm" if "NNM" in variant else ""  # CTMA alone: not its default NNM
     return config
 
 

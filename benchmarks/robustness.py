@@ -56,10 +56,10 @@ OURS = {
     "geomed": ("geomed", {}),
     "centered-clipping": ("centered-clipping", {}),
     "FA": ("flag", {}),
-    "CTMA(mean)": ("ctma", {"ctma.base": "mean"}),
-    "CTMA(median)": ("ctma", {"ctma.base": "median"}),
-    "CTMA(geomed)": ("ctma", {"ctma.base": "geomed"}),
-    "CTMA(FA)": ("ctma", {"ctma.base": "flag"}),
+    "CTMA(mean)": ("ctma", {"ctma.base": "mean", "pre": ""}),
+    "CTMA(median)": ("ctma", {"ctma.base": "median", "pre": ""}),
+    "CTMA(geomed)": ("ctma", {"ctma.base": "geomed", "pre": ""}),
+    "CTMA(FA)": ("ctma", {"ctma.base": "flag", "pre": ""}),
     "NNM + median": ("median", {"pre": "nnm"}),
     "DETOX": ("detox", {}),
 }
@@ -191,12 +191,11 @@ def cannot_run(cell: Cell) -> str | None:
 def cannot_run_rule(config: dict[str, Any], nodes: int, f: int) -> str | None:
     """Why the strategy ``config`` describes cannot run with ``f`` of ``nodes`` replies
     (the registry's answer, :meth:`flwr_flag.rules.registry.Rule.why_not`), or ``None``."""
-    from flwr_flag.config import nested, pre_steps, section
+    from flwr_flag.config import rule_from_config
     from flwr_flag.rules import get_rule
 
-    rule = config["rule"]
-    params = nested(config, rule, section(config, rule))
-    return get_rule(rule).why_not(nodes, f, params, pre_steps(config, "pre", config.get("pre")))
+    rule, params, pre, _ = rule_from_config(config)
+    return get_rule(rule).why_not(nodes, f, params, pre)
 
 
 def train(config: dict[str, Any], nodes: int, strategy, rounds: int, seed: int) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Keys, all optional::
 
     rule = "flag"                 # a registered rule name
     num-byzantine = 2             # f, or a fraction of each round's replies (0.2)
-    pre = "nnm"                   # comma-separated pre-aggregators, applied in order
+    pre = "nnm"                   # comma-separated pre-aggregators, applied in order;
+                                  # "auto": the rule's default (NNM before CTMA), "": none
     detox.replication = 3         # rule = "detox": groups, vote, second stage
     detox.stage2 = "median"       # its params from the [median] section
     detox.stage2-pre = "bucketing"
@@ -35,7 +36,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .rules import PREAGGREGATORS, RULES, get_rule
-from .rules.registry import PreStep, PreSteps, RuleName, RuleParams, nodes_needed
+from .rules.registry import PreStep, PreSteps, RuleName, RuleParams, nodes_needed, split_step
 from .runconfig import section
 from .validation import ByzantineCount
 
@@ -111,10 +112,13 @@ class RuleConfig(NamedTuple):
 def rule_from_config(config: Mapping[str, Any], rule: str | None = None) -> RuleConfig:
     """The aggregation of ``config`` (``rule`` overrides its ``rule`` key), checked."""
     rule = RuleName().check("config", "rule", rule or config.get("rule", "flag"))
+    pre = config.get("pre", "auto")
+    if pre == "auto":  # the rule's own default, each step's params from its section
+        pre = ",".join(split_step(step)[0] for step in get_rule(rule).default_pre)
     return RuleConfig(
         rule,
         nested(config, rule, section(config, rule)),
-        pre_steps(config, "pre", config.get("pre", "")),
+        pre_steps(config, "pre", pre),
         ByzantineCount().check("config", "num-byzantine", config.get("num-byzantine", 0)),
     )
 

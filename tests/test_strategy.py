@@ -403,3 +403,24 @@ def test_a_byzantine_fraction_sets_f_from_each_rounds_replies():
     more = messages + [reply(11 + i, honest[i], **{"num-examples": 1}) for i in range(3)]
     _, metrics = krum.aggregate_train(1, more)  # 13 replies: f = ceil(2.6) = 3
     assert metrics["robust.f"] == 3
+
+
+def test_ctma_runs_nnm_before_it_unless_told_otherwise():
+    """The field study's choice (benchmarks/results/field.md): the strategy's own default,
+    from the rule's registration, in the class, the legacy twin and the run config."""
+    from flwr_flag.legacy import CTMA as LegacyCTMA
+    from flwr_flag.rules.registry import split_step
+
+    def pre(strategy) -> list[str]:
+        return [split_step(step)[0] for step in strategy.core.settings()["pre"]]
+
+    assert pre(flwr_flag.CTMA(num_byzantine=1)) == ["nnm"]
+    assert pre(LegacyCTMA(num_byzantine=1)) == ["nnm"]
+    assert pre(flwr_flag.CTMA(num_byzantine=1, pre=())) == []
+    assert pre(flwr_flag.Median(num_byzantine=1)) == []
+    for config, expected in (({}, ["nnm"]), ({"pre": "auto"}, ["nnm"]), ({"pre": ""}, [])):
+        strategy = flwr_flag.strategy_from_config({"rule": "ctma", "num-byzantine": 1, **config})
+        assert pre(strategy) == expected, config
+    updates = torch.randn(7, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with_nnm = aggregate(updates, "ctma", 2, pre=["nnm"]).vector
+    assert not torch.allclose(with_nnm, aggregate(updates, "ctma", 2).vector)  # aggregate adds none

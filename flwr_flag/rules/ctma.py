@@ -34,6 +34,7 @@ def trimmed_weights(distances: Tensor, weights: Tensor, trim_fraction: float) ->
 @span_rule(
     "ctma",
     needs=(2, 1),
+    default_pre=("nnm",),  # strategies run NNM first: see strategy.named.CTMA
     params={
         "base": RuleName(exclude=frozenset({"ctma", "detox"})),
         "base_params": RuleParams(optional=True, rule_key="base"),

@@ -68,6 +68,9 @@ class Rule:
     shortfall: Shortfall | None = None
     """The rule's own answer to "why can it not run with these rows" (DETOX: its groups
     and second stage), where ``n >= a f + b`` does not say it all."""
+    default_pre: tuple[PreStep, ...] = ()
+    """The pre-aggregators a strategy runs before the rule unless told otherwise
+    (``pre=None``, ``pre = "auto"`` in a run config); :func:`aggregate` never adds them."""
 
     @property
     def hyperparameters(self) -> frozenset[str]:
@@ -219,8 +222,10 @@ def span_rule(
     needs: tuple[int, int] = (2, 1),
     params: Mapping[str, Param] | None = None,
     state: Iterable[str] = (),
+    default_pre: tuple[PreStep, ...] = (),
 ) -> Callable:
-    """Register ``impl`` returning ``(c, diagnostics)``; the aggregate is ``X^T c``."""
+    """Register ``impl`` returning ``(c, diagnostics)``; the aggregate is ``X^T c``.
+    ``default_pre``: :attr:`Rule.default_pre`."""
 
     def register(impl: Callable[..., tuple[Tensor, Diagnostics]]) -> Callable:
         declared, defaults, requirement, coefficients = _declared(name, impl, params, state, needs)
@@ -232,7 +237,14 @@ def span_rule(
             return AggregationResult(source.combine(coef), diagnostics)
 
         RULES[name] = Rule(
-            name, function, requirement, declared, defaults, frozenset(state), coefficients
+            name,
+            function,
+            requirement,
+            declared,
+            defaults,
+            frozenset(state),
+            coefficients,
+            default_pre=default_pre,
         )
         return function
 

@@ -100,8 +100,10 @@ class RobustCore:
         who samples 50 of 1,000 nodes knows a fraction, not a count).
     rule_params : mapping
         The rule's own hyperparameters.
-    pre : sequence
-        Pre-aggregators, as names or ``(name, params)`` pairs.
+    pre : sequence, optional
+        Pre-aggregators, as names or ``(name, params)`` pairs; ``None`` (default): the
+        rule's own default (:attr:`~flwr_flag.rules.registry.Rule.default_pre`: NNM
+        before CTMA, none before the others); ``()``: none.
     server_lr, server_momentum : float
         The server step ``w <- w + lr * m``, ``m = beta m + agg`` (:class:`.ServerStep`).
     device : str
@@ -137,7 +139,7 @@ class RobustCore:
         rule: str,
         num_byzantine: int | float = 0,
         rule_params: Mapping[str, Any] | None = None,
-        pre: Sequence[PreStep] = (),
+        pre: Sequence[PreStep] | None = None,
         server_lr: float = 1.0,
         server_momentum: float = 0.0,
         device: str = "auto",
@@ -153,7 +155,7 @@ class RobustCore:
         self.rule = rule
         self.num_byzantine = ByzantineCount().check("strategy", "num_byzantine", num_byzantine)
         self.rule_params = check_params(rule, rule_params or {})
-        self.pre = check_pre("pre", pre)
+        self.pre = check_pre("pre", get_rule(rule).default_pre if pre is None else pre)
         self.step = ServerStep(server_lr, server_momentum)
         self.device = resolve_device(device)
         self.chunk_size = chunk_size

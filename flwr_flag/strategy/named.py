@@ -87,9 +87,13 @@ class FlagAggregator(RobustStrategy):
 class CTMA(RobustStrategy):
     """Centered trimmed meta-aggregator over a base rule (:func:`flwr_flag.rules.ctma.ctma`).
 
-    When f is close to n / 2, put NNM before it (``pre=["nnm"]``), as the CTMA paper
-    pairs them: NNM's mixed rows reuse the Gram matrix, so it costs no extra pass
-    (measured protocols: ``benchmarks/results/papers.md``).
+    NNM runs before it unless ``pre`` says otherwise (``pre=()``: CTMA alone), as the
+    CTMA paper pairs them. On heterogeneous data an attacker who knows CTMA places its
+    updates just inside what CTMA keeps and pulls the mean of the kept by f/(n - f)
+    times the honest spread; NNM's mixing shrinks that spread (field study, Dirichlet
+    0.5: worst case 74 -> 89 %, IID clean accuracy unchanged;
+    ``benchmarks/results/field.md``). NNM's mixed rows reuse the Gram matrix: no extra
+    pass.
     """
 
     rule = "ctma"
