@@ -43,9 +43,7 @@ def damage(attack: str, params: dict, rule: str, seed: int) -> float:
     calling the attack with its own randomness."""
     honest = honest_updates(seed)
     behaviour = make_behaviour(attack, params)
-    rows = [
-        behaviour.update(honest[0], context(honest, {"rule": rule}, seed=s)) for s in range(F)
-    ]
+    rows = [behaviour.update(honest[0], context(honest, {"rule": rule}, seed=s)) for s in range(F)]
     stacked = torch.from_numpy(np.concatenate([honest, np.stack(rows)]))
     out = aggregate(stacked, rule, F).vector.numpy()
     return float(np.linalg.norm(out - honest.mean(axis=0)))
@@ -66,9 +64,7 @@ PAIRS = [  # (rule-aware attack, its target, the fixed-scale attack it must beat
 
 
 @pytest.mark.parametrize(("aware", "rule", "fixed"), PAIRS)
-def test_a_rule_aware_attack_moves_its_target_farther_than_the_fixed_scale_one(
-    aware, rule, fixed
-):
+def test_a_rule_aware_attack_moves_its_target_farther_than_the_fixed_scale_one(aware, rule, fixed):
     fixed_params = SAME_KNOWLEDGE if fixed in ("alie", "ipm") else {}
     for seed in range(3):
         ours = damage(aware, {}, rule, seed)

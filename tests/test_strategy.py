@@ -408,14 +408,14 @@ def test_a_byzantine_fraction_sets_f_from_each_rounds_replies():
 def test_ctma_runs_nnm_before_it_unless_told_otherwise():
     """The field study's choice (benchmarks/results/field.md): the strategy's own default,
     from the rule's registration, in the class, the legacy twin and the run config."""
-    from flwr_flag.legacy import CTMA as LegacyCTMA
+    from flwr_flag import legacy
     from flwr_flag.rules.registry import split_step
 
     def pre(strategy) -> list[str]:
         return [split_step(step)[0] for step in strategy.core.settings()["pre"]]
 
     assert pre(flwr_flag.CTMA(num_byzantine=1)) == ["nnm"]
-    assert pre(LegacyCTMA(num_byzantine=1)) == ["nnm"]
+    assert pre(legacy.CTMA(num_byzantine=1)) == ["nnm"]
     assert pre(flwr_flag.CTMA(num_byzantine=1, pre=())) == []
     assert pre(flwr_flag.Median(num_byzantine=1)) == []
     for config, expected in (({}, ["nnm"]), ({"pre": "auto"}, ["nnm"]), ({"pre": ""}, [])):
