@@ -204,24 +204,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     }
 
 
-def load(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {Cell(**{k: r[k] for k in Cell.__dataclass_fields__ if k in r}).key: r for r in rows}
-
-
 def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "cells.jsonl"
-    done = load(store)
-    for cell in cells:
-        reason = None if cell.key in done else cannot_run(cell)
-        if reason is not None:
-            done[cell.key] = {**asdict(cell), "accuracy": [], "na": reason}
-            with open(store, "a") as handle:
-                handle.write(json.dumps(done[cell.key]) + "\n")
-    todo = [c for c in cells if c.key not in done]
+    store, done, todo = robustness.pending(cells, out, cannot_run)
     print(f"{len(todo)} cells to train ({len(cells) - len(todo)} done or n/a)", flush=True)
     for cell, row in robustness.train_cells(todo, run_cell, store, workers, len(cells)):
         done[cell.key] = row
@@ -353,7 +337,7 @@ def main(argv: list[str] | None = None) -> Path:
         for rule in args.rules
     ]
     if args.report_only:
-        done = load(out / "cells.jsonl")
+        done = robustness.load(out / "cells.jsonl", Cell)
         rows = [done[c.key] for c in cells if c.key in done]
     else:
         rows = list(run(cells, out, args.workers).values())

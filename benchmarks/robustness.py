@@ -281,24 +281,35 @@ def grid_cells(rules, attacks, fractions, partitionings, seeds, rounds) -> list[
     ]
 
 
-def load(path: Path) -> dict[str, dict[str, Any]]:
+def load(path: Path, cell_type: type = Cell) -> dict[str, dict[str, Any]]:
+    """The finished rows of ``path`` by their cell's key (fields a row lacks take the
+    cell type's defaults)."""
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {Cell(**{k: r[k] for k in Cell.__dataclass_fields__}).key: r for r in rows}
+    fields = cell_type.__dataclass_fields__
+    return {cell_type(**{k: r[k] for k in fields if k in r}).key: r for r in rows}
 
 
-def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
+def pending(
+    cells: list, out: Path, cannot_run: Callable[[Any], str | None]
+) -> tuple[Path, dict[str, dict[str, Any]], list]:
+    """The store under ``out``, the rows done, and the cells still to train: a cell that
+    ``cannot_run`` says cannot run is recorded ``n/a`` with the reason, never trained."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / "cells.jsonl"
-    done = load(store)
+    done = load(store, type(cells[0])) if cells else {}
     for cell in cells:
         reason = None if cell.key in done else cannot_run(cell)
-        if reason is not None:  # recorded, never trained
+        if reason is not None:
             done[cell.key] = {**asdict(cell), "accuracy": [], "na": reason}
             with open(store, "a") as handle:
                 handle.write(json.dumps(done[cell.key]) + "\n")
-    todo = [c for c in cells if c.key not in done]
+    return store, done, [c for c in cells if c.key not in done]
+
+
+def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
+    store, done, todo = pending(cells, out, cannot_run)
     estimate = sum(SECONDS_PER_CELL * (2 if c.attack in COLLUDING else 1) for c in todo)
     print(
         f"{len(todo)} cells to train ({len(cells) - len(todo)} done or n/a); estimated "
