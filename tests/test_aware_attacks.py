@@ -123,3 +123,25 @@ def test_the_mod_refuses_population_knowledge_and_runs_with_its_own():
     with pytest.raises(ValueError, match="knowledge='population'"):
         plan({})
     assert plan({"byzantine.ipm-tuned.knowledge": "own"}).behaviour.knowledge == "own"
+
+
+def test_colluders_in_one_process_search_once_and_send_the_same(monkeypatch):
+    from collections import OrderedDict
+
+    from flwr_flag.attacks import base
+    from flwr_flag.attacks.aware import SimulatedRound
+
+    monkeypatch.setattr(base, "_SHARED", OrderedDict())  # nothing known from other tests
+    searches = []
+    search = SimulatedRound.worst
+    monkeypatch.setattr(
+        SimulatedRound, "worst", lambda self, c: searches.append(1) or search(self, c)
+    )
+    honest = honest_updates(2)
+    attack = make_behaviour("ctma-inside", {})
+    sent = [attack.update(honest[0], context(honest, {"rule": "ctma"}, seed=s)) for s in range(F)]
+    assert len(searches) == 1
+    assert all(np.array_equal(sent[0], other) for other in sent[1:])
+    honest[0, 0] += 1.0  # what they know changed: a new search
+    attack.update(honest[0], context(honest, {"rule": "ctma"}))
+    assert len(searches) == 2
