@@ -249,9 +249,17 @@ def run_case(n: int, p: int, device: torch.device, repeats: int, chunk: int | No
     return "\n".join(lines) + "\n"
 
 
-def run_detox_case(n: int, p: int, device: torch.device, repeats: int) -> str:
-    """DETOX (r = 3, default second stage) against flat Multi-Krum and Bulyan on n
-    updates, honest group members equal, one Byzantine node per Byzantine group."""
+DETOX_VERSUS = {
+    "detox (r=3)": "detox",
+    "multi-krum": "multi-krum",
+    "bulyan": "bulyan",
+}
+"""DETOX and the flat rules it is compared with (its paper's)."""
+
+
+def detox_case(n: int, p: int, device: torch.device) -> tuple[torch.Tensor, int, list[int]]:
+    """``n`` updates in groups of r = 3 (honest group members equal, one Byzantine node
+    in each of the first ``f`` groups), ``f`` and each row's group."""
     # The largest f that Bulyan and DETOX's default second stage (median over
     # ceil(G / 2) bucket means of the G = n / 3 winners, f' = f // 2) both accept.
     buckets = math.ceil((n // 3) / 2)
@@ -259,18 +267,21 @@ def run_detox_case(n: int, p: int, device: torch.device, repeats: int) -> str:
     groups = [g for g in range(n // 3) for _ in range(3)]
     x = make_updates(n // 3, p, 0, seed=n).to(device).repeat_interleave(3, dim=0)
     x[[3 * i for i in range(f)]] *= 10.0
-    none = lambda: None  # noqa: E731
-    rules = {
-        "detox (r=3)": ("detox", {"groups": groups}),
-        "multi-krum": ("multi-krum", {}),
-        "bulyan": ("bulyan", {}),
-    }
-    seconds = {
-        name: measure(
-            lambda r=rule, kw=kw: aggregate(StackedSource(x), r, f, **kw), none, device, repeats
-        )[0]
-        for name, (rule, kw) in rules.items()
-    }
+    return x, f, groups
+
+
+def time_detox_case(name: str, x: torch.Tensor, f: int, groups: list[int], repeats: int) -> float:
+    """Median seconds of one aggregation of ``x`` by ``name`` of :data:`DETOX_VERSUS`."""
+    rule = DETOX_VERSUS[name]
+    kw = {"groups": groups} if rule == "detox" else {}
+    call = lambda: aggregate(StackedSource(x), rule, f, **kw)  # noqa: E731
+    return measure(call, lambda: None, x.device, repeats)[0]
+
+
+def run_detox_case(n: int, p: int, device: torch.device, repeats: int) -> str:
+    """DETOX (r = 3, default second stage) against flat Multi-Krum and Bulyan."""
+    x, f, groups = detox_case(n, p, device)
+    seconds = {name: time_detox_case(name, x, f, groups, repeats) for name in DETOX_VERSUS}
     detox = seconds["detox (r=3)"]
     line = (
         f"| {n} | {f} | "

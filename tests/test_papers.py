@@ -33,3 +33,20 @@ def test_quick_protocol_writes_its_table(paper, tmp_path):
     verdict_forms = (": holds here", ": does not hold here", ": cannot be tested here")
     assert all(any(form in c for form in verdict_forms) for c in claims)
     assert len((tmp_path / "cells" / "cells.jsonl").read_text().splitlines()) == len(table) - 1
+
+
+def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tmp_path):
+    import detox_scaling
+
+    out = tmp_path / "scaling.jsonl"
+    args = ["--n", "15", "30", "--p", "2000", "--repeats", "1", "--out", str(out)]
+    text = detox_scaling.main(args).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split("|")[1].strip() for line in rows] == ["15", "30"]
+    assert all("DETOX" in line.split("|")[-2] for line in rows)  # a verdict per n
+    slopes = [line for line in text.splitlines() if line.startswith("- ")]
+    assert [s.split(":")[0] for s in slopes] == ["- detox (r=3)", "- multi-krum", "- bulyan"]
+    assert len(out.read_text().splitlines()) == 6  # one row per (rule, n); a rerun skips them
+    detox_scaling.main(args)
+    assert len(out.read_text().splitlines()) == 6
+    assert detox_scaling.slope([(10, 1.0), (100, 100.0)]) == pytest.approx(2.0)

@@ -1,0 +1,147 @@
+"""DETOX at scale: one aggregation's seconds against flat Multi-Krum and Bulyan as n grows.
+
+The DETOX paper (Rajput et al. 2019) claims a per-iteration cost "nearly linear in n"
+and large speed-ups over flat robust aggregation in the regime of hundreds of nodes.
+Each (rule, n) runs in a fresh process on the same updates
+(:func:`aggregation_speed.detox_case`: groups of r = 3, honest members equal, the
+largest f that Bulyan and DETOX's second stage accept), a 1M-parameter model by
+default; the median of ``--repeats`` calls after one untimed call. Rows go to
+``benchmarks/results/detox_scaling_<device>.jsonl`` (a rerun skips those done); the
+report, ``detox_scaling_<device>.md`` and ``.png``, gives the seconds, DETOX's speed-up
+per n (the verdict per n: faster or not) and each rule's log-log slope of seconds
+against n (1: linear, 2: quadratic).
+
+    python benchmarks/detox_scaling.py                 # n = 45 99 201 501
+    python benchmarks/detox_scaling.py --n 45 99 --p 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def one(name: str, n: int, p: int, device: str, repeats: int) -> dict:
+    """Time ``name`` at ``n`` in this process (the child's side)."""
+    import aggregation_speed as speed
+    import torch
+
+    x, f, groups = speed.detox_case(n, p, torch.device(device))
+    speed.time_detox_case(name, x, f, groups, 1)  # first call: allocations, kernels
+    return {
+        "rule": name,
+        "n": n,
+        "p": p,
+        "f": f,
+        "seconds": speed.time_detox_case(name, x, f, groups, repeats),
+    }
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of log(seconds) against log(n)."""
+    xs = [math.log(n) for n, _ in points]
+    ys = [math.log(s) for _, s in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def report(rows: list[dict], device: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from aggregation_speed import DETOX_VERSUS
+
+    seconds = {(r["rule"], r["n"]): r["seconds"] for r in rows}
+    sizes = sorted({r["n"] for r in rows})
+    lines = [
+        f"# DETOX at scale ({device}, p = {rows[0]['p']:,}, one aggregation, each in its "
+        "own process)",
+        "",
+        "| n | f | "
+        + " | ".join(f"{name} s" for name in DETOX_VERSUS)
+        + " | multi-krum / detox | bulyan / detox | verdict |",
+        "|---:|---:|" + "---:|" * len(DETOX_VERSUS) + "---:|---:|---|",
+    ]
+    for n in sizes:
+        f = next(r["f"] for r in rows if r["n"] == n)
+        detox = seconds.get(("detox (r=3)", n))
+        row = [seconds.get((name, n)) for name in DETOX_VERSUS]
+        ratios = [
+            "" if detox is None or (peer, n) not in seconds else seconds[(peer, n)] / detox
+            for peer in ("multi-krum", "bulyan")
+        ]
+        faster = all(isinstance(r, float) and r > 1 for r in ratios)
+        lines.append(
+            f"| {n} | {f} | "
+            + " | ".join("" if s is None else f"{s:.3f}" for s in row)
+            + " | "
+            + " | ".join(r if isinstance(r, str) else f"{r:.1f}x" for r in ratios)
+            + f" | {'DETOX faster than both' if faster else 'DETOX not faster than both'} |"
+        )
+    lines += ["", "Log-log slope of seconds against n (1: linear in n, 2: quadratic):", ""]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name in DETOX_VERSUS:
+        points = [(n, seconds[(name, n)]) for n in sizes if (name, n) in seconds]
+        if len(points) >= 2:
+            lines.append(f"- {name}: {slope(points):.2f}")
+            axes.loglog(*zip(*points, strict=True), marker="o", label=name)
+    axes.set_xlabel("n (nodes)")
+    axes.set_ylabel("seconds per aggregation")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path.with_suffix(".png"), dpi=110)
+    plt.close(figure)
+    path.write_text("\n".join([*lines, ""]))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from aggregation_speed import DETOX_VERSUS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[45, 99, 201, 501])
+    parser.add_argument("--p", type=int, default=1_000_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--one", nargs=2, metavar=("RULE", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.p, args.device, args.repeats)))
+        return Path()
+    out = args.out or RESULTS / f"detox_scaling_{args.device.split(':')[0]}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    done = {(r["rule"], r["n"], r["p"]) for r in rows}
+    for n in args.n:
+        for name in DETOX_VERSUS:
+            if (name, n, args.p) in done:
+                continue
+            command = [sys.executable, __file__, "--one", name, str(n), "--p", str(args.p)]
+            command += ["--device", args.device, "--repeats", str(args.repeats)]
+            result = subprocess.run(command, check=True, capture_output=True, text=True)
+            row = json.loads(result.stdout.strip().splitlines()[-1])
+            print(row, flush=True)
+            rows.append(row)
+            with open(out, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    chosen = [r for r in rows if r["p"] == args.p and r["n"] in args.n]
+    path = report(chosen, args.device, out.with_suffix(".md"))
+    print(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    main()
