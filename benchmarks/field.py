@@ -140,12 +140,12 @@ class Cell:
 
 def run_config(cell: Cell) -> dict[str, Any]:
     regime = REGIMES[cell.regime]
-    config = robustness.run_config(
-        robustness.Cell("mean (FedAvg)", "none", 0.2, "iid", cell.seed, cell.rounds)
-    )
+    config = robustness.app_config()
     config.update(TRAINING)
     config.update(
         {
+            "seed": cell.seed,
+            "num-server-rounds": cell.rounds,
             "partitioning": "iid" if regime.alpha is None else "dirichlet",
             "dirichlet-alpha": regime.alpha or 0.5,
             "num-byzantine": regime.num_byzantine,

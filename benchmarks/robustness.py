@@ -120,11 +120,16 @@ class Cell:
         return int(self.fraction * NODES)
 
 
-def run_config(cell: Cell) -> dict[str, Any]:
+def app_config() -> dict[str, Any]:
+    """The app's run config as ``flwr run`` reads it from pyproject (flattened keys)."""
     from flwr.common.config import flatten_dict
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+    return flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+
+
+def run_config(cell: Cell) -> dict[str, Any]:
+    config = app_config()
     config.update(TRAINING)
     config.update(
         {

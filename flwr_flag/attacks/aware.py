@@ -137,16 +137,19 @@ class _RuleAware(Behaviour):
             return "other nodes' training data (knowledge='population'; 'own' does not)"
         return None
 
-    def simulated(self, context: AttackContext) -> SimulatedRound:
+    def estimates(self, context: AttackContext) -> np.ndarray:
+        """The honest updates as the colluders know them, ``(k, p)`` float64."""
         replies, colluders = round_shape(context)
         k = self.samples or replies - colluders
         if self.knowledge == "population":
             if context.population_samples is None:
                 raise ValueError(f"attack {self.name}: knowledge='population' is not reachable")
-            honest = context.population_samples(k)
-        else:
-            honest = context.honest_samples(k)
-        return SimulatedRound(honest.astype(np.float64), colluders, server_rule(context, self.rule))
+            return context.population_samples(k).astype(np.float64)
+        return context.honest_samples(k).astype(np.float64)
+
+    def simulated(self, context: AttackContext) -> SimulatedRound:
+        colluders = round_shape(context)[1]
+        return SimulatedRound(self.estimates(context), colluders, server_rule(context, self.rule))
 
     def candidates(self, simulated: SimulatedRound) -> Iterable[np.ndarray]:
         raise NotImplementedError
@@ -259,11 +262,11 @@ class FangTrim(_RuleAware):
         super().__init__(rule, knowledge, samples, b=b)
 
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
-        g = self.simulated(context).honest
-        low, high = g.min(axis=0), g.max(axis=0)
+        g = self.estimates(context)
+        up = g.mean(axis=0) > 0
         # below the lowest where the honest push up, above the highest elsewhere
-        edge = np.where(g.mean(axis=0) > 0, low, high)
-        outward = np.where(g.mean(axis=0) > 0, edge < 0, edge > 0)
+        edge = np.where(up, g.min(axis=0), g.max(axis=0))
+        outward = np.where(up, edge < 0, edge > 0)
         far = np.where(outward, edge * self.b, edge / self.b)
         return context.rng.uniform(np.minimum(edge, far), np.maximum(edge, far)).astype(
             honest.dtype
