@@ -12,27 +12,71 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import papers
 
 ROWS = {
-    "fa": ["| FA (default output) |"],
+    "fa": ["| FA (default output) |", "| median |", "| mean |"],
     "ctma": ["| mean |", "| mean + CTMA |"],
+    "tuning": ["| lr 0.03 |", "| lr 0.1 |"],
     "detox": ["| DETOX(multi-krum) |", "| flat multi-krum |"],
 }
-CLAIMS = {"fa": 3, "ctma": 3, "detox": 2}
+CLAIMS = {"fa": 4, "ctma": 3, "tuning": 1, "detox": 4}
+"""Verdict lines: FA's accuracy per form (3) and its rounds to target; CTMA's three;
+the tuning claim; DETOX's accuracy and speed at the protocol's n and at scale."""
 
 
 @pytest.mark.parametrize("paper", sorted(ROWS))
 def test_quick_protocol_writes_its_table(paper, tmp_path):
     path = papers.main(["--paper", paper, "--quick", "--out", str(tmp_path / "cells")])
     text = path.read_text()
-    table = [line for line in text.splitlines() if line.startswith("| ")]
-    assert [line.split("|")[1].strip() for line in table[1:]] == [
+    lines = text.splitlines()
+    first = lines.index(f"## {paper}") + 2
+    table = lines[first : lines.index("", first)]  # the accuracy table
+    assert [line.split("|")[1].strip() for line in table[2:]] == [
         row.strip("| ") for row in ROWS[paper]
     ]
-    assert all("±" in line and "ms)" in line for line in table[1:])  # numbers, not blanks
-    claims = [line for line in text.splitlines() if line.startswith("- ")]
-    assert len(claims) == CLAIMS[paper]
+    entries = [e for line in table[2:] for e in line.split("|")[2:-1] if e.strip()]
+    assert entries and all("±" in e and "ms)" in e for e in entries)  # numbers, not blanks
+    claims = [line for line in lines if line.startswith("- ") and ": " in line]
     verdict_forms = (": holds here", ": does not hold here", ": cannot be tested here")
-    assert all(any(form in c for form in verdict_forms) for c in claims)
-    assert len((tmp_path / "cells" / "cells.jsonl").read_text().splitlines()) == len(table) - 1
+    claims = [c for c in claims if any(form in c for form in verdict_forms)]
+    assert len(claims) == CLAIMS[paper]
+    assert len((tmp_path / "cells" / "cells.jsonl").read_text().splitlines()) == len(entries)
+
+
+def curve_row(paper: str, rule: str, setting: str, accuracy: list[float], seed=0) -> dict:
+    return {"paper": paper, "rule": rule, "setting": setting, "nodes": 15, "seed": seed,
+            "accuracy": accuracy, "aggregation_seconds": 0.01}  # fmt: skip
+
+
+def test_rounds_to_target_count_from_the_first_round_and_decide_the_fa_claim():
+    assert papers.rounds_to([0.96, 0.5, 0.9, 0.97], 0.95) == 3  # round 0 is the initial model
+    assert papers.rounds_to([0.1, 0.5], 0.95) == float("inf")
+    clean = curve_row("fa", "mean", "no attack", [0.1, 0.5, 0.9, 1.0])
+    fast, slow = [0.1, 0.96, 0.97, 0.98, 0.99, 0.99], [0.1, 0.2, 0.3, 0.4, 0.96, 0.99]
+    wins = [clean, curve_row("fa", "FA (x)", "s", fast), curve_row("fa", "krum", "s", slow)]
+    text = "\n".join(papers.communication(wins, "digits", "cnn"))
+    assert "- FA (x) reaches each target in no more rounds" in text
+    assert "holds here (2 comparisons)" in text
+    (krum,) = [line for line in text.splitlines() if line.startswith("| krum |")]
+    assert krum.split("|")[3].strip().startswith("4.0 ± 0.0 / 4.0 ± 0.0 (")  # column "s"
+    loses = [clean, curve_row("fa", "FA (x)", "s", slow), curve_row("fa", "krum", "s", fast)]
+    text = "\n".join(papers.communication(loses, "digits", "cnn"))
+    assert "does not hold here in 2/2: s, 90%, vs krum; s, 95%, vs krum" in text
+    never = [clean, curve_row("fa", "FA (x)", "s", [0.1, 0.2])]
+    assert "not reached (0/1)" in "\n".join(papers.communication(never, "digits", "cnn"))
+
+
+@pytest.mark.parametrize("mu2_spread, holds", [(0.05, True), (0.30, False)])
+def test_tuning_claim_compares_the_spread_over_the_learning_rates(mu2_spread, holds):
+    rows = []
+    for lr, bump in zip(papers.TUNING_LRS, (0, 1, 1, 1, 0), strict=True):
+        rows.append(
+            curve_row("tuning", f"lr {lr}", "no attack, mu2-sgd", [0.9 - mu2_spread * (1 - bump)])
+        )
+        rows.append(
+            curve_row("tuning", f"lr {lr}", "no attack, sgd-momentum", [0.9 - 0.2 * (1 - bump)])
+        )
+    assert papers.sweep_range(rows, "no attack, mu2-sgd") == pytest.approx(mu2_spread)
+    (line,) = papers.verdicts(rows, "tuning")
+    assert (": holds here" in line) is holds, line
 
 
 def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tmp_path):
@@ -44,8 +88,15 @@ def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tm
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [line.split("|")[1].strip() for line in rows] == ["15", "30"]
     assert all("DETOX" in line.split("|")[-2] for line in rows)  # a verdict per n
-    slopes = [line for line in text.splitlines() if line.startswith("- ")]
+    bullets = [line for line in text.splitlines() if line.startswith("- ")]
+    slopes, claims = bullets[:3], bullets[3:]
     assert [s.split(":")[0] for s in slopes] == ["- detox (r=3)", "- multi-krum", "- bulyan"]
+    assert all(float(s.split(":")[1]) > 0 for s in slopes)
+    assert [c.split(":")[0] for c in claims] == [
+        "- DETOX's per-iteration cost nearly linear in n (log-log slope <= 1.25)",
+        "- DETOX aggregates faster than flat Multi-Krum and Bulyan at scale",
+    ]
+    assert all(": holds here" in c or ": does not hold here" in c for c in claims)
     assert len(out.read_text().splitlines()) == 6  # one row per (rule, n); a rerun skips them
     detox_scaling.main(args)
     assert len(out.read_text().splitlines()) == 6
