@@ -286,6 +286,27 @@ def rounds_to(curve: list[float], target: float) -> float:
     return next((r for r, a in enumerate(curve) if r and a >= target), math.inf)
 
 
+def reference_curves(rows: list[dict[str, Any]], paper: str, points: int = 6) -> list[str]:
+    """The clean rows' accuracy (mean over seeds) at ``points`` evenly spaced rounds:
+    where they flatten is where the protocol's round count comes from."""
+    clean = [r for r in rows if r["paper"] == paper and r["setting"].startswith("no attack")]
+    if not clean:
+        return []
+    last = min(len(r["accuracy"]) for r in clean) - 1
+    marks = [round(last * (i + 1) / points) for i in range(points)]
+    lines = [
+        "Clean reference curves (accuracy % by round, mean over seeds):",
+        "",
+        "| rule, setting | " + " | ".join(str(m) for m in marks) + " |",
+        "|---|" + "---:|" * points,
+    ]
+    for key in dict.fromkeys((r["rule"], r["setting"]) for r in clean):
+        runs = [r for r in clean if (r["rule"], r["setting"]) == key]
+        means = [100 * statistics.mean(r["accuracy"][m] for r in runs) for m in marks]
+        lines.append(f"| {key[0]}, {key[1]} | " + " | ".join(f"{a:.1f}" for a in means) + " |")
+    return lines
+
+
 def parameters(dataset: str, model: str) -> int:
     from clients.data import load_test
     from clients.models import build_model
@@ -350,7 +371,10 @@ def communication(rows: list[dict[str, Any]], dataset: str, model: str) -> list[
                     if ours and theirs:
                         a, b = statistics.mean(ours), statistics.mean(theirs)
                         checks.append((f"{setting}, {target:.0%}, vs {other}", a <= b + 1))
-        claim = f"{form} reaches each target in no more rounds than every other robust rule"
+        claim = (
+            f"{form} reaches each target in no more rounds than every other robust rule "
+            "(within one round)"
+        )
         lines.append(verdict(claim, checks))
     return lines
 
@@ -446,6 +470,11 @@ READING = {
         "- The setup: 15 nodes, digits and the small CNN, 20 rounds of 2 local epochs; "
         "seeds 0-2. `random` sends uniform noise; `augmented` has no attacker, 3 honest "
         "nodes train on heavily warped digits.",
+        "- Rounds to target: FA in every form is level with Bulyan, median, MeaMed and "
+        "trimmed mean (90 % in 4.3-5.0 rounds, 95 % in 5.7-6.7, whatever the attack), "
+        "not ahead of them: the paper's advantage in rounds does not show on this task. "
+        "Only Krum (which keeps one update) is slower: 95 % not reached within 20 rounds "
+        "by 1-2 of 3 seeds. Bytes are rounds times 0.73 MB for every rule.",
     ],
     "ctma": [
         "- The setup: 17 nodes, 8 Byzantine, one local step (batch 32) per round for 600 "
@@ -540,7 +569,10 @@ def main(argv: list[str] | None = None) -> Path:
     current = [c.key for p in PAPERS for c in protocol(p, stored, args.quick)]
     rows = [done[key] for key in current if key in done]
     present = [p for p in PAPERS if any(r["paper"] == p for r in rows)]
-    extra = {"fa": communication(rows, args.dataset, args.model)}
+    extra = {
+        "fa": communication(rows, args.dataset, args.model),
+        "ctma": reference_curves(rows, "ctma"),
+    }
     if "detox" in present:
         sizes, p, repeats, scale = SCALE_QUICK if args.quick else SCALE
         scale_rows = detox_scaling.measure(sizes, p, "cpu", repeats, out.parent / scale)

@@ -101,3 +101,15 @@ def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tm
     detox_scaling.main(args)
     assert len(out.read_text().splitlines()) == 6
     assert detox_scaling.slope([(10, 1.0), (100, 100.0)]) == pytest.approx(2.0)
+
+
+def test_reference_curves_read_the_clean_rows_at_even_rounds():
+    rows = [
+        curve_row("ctma", "mean", "no attack, a", [i / 10 for i in range(7)], seed=0),
+        curve_row("ctma", "mean", "no attack, a", [i / 20 for i in range(7)], seed=1),
+        curve_row("ctma", "mean", "ipm, a", [0.0] * 7),
+    ]
+    lines = papers.reference_curves(rows, "ctma", points=3)
+    assert lines[2] == "| rule, setting | 2 | 4 | 6 |"
+    assert lines[4:] == ["| mean, no attack, a | 15.0 | 30.0 | 45.0 |"]  # no attacked row
+    assert papers.reference_curves(rows[2:], "ctma") == []
