@@ -26,6 +26,7 @@ deterministic torch algorithms, so a group's honest members send equal updates.
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -111,11 +112,17 @@ class Node:
             s.data_files,
         )
 
-    def model(self) -> torch.nn.Module:
+    @functools.cached_property
+    def _network(self) -> torch.nn.Module:
         x = self.data.x
-        model = build_model(self.settings.model, tuple(x.shape[1:]), self.data.num_classes)
-        set_arrays(model, self.sent)
-        return model
+        return build_model(self.settings.model, tuple(x.shape[1:]), self.data.num_classes)
+
+    def model(self) -> torch.nn.Module:
+        """The received model, in training mode. One network per node serves every call
+        (its honest update and each colluder's sample start from ``sent`` again):
+        building it dominated a colluder's round."""
+        set_arrays(self._network, self.sent)
+        return self._network.train()
 
     def sgd_update(self, data: Split, seed: int) -> tuple[np.ndarray, Arrays, float]:
         model = self.model()

@@ -327,6 +327,30 @@ def test_colluders_estimate_updates_the_way_honest_nodes_make_them(optimizer):
     assert 0.5 <= ratio <= 2.0, ratio
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "mu2-sgd"])
+def test_a_nodes_network_serves_every_update_from_the_received_model(optimizer):
+    """One network per node serves its honest update and the colluders' samples: each
+    call starts again from the arrays received and in training mode, so a node's update
+    is the same as a fresh node's after the network was trained or put in eval mode."""
+    import copy
+
+    from flwr.app import RecordDict
+
+    from clients.app import Node
+    from clients.models import build_model, get_arrays
+
+    config = {"model": "mlp", "local-steps": 3, "optimizer": optimizer}
+    settings = ClientSettings.from_config(config, {"partition-id": 1, "num-partitions": 4})
+    test = load_test("digits", 0, None)
+    sent = get_arrays(build_model("mlp", tuple(test.x.shape[1:]), test.num_classes, 3))
+    fresh = Node(settings, sent, 2).honest_update(RecordDict())[0]
+    used = Node(settings, sent, 2)
+    used.attack_context(RecordDict(), {}).honest_samples(2)  # trains the shared network
+    used.model().eval()
+    assert used.model().training
+    np.testing.assert_array_equal(used.honest_update(copy.deepcopy(RecordDict()))[0], fresh)
+
+
 def test_the_servers_anytime_average_is_the_clients_bit_for_bit():
     """mu^2-SGD on a quadratic: each round the client computes its query point x_t from
     the model w_t it receives (clients/optim.py), the server steps w and averages the
