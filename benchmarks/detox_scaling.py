@@ -75,7 +75,8 @@ def lines(rows: list[dict], device: str) -> list[str]:
         + " | multi-krum / detox | bulyan / detox | verdict |",
         "|---:|---:|" + "---:|" * len(DETOX_VERSUS) + "---:|---:|---|",
     ]
-    faster_at = {}
+    faster_at: dict[int, bool] = {}
+    beats: dict[str, list[str]] = {"multi-krum": [], "bulyan": []}
     for n in sizes:
         f = next(r["f"] for r in rows if r["n"] == n)
         detox = seconds.get(("detox (r=3)", n))
@@ -85,6 +86,9 @@ def lines(rows: list[dict], device: str) -> list[str]:
             for peer in ("multi-krum", "bulyan")
         ]
         faster_at[n] = all(isinstance(r, float) and r > 1 for r in ratios)
+        for peer, ratio in zip(beats, ratios, strict=True):
+            if isinstance(ratio, float) and ratio > 1:
+                beats[peer].append(str(n))
         out.append(
             f"| {n} | {f} | "
             + " | ".join("" if s is None else f"{s:.3f}" for s in row)
@@ -115,7 +119,11 @@ def lines(rows: list[dict], device: str) -> list[str]:
         + (
             f"holds here at every n ({', '.join(map(str, sizes))})"
             if not slower
-            else f"does not hold here at n = {', '.join(slower)} of {len(sizes)}"
+            else f"does not hold here at {len(slower)} of {len(sizes)} n "
+            f"({', '.join(slower)}); faster than "
+            + " and than ".join(
+                f"{peer} at n = {', '.join(ns) or 'none'}" for peer, ns in beats.items()
+            )
         ),
     ]
     return out
