@@ -78,6 +78,9 @@ def test_tuning_claim_compares_the_spread_over_the_learning_rates(mu2_spread, ho
     assert papers.sweep_range(rows, "no attack, mu2-sgd") == pytest.approx(mu2_spread)
     (line,) = papers.verdicts(rows, "tuning")
     assert (": holds here" in line) is holds, line
+    partial = rows[:-1]  # momentum's last rate not run yet: no range, no verdict
+    assert papers.sweep_range(partial, "no attack, sgd-momentum") is None
+    assert ": cannot be tested here" in papers.verdicts(partial, "tuning")[0]
 
 
 def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tmp_path):
