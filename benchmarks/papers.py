@@ -88,6 +88,8 @@ FA_RULES = {
     "trimmed-mean": {"rule": "trimmed-mean"},
     "mean": {"rule": "mean"},
 }
+FA_PEERS = ("bulyan", "krum", "median", "meamed", "trimmed-mean")
+"""The robust rules FA is compared with (the mean is the baseline, not a peer)."""
 CTMA_BASES = ("mean", "median", "geomed")
 """The paper's bases but its trimmed mean: at f = 8 of 17 it trims 8 values from each side
 of every coordinate and leaves the coordinate median (the one-seed run of the old
@@ -366,13 +368,12 @@ def communication(rows: list[dict[str, Any]], dataset: str, model: str) -> list[
             cells.append(" / ".join(text(v) for v in per) + moved if per[-1] else "")
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     lines.append("")
-    others = ("bulyan", "krum", "median", "meamed", "trimmed-mean")
     for form in [r for r in rules if r.startswith("FA")]:
         checks = []
         for setting in settings:
             for target in TARGETS:
                 ours = rounds.get((form, setting, target))
-                for other in others:
+                for other in FA_PEERS:
                     theirs = rounds.get((other, setting, target))
                     if ours and theirs:
                         a, b = statistics.mean(ours), statistics.mean(theirs)
@@ -426,12 +427,11 @@ def verdicts(rows: list[dict[str, Any]], paper: str) -> list[str]:
     settings = sorted({k[1] for k in s})
     lines = []
     if paper == "fa":
-        others = ("bulyan", "krum", "median", "meamed", "trimmed-mean")
         for form in [r for r in FA_RULES if r.startswith("FA")]:
             checks = [
                 (f"{setting} vs {other}", at_least(s[(form, setting)], s[(other, setting)]))
                 for setting in settings
-                for other in others
+                for other in FA_PEERS
                 if (form, setting) in s and (other, setting) in s
             ]
             lines.append(verdict(f"{form} at least as accurate as every other robust rule", checks))
