@@ -304,6 +304,35 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_config_of(args: argparse.Namespace) -> str:
+    """The ``--run-config`` overrides of the run (``--run-config`` last: it wins)."""
+    return (
+        f"num-server-rounds={args.rounds} output-dir='{args.output_dir}' "
+        f"byzantine-nodes=0 round-timeout={args.round_timeout} "
+        f"num-byzantine={args.byzantine} {args.run_config}"
+    )
+
+
+def too_few_nodes(nodes: int, run_config: str) -> str | None:
+    """Why ``nodes`` SuperNodes cannot run the rule that the project's config with
+    ``run_config`` describes, or None. Round 1 would otherwise wait for nodes that never
+    come (the ServerApp cannot know that no more will connect; this script does)."""
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+    from flwr_flag.config import rule_from_config
+    from flwr_flag.rules.registry import nodes_needed
+
+    config = get_fused_config_from_dir(ROOT, parse_config_args([run_config]))
+    rule, params, pre, f = rule_from_config(config)
+    needed = max(2, nodes_needed(rule, f, pre, params))
+    if nodes >= needed:
+        return None
+    return (
+        f"--nodes {nodes}: rule={rule!r} with num-byzantine={f} needs at least {needed} "
+        "nodes; start more (--nodes) or assume fewer Byzantine ones (--byzantine)"
+    )
+
+
 def stop_on_signals() -> None:
     """SIGTERM and SIGINT end the script through its ``finally``, which stops every
     process it started (they run in sessions of their own, so no signal reaches them)."""
@@ -319,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.work_dir is not None and args.work_dir.exists():
         print(f"--work-dir {args.work_dir} exists; name a new directory", file=sys.stderr)
+        return 2
+    run_config = run_config_of(args)
+    problem = too_few_nodes(args.nodes, run_config)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     stop_on_signals()
     temporary = args.work_dir is None
@@ -336,11 +370,6 @@ def main(argv: list[str] | None = None) -> int:
                 args.nodes + j, "partition-id=0 num-partitions=1", register=False
             )
         deployment.wait_for_nodes(args.nodes)
-        run_config = (
-            f"num-server-rounds={args.rounds} output-dir='{args.output_dir}' "
-            f"byzantine-nodes=0 round-timeout={args.round_timeout} "
-            f"num-byzantine={args.byzantine} {args.run_config}"
-        )
         print(
             f"SuperLink on 127.0.0.1:{deployment.port}, {args.nodes} SuperNodes; logs in "
             f"{deployment.logs}",

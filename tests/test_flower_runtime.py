@@ -5,6 +5,8 @@ loopback deployment (SuperLink + SuperNodes, TLS, SuperNode authentication). Slo
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +152,31 @@ def test_deploy_local_refuses_an_existing_work_dir(tmp_path):
     assert sorted(p.name for p in shared.iterdir()) == ["someone-elses"]
 
 
+def test_deploy_local_refuses_too_few_nodes_for_the_rule_before_starting_any(tmp_path):
+    """Before: ``--nodes 2`` with the default ``--byzantine 1`` (FA needs 3 nodes for
+    f = 1) started everything, then round 1 waited for a third node until the 900 s
+    limit. Now it stops before any process starts, naming the rule, f and the count."""
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, "scripts/deploy_local.py", "--nodes", "2", "--work-dir", str(work)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "rule='flag' with num-byzantine=1 needs at least 3 nodes" in done.stderr
+    assert not work.exists()
+
+
+def test_deploy_local_finds_enough_nodes_from_the_run_config():
+    from deploy_local import too_few_nodes
+
+    assert too_few_nodes(2, "num-byzantine=0 model='mlp'") is None
+    assert too_few_nodes(3, "num-byzantine=1") is None
+    assert "needs at least 5" in too_few_nodes(4, "num-byzantine=1 rule='krum'")
+
+
 def test_private_keys_are_never_written_through_a_planted_link(tmp_path):
     from deploy_local import write_private
 
@@ -203,3 +230,32 @@ def test_a_supernode_that_dies_mid_run_does_not_stop_the_run(tmp_path, no_leftov
     table = results(output)
     assert [r["round"] for r in table] == ["0", "1", "2", "3", "4"]
     assert table[1]["received"] == "3" and table[-1]["received"] == "2"
+
+
+def test_round_timeline_cuts_rounds_from_flower_debug_logs(tmp_path):
+    """Synthetic DEBUG logs, one node, pushes every 10 s; each mark a known offset after
+    the push: every step's median is the gap between two marks, the server's share the
+    rest of the round."""
+    from round_timeline import NODE_MARKS, STEPS, timeline
+
+    start = dt.datetime(2026, 1, 1, 12)
+    offsets = (3.0, 3.1, 3.5, 4.3, 4.5, 8.5, 9.0)  # after the push, per NODE_MARKS
+
+    def line(t: dt.datetime, message: str) -> str:
+        stamp = t.strftime("%Y-%m-%d %H:%M:%S,") + f"{t.microsecond // 1000:03d}"
+        return f"\x1b[94mDEBUG {stamp}\x1b[0m:     {message}"
+
+    pushes = [start + dt.timedelta(seconds=10 * r) for r in range(5)]
+    link = [line(t, "Runtime.PushMessages") for t in pushes]
+    node = ["INFO:     127.0.0.1 - noise without a time stamp"]
+    for push in pushes[:-1]:
+        for mark, offset in zip(NODE_MARKS, offsets, strict=True):
+            node.append(line(push + dt.timedelta(seconds=offset), f"{mark} (id)"))
+            node.append(line(push + dt.timedelta(seconds=offset), "Runtime.PullObject"))
+    (tmp_path / "superlink.log").write_text("\n".join(link))
+    (tmp_path / "supernode-0.log").write_text("\n".join(node))
+    table = timeline(tmp_path)
+    gaps = [b - a for a, b in itertools.pairwise((0.0, *offsets))]
+    assert [table[s] for s in STEPS] == pytest.approx(gaps)
+    assert table["server after last reply"] == pytest.approx(1.0)
+    assert table["round"] == pytest.approx(10.0)
