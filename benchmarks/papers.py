@@ -42,6 +42,7 @@ smallest cells (one seed, a few rounds; ``papers-quick``): a smoke run, not evid
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import math
@@ -229,28 +230,33 @@ def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]], paper: str) -> list[str]:
-    """Final accuracy (mean ± std over seeds) and aggregation seconds, rule x setting."""
+    """Final accuracy (mean ± std over seeds; the value alone for one seed) and
+    aggregation seconds, rule x setting, then how many seeds the cells have."""
     mine = [r for r in rows if r["paper"] == paper]
     settings = list(dict.fromkeys(r["setting"] for r in mine))
     rules = list(dict.fromkeys(r["rule"] for r in mine))
     lines = ["| rule | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
+    seeds: collections.Counter[int] = collections.Counter()
     for rule in rules:
         texts = []
         for setting in settings:
             runs = [r for r in mine if r["rule"] == rule and r["setting"] == setting]
             if not runs:
                 texts.append("")
-            elif "na" in runs[0]:
+                continue
+            seeds[len(runs)] += 1
+            if "na" in runs[0]:
                 texts.append(f"n/a ({runs[0]['na']})")
             elif any(r.get("diverged") for r in runs):
                 texts.append("diverged")
             else:
                 finals = [100 * r["accuracy"][-1] for r in runs]
-                std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+                spread = f" ± {statistics.stdev(finals):.1f}" if len(finals) > 1 else ""
                 agg = statistics.mean(r["aggregation_seconds"] for r in runs)
-                texts.append(f"{statistics.mean(finals):.1f} ± {std:.1f} ({agg * 1000:.0f} ms)")
+                texts.append(f"{statistics.mean(finals):.1f}{spread} ({agg * 1000:.0f} ms)")
         lines.append(f"| {rule} | " + " | ".join(texts) + " |")
-    return lines
+    counts = ", ".join(f"{k} in {seeds[k]}" for k in sorted(seeds, reverse=True))
+    return [*lines, "", f"Seeds per cell: {counts} cells."]
 
 
 def summary(rows: list[dict[str, Any]], paper: str) -> dict[tuple[str, str], tuple]:

@@ -4,6 +4,7 @@ its table, with a verdict line per claim."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def test_quick_protocol_writes_its_table(paper, tmp_path):
         row.strip("| ") for row in ROWS[paper]
     ]
     entries = [e for line in table[2:] for e in line.split("|")[2:-1] if e.strip()]
-    assert entries and all("±" in e and "ms)" in e for e in entries)  # numbers, not blanks
+    assert entries and all(re.fullmatch(r" \d+\.\d \(\d+ ms\) ", e) for e in entries)
+    assert lines[lines.index("", first) + 1] == f"Seeds per cell: 1 in {len(entries)} cells."
     claims = [line for line in lines if line.startswith("- ") and ": " in line]
     verdict_forms = (": holds here", ": does not hold here", ": cannot be tested here")
     claims = [c for c in claims if any(form in c for form in verdict_forms)]
@@ -45,6 +47,19 @@ def test_quick_protocol_writes_its_table(paper, tmp_path):
 def curve_row(paper: str, rule: str, setting: str, accuracy: list[float], seed=0) -> dict:
     return {"paper": paper, "rule": rule, "setting": setting, "nodes": 15, "seed": seed,
             "accuracy": accuracy, "aggregation_seconds": 0.01}  # fmt: skip
+
+
+def test_table_gives_the_spread_only_over_several_seeds_and_counts_them():
+    rows = [
+        curve_row("ctma", "mean", "a", [0.1, 0.9], seed=0),
+        curve_row("ctma", "mean", "a", [0.1, 0.8], seed=1),
+        curve_row("ctma", "mean", "b", [0.1, 0.7]),
+        curve_row("ctma", "median", "b", [0.1, 0.6]),
+    ]
+    lines = papers.table(rows, "ctma")
+    assert lines[2] == "| mean | 85.0 ± 7.1 (10 ms) | 70.0 (10 ms) |"
+    assert lines[3] == "| median |  | 60.0 (10 ms) |"
+    assert lines[-1] == "Seeds per cell: 2 in 1, 1 in 2 cells."
 
 
 def test_rounds_to_target_count_from_the_first_round_and_decide_the_fa_claim():
