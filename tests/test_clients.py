@@ -328,26 +328,33 @@ def test_colluders_estimate_updates_the_way_honest_nodes_make_them(optimizer):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "mu2-sgd"])
-def test_a_nodes_network_serves_every_update_from_the_received_model(optimizer):
-    """One network per node serves its honest update and the colluders' samples: each
-    call starts again from the arrays received and in training mode, so a node's update
-    is the same as a fresh node's after the network was trained or put in eval mode."""
+def test_one_network_serves_every_update_from_the_received_model(optimizer):
+    """One network per process serves every node's honest update and the colluders'
+    samples: each call starts again from the arrays received and in training mode, so
+    an update equals one made on a newly built network, after another node with other
+    arrays and state trained the shared network and left it in eval mode."""
     import copy
 
     from flwr.app import RecordDict
 
-    from clients.app import Node
+    from clients.app import Node, network
     from clients.models import build_model, get_arrays
 
     config = {"model": "mlp", "local-steps": 3, "optimizer": optimizer}
     settings = ClientSettings.from_config(config, {"partition-id": 1, "num-partitions": 4})
+    other = ClientSettings.from_config(config, {"partition-id": 3, "num-partitions": 4})
     test = load_test("digits", 0, None)
-    sent = get_arrays(build_model("mlp", tuple(test.x.shape[1:]), test.num_classes, 3))
+    shape = tuple(test.x.shape[1:])
+    sent = get_arrays(build_model("mlp", shape, test.num_classes, 3))
+    network.cache_clear()
     fresh = Node(settings, sent, 2).honest_update(RecordDict())[0]
+    state = RecordDict()
+    before = Node(other, get_arrays(build_model("mlp", shape, test.num_classes, 4)), 5)
+    before.honest_update(state)
+    before.attack_context(state, {}).honest_samples(2)  # trains the shared network
+    before.model().eval()
     used = Node(settings, sent, 2)
-    used.attack_context(RecordDict(), {}).honest_samples(2)  # trains the shared network
-    used.model().eval()
-    assert used.model().training
+    assert used.model() is before.model() and used.model().training
     np.testing.assert_array_equal(used.honest_update(copy.deepcopy(RecordDict()))[0], fresh)
 
 
