@@ -350,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--work-dir {args.work_dir} exists; name a new directory", file=sys.stderr)
         return 2
     run_config = run_config_of(args)
-    problem = too_few_nodes(args.nodes, run_config)
+    try:  # a bad config value stops here too, named by the library's validation
+        problem = too_few_nodes(args.nodes, run_config)
+    except ValueError as error:
+        problem = str(error)
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2

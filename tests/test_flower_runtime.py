@@ -167,6 +167,10 @@ def test_deploy_local_refuses_too_few_nodes_for_the_rule_before_starting_any(tmp
     assert done.returncode == 2
     assert "rule='flag' with num-byzantine=1 needs at least 3 nodes" in done.stderr
     assert not work.exists()
+    bad = [sys.executable, "scripts/deploy_local.py", "--run-config", "rule='fedavg'"]
+    done = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "rule='fedavg' is not one of" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_deploy_local_finds_enough_nodes_from_the_run_config():
