@@ -171,6 +171,9 @@ def test_deploy_local_refuses_too_few_nodes_for_the_rule_before_starting_any(tmp
     done = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "rule='fedavg' is not one of" in done.stderr
     assert "Traceback" not in done.stderr
+    bad[-1] = "rule=flag"  # not a TOML string: Flower's parser refuses it
+    done = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--run-config: The provided configuration" in done.stderr
 
 
 def test_deploy_local_finds_enough_nodes_from_the_run_config():
