@@ -62,10 +62,11 @@ def events(path: Path) -> list[tuple[dt.datetime, str]]:
     """(time, message) of every time-stamped line of a Flower log."""
     found = []
     for line in path.read_text(errors="replace").splitlines():
-        match = STAMP.search(ANSI.sub("", line))
+        plain = ANSI.sub("", line)
+        match = STAMP.search(plain)
         if match:
             stamp = dt.datetime.strptime(match.group(2), "%Y-%m-%d %H:%M:%S,%f")
-            found.append((stamp, ANSI.sub("", line)[match.end() :]))
+            found.append((stamp, plain[match.end() :]))
     return found
 
 
