@@ -424,3 +424,20 @@ def test_ctma_runs_nnm_before_it_unless_told_otherwise():
     updates = torch.randn(7, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with_nnm = aggregate(updates, "ctma", 2, pre=["nnm"]).vector
     assert not torch.allclose(with_nnm, aggregate(updates, "ctma", 2).vector)  # aggregate adds none
+
+
+@pytest.mark.parametrize(
+    "rule", ["mean", "trimmed-mean", "geomed", "centered-clipping", "flag", "ctma"]
+)
+def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in(rule):
+    # Flower samples nodes in a random order and float sums are not associative: the
+    # same replies in another order must still give the same bits, or a seed does not
+    # fix a run.
+    global_model = random_model(0)
+    messages = [reply(i + 1, random_model(i), **{"num-examples": 5}) for i in range(1, 16)]
+    results = set()
+    for order in (list(range(15)), list(range(15))[::-1], np.random.default_rng(1).permutation(15)):
+        strategy = configured(STRATEGIES[rule](num_byzantine=3, device="cpu"), global_model, 15)
+        arrays, _ = strategy.aggregate_train(1, [messages[i] for i in order])
+        results.add(b"".join(arrays[k].numpy().tobytes() for k in SHAPES))
+    assert len(results) == 1

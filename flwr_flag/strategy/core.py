@@ -256,6 +256,10 @@ class RobustCore:
         candidates, rejected = screen(
             [r.node_id for r in replies], lambda i: structural_problem(replies[i], reference)
         )
+        # The rules are symmetric in their rows, float sums are not, and Flower samples
+        # nodes in a random order: rows by node id make the aggregate the same bits
+        # whatever order the replies arrive in, so a seed fixes a run.
+        candidates.sort(key=lambda i: replies[i].node_id)
         result, used, why_kept = self._aggregate(reference, replies, candidates, rejected)
         for index, reason in rejected.items():
             log(
