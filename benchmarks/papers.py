@@ -204,9 +204,8 @@ def protocol(paper: str, seeds: list[int], quick: bool) -> list[Cell]:
     return cells
 
 
-def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
-    from flwr_flag import strategy_from_config
-
+def cell_config(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
+    """The run config of ``cell``: the robustness grid's defaults under the cell's own."""
     config = robustness.run_config(robustness.Cell("mean (FedAvg)", "none", 0.2, "iid", 0, 1))
     config.update(
         {
@@ -218,6 +217,13 @@ def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
             **dict(cell.config),
         }
     )
+    return config
+
+
+def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
+    from flwr_flag import strategy_from_config
+
+    config = cell_config(cell, dataset, model)
     needs = robustness.cannot_run_rule(config, cell.nodes, cell.f)
     if needs is not None:
         return {**asdict(cell), "key": cell.key, "accuracy": [], "na": needs}

@@ -3,11 +3,13 @@ its table, with a verdict line per claim."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -132,3 +134,47 @@ def test_reference_curves_read_the_clean_rows_at_even_rounds():
     assert lines[2] == "| rule, setting | 2 | 4 | 6 |"
     assert lines[4:] == ["| mean, no attack, a | 15.0 | 30.0 | 45.0 |"]  # no attacked row
     assert papers.reference_curves(rows[2:], "ctma") == []
+
+
+def test_geometry_places_the_plain_mean_at_f_over_n_and_the_honest_mean_at_zero():
+    import cell_geometry
+
+    rng = np.random.default_rng(0)
+    replies = rng.normal(size=(17, 50))
+    byzantine = np.arange(17) < 8
+    sent = rng.normal(size=50)
+    mean = cell_geometry.geometry(replies, byzantine, replies.mean(0), sent)
+    assert mean["t"] == pytest.approx(8 / 17)
+    honest = replies[~byzantine].mean(0)
+    at_honest = cell_geometry.geometry(replies, byzantine, honest, sent)
+    assert at_honest["t"] == pytest.approx(0.0, abs=1e-12)
+    assert at_honest["cos"] == pytest.approx(1.0)
+    assert at_honest["honest_step"] == pytest.approx(np.linalg.norm(honest - sent))
+    gap = replies[byzantine].mean(0) - honest
+    assert mean["gap"] == pytest.approx(np.linalg.norm(gap))
+
+
+def test_geometry_of_a_trained_cell(tmp_path):
+    import cell_geometry
+
+    out = tmp_path / "geometry"
+    args = ["--quick", "--setting", "label-flip, mu2-sgd", "--out", str(out), "--block", "2"]
+    lines = cell_geometry.main([*args, "--rule", "mean"])
+    (path,) = out.iterdir()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
+    # FedAvg's mean weighs each reply by its examples: t is the colluders' share
+    from clients.config import ClientSettings
+    from clients.data import load_partition
+
+    (cell,) = [c for c in papers.protocol("ctma", [0], True) if c.rule == "mean"]
+    config = papers.cell_config(cell, "digits", "cnn")
+    s = ClientSettings.from_config(config, {"partition-id": 0, "num-partitions": 17})
+    sizes = [len(load_partition(s.dataset, p, 17, s.partitioning, s.alpha, 0)) for p in range(17)]
+    share = sum(sizes[p] for p in s.byzantine_nodes) / sum(sizes)
+    assert len(s.byzantine_nodes) == 8 and share != pytest.approx(8 / 17, abs=1e-3)
+    assert [r["t"] for r in rows] == pytest.approx([share] * 5, abs=1e-3)  # float32 models
+    assert all(r["spread"] > 0 and r["gap"] > 0 for r in rows)
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["1-2", "3-4", "5-5"]
+    with pytest.raises(SystemExit):
+        cell_geometry.main([*args, "--rule", "no such rule"])

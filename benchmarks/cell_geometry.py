@@ -1,0 +1,135 @@
+"""Where a rule's output sits between the honest nodes and the colluders, round by
+round, in one cell of a paper's protocol (:mod:`papers`).
+
+Each round, with ``w`` the model sent, ``u_i`` the replies (models: their differences
+are the updates' differences), ``h`` the honest replies' mean, ``b`` the colluders' and
+``a`` the aggregate:
+
+* ``t = <a - h, b - h> / ||b - h||^2``: 0 at the honest mean, 1 at the colluders'
+  (the plain mean of ``n - f`` honest and ``f`` Byzantine replies gives ``f / n``);
+* ``gap = ||b - h||``, against the honest ``spread = sqrt(mean_i ||u_i - h||^2)``:
+  a rule that works by order or distance can only tell the groups apart while the
+  gap is large beside the spread;
+* ``honest_step = ||h - w||`` and ``cos``, the cosine of ``a - w`` with ``h - w``.
+
+One cell costs what :func:`papers.run_cell` costs (O(n p) more per round). Rows go to
+``benchmarks/results/papers/geometry/<cell>.jsonl``; the summary is their mean per
+block of rounds::
+
+    python benchmarks/cell_geometry.py --paper ctma --rule "median + CTMA" \\
+        --setting "label-flip, mu2-sgd" --seed 2 [--block 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import papers
+import robustness
+
+COLUMNS = ("t", "gap", "spread", "honest_step", "cos")
+
+
+def geometry(replies: np.ndarray, byzantine: np.ndarray, aggregate: np.ndarray, sent: np.ndarray):
+    """One round's row (see the module docstring) from the ``(n, p)`` replies, the
+    ``(n,)`` Byzantine mask, the aggregate and the model sent, all flattened."""
+    h, b = replies[~byzantine].mean(0), replies[byzantine].mean(0)
+    gap, step, moved = b - h, h - sent, aggregate - sent
+    norm = float(np.linalg.norm(moved) * np.linalg.norm(step))
+    return {
+        "t": float((aggregate - h) @ gap / (gap @ gap)) if gap @ gap > 0 else float("nan"),
+        "gap": float(np.linalg.norm(gap)),
+        "spread": float(np.sqrt(((replies[~byzantine] - h) ** 2).sum(1).mean())),
+        "honest_step": float(np.linalg.norm(step)),
+        "cos": float(moved @ step) / norm if norm > 0 else float("nan"),
+    }
+
+
+def trace(cell: papers.Cell, dataset: str, model: str) -> tuple[list[dict], list[float]]:
+    """Train ``cell`` as :func:`papers.run_cell` does; its geometry row per round and
+    its accuracy curve."""
+    from flwr_flag import strategy_from_config
+
+    def flat(arrays) -> np.ndarray:
+        return np.concatenate([v.numpy().ravel().astype(np.float64) for v in arrays.values()])
+
+    config = papers.cell_config(cell, dataset, model)
+    strategy = strategy_from_config(config)
+    aggregate_train = strategy.aggregate_train
+    rows: list[dict[str, Any]] = []
+    sent: list[np.ndarray] = []
+
+    def observed(server_round, replies):
+        replies = list(replies)
+        out = aggregate_train(server_round, replies)
+        stacked = np.stack([flat(m.content["arrays"]) for m in replies])
+        byzantine = np.array([bool(m.content["metrics"]["byzantine"]) for m in replies])
+        aggregate = flat(out[0])
+        # round 1's model sent is the initial one, which the replies do not carry
+        start = sent[-1] if sent else stacked[~byzantine].mean(0)
+        rows.append({"round": server_round, **geometry(stacked, byzantine, aggregate, start)})
+        sent.append(aggregate)
+        return out
+
+    strategy.aggregate_train = observed
+    result = robustness.train(config, cell.nodes, strategy, cell.rounds, cell.seed)
+    return rows, result["accuracy"]
+
+
+def blocks(rows: list[dict], accuracy: list[float], size: int) -> list[str]:
+    """A markdown table: each column's mean per ``size`` rounds, and the accuracy at
+    each block's end."""
+    lines = ["| rounds | " + " | ".join(COLUMNS) + " | accuracy % |", "|---" * 7 + "|"]
+    for start in range(0, len(rows), size):
+        block = rows[start : start + size]
+        means = [statistics.fmean(r[c] for r in block) for c in COLUMNS]
+        end = block[-1]["round"]
+        lines.append(
+            f"| {block[0]['round']}-{end} | "
+            + " | ".join(f"{m:.3f}" for m in means)
+            + f" | {100 * accuracy[end]:.1f} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--paper", choices=papers.PAPERS, default="ctma")
+    parser.add_argument("--rule", required=True)
+    parser.add_argument("--setting", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--block", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=papers.RESULTS / "papers" / "geometry")
+    args = parser.parse_args(argv)
+    cells = papers.protocol(args.paper, [args.seed], args.quick)
+    matches = [c for c in cells if (c.rule, c.setting) == (args.rule, args.setting)]
+    if not matches:
+        parser.error(
+            f"no cell of --paper {args.paper} has --rule {args.rule!r} and --setting "
+            f"{args.setting!r}; they are: "
+            + "; ".join(sorted({f"{c.rule!r} / {c.setting!r}" for c in cells}))
+        )
+    rows, accuracy = trace(matches[0], args.dataset, args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "-", f"{args.rule} {args.setting} seed {args.seed}".lower())
+    path = args.out / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = blocks(rows, accuracy, args.block)
+    print(f"{args.rule}, {args.setting}, seed {args.seed} ({path}):", *lines, sep="\n")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
