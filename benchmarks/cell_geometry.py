@@ -64,23 +64,24 @@ def trace(cell: papers.Cell, dataset: str, model: str) -> tuple[list[dict], list
 
     config = papers.cell_config(cell, dataset, model)
     strategy = strategy_from_config(config)
-    aggregate_train = strategy.aggregate_train
+    configure_train, aggregate_train = strategy.configure_train, strategy.aggregate_train
     rows: list[dict[str, Any]] = []
     sent: list[np.ndarray] = []
+
+    def sending(server_round, arrays, train_config, grid):
+        sent.append(flat(arrays))
+        return configure_train(server_round, arrays, train_config, grid)
 
     def observed(server_round, replies):
         replies = list(replies)
         out = aggregate_train(server_round, replies)
         stacked = np.stack([flat(m.content["arrays"]) for m in replies])
         byzantine = np.array([bool(m.content["metrics"]["byzantine"]) for m in replies])
-        aggregate = flat(out[0])
-        # round 1's model sent is the initial one, which the replies do not carry
-        start = sent[-1] if sent else stacked[~byzantine].mean(0)
-        rows.append({"round": server_round, **geometry(stacked, byzantine, aggregate, start)})
-        sent.append(aggregate)
+        row = geometry(stacked, byzantine, flat(out[0]), sent[-1])
+        rows.append({"round": server_round, **row})
         return out
 
-    strategy.aggregate_train = observed
+    strategy.configure_train, strategy.aggregate_train = sending, observed
     result = robustness.train(config, cell.nodes, strategy, cell.rounds, cell.seed)
     return rows, result["accuracy"]
 

@@ -174,7 +174,7 @@ def test_geometry_of_a_trained_cell(tmp_path):
     share = sum(sizes[p] for p in s.byzantine_nodes) / sum(sizes)
     assert len(s.byzantine_nodes) == 8 and share != pytest.approx(8 / 17, abs=1e-3)
     assert [r["t"] for r in rows] == pytest.approx([share] * 5, abs=1e-3)  # float32 models
-    assert all(r["spread"] > 0 and r["gap"] > 0 for r in rows)
+    assert all(r["spread"] > 0 and r["gap"] > 0 and -1 <= r["cos"] <= 1 for r in rows)
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["1-2", "3-4", "5-5"]
     with pytest.raises(SystemExit):
         cell_geometry.main([*args, "--rule", "no such rule"])
