@@ -39,14 +39,18 @@ import robustness
 COLUMNS = ("t", "gap", "spread", "honest_step", "cos")
 
 
-def geometry(replies: np.ndarray, byzantine: np.ndarray, aggregate: np.ndarray, sent: np.ndarray):
+def geometry(
+    replies: np.ndarray, byzantine: np.ndarray, aggregate: np.ndarray, sent: np.ndarray
+) -> dict[str, float]:
     """One round's row (see the module docstring) from the ``(n, p)`` replies, the
-    ``(n,)`` Byzantine mask, the aggregate and the model sent, all flattened."""
-    h, b = replies[~byzantine].mean(0), replies[byzantine].mean(0)
+    ``(n,)`` Byzantine mask, the aggregate and the model sent, all flattened. Without
+    colluders ``t`` and ``gap`` are NaN."""
+    h = replies[~byzantine].mean(0)
+    b = replies[byzantine].mean(0) if byzantine.any() else np.full_like(h, np.nan)
     gap, step, moved = b - h, h - sent, aggregate - sent
     norm = float(np.linalg.norm(moved) * np.linalg.norm(step))
     return {
-        "t": float((aggregate - h) @ gap / (gap @ gap)) if gap @ gap > 0 else float("nan"),
+        "t": float((aggregate - h) @ gap / (gap @ gap)),
         "gap": float(np.linalg.norm(gap)),
         "spread": float(np.sqrt(((replies[~byzantine] - h) ** 2).sum(1).mean())),
         "honest_step": float(np.linalg.norm(step)),
