@@ -10,14 +10,16 @@ are the updates' differences), ``h`` the honest replies' mean, ``b`` the collude
 * ``gap = ||b - h||``, against the honest ``spread = sqrt(mean_i ||u_i - h||^2)``:
   a rule that works by order or distance can only tell the groups apart while the
   gap is large beside the spread;
-* ``honest_step = ||h - w||`` and ``cos``, the cosine of ``a - w`` with ``h - w``.
+* ``honest_step = ||h - w||``, ``byzantine_step = ||b - w||`` (IPM's colluders all
+  send ``-epsilon mu_hat``: their step over ``epsilon`` is ``||mu_hat||``) and
+  ``cos``, the cosine of ``a - w`` with ``h - w``.
 
 One cell costs what :func:`papers.run_cell` costs (O(n p) more per round). Rows go to
-``benchmarks/results/papers/geometry/<cell>.jsonl``; the summary is their mean per
-block of rounds::
+``benchmarks/results/papers/geometry/<cell>-<rounds>-rounds.jsonl``; the summary is
+their mean per block of rounds::
 
     python benchmarks/cell_geometry.py --paper ctma --rule "median + CTMA" \\
-        --setting "label-flip, mu2-sgd" --seed 2 [--block 100]
+        --setting "label-flip, mu2-sgd" --seed 2 [--rounds 600] [--block 100]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import re
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import papers
 import robustness
 
-COLUMNS = ("t", "gap", "spread", "honest_step", "cos")
+COLUMNS = ("t", "gap", "spread", "honest_step", "byzantine_step", "cos")
 
 
 def geometry(
@@ -54,6 +57,7 @@ def geometry(
         "gap": float(np.linalg.norm(gap)),
         "spread": float(np.sqrt(((replies[~byzantine] - h) ** 2).sum(1).mean())),
         "honest_step": float(np.linalg.norm(step)),
+        "byzantine_step": float(np.linalg.norm(b - sent)),
         "cos": float(moved @ step) / norm if norm > 0 else float("nan"),
     }
 
@@ -93,7 +97,10 @@ def trace(cell: papers.Cell, dataset: str, model: str) -> tuple[list[dict], list
 def blocks(rows: list[dict], accuracy: list[float], size: int) -> list[str]:
     """A markdown table: each column's mean per ``size`` rounds, and the accuracy at
     each block's end."""
-    lines = ["| rounds | " + " | ".join(COLUMNS) + " | accuracy % |", "|---" * 7 + "|"]
+    lines = [
+        "| rounds | " + " | ".join(COLUMNS) + " | accuracy % |",
+        "|---" * (len(COLUMNS) + 2) + "|",
+    ]
     for start in range(0, len(rows), size):
         block = rows[start : start + size]
         means = [statistics.fmean(r[c] for r in block) for c in COLUMNS]
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--model", default="cnn")
+    parser.add_argument("--rounds", type=int, default=None, help="the cell's by default")
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--out", type=Path, default=papers.RESULTS / "papers" / "geometry")
     args = parser.parse_args(argv)
@@ -126,9 +134,14 @@ def main(argv: list[str] | None = None) -> list[str]:
             f"{args.setting!r}; they are: "
             + "; ".join(sorted({f"{c.rule!r} / {c.setting!r}" for c in cells}))
         )
-    rows, accuracy = trace(matches[0], args.dataset, args.model)
+    cell = replace(matches[0], rounds=args.rounds or matches[0].rounds)
+    rows, accuracy = trace(cell, args.dataset, args.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^a-z0-9]+", "-", f"{args.rule} {args.setting} seed {args.seed}".lower())
+    name = re.sub(
+        r"[^a-z0-9]+",
+        "-",
+        f"{args.rule} {args.setting} seed {args.seed} {cell.rounds} rounds".lower(),
+    )
     path = args.out / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = blocks(rows, accuracy, args.block)
