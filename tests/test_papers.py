@@ -186,3 +186,19 @@ def test_geometry_of_a_trained_cell(tmp_path):
     assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)
     with pytest.raises(SystemExit):
         cell_geometry.main([*args, "--rule", "no such rule"])
+
+
+def test_a_collapsed_seed_is_not_as_robust_even_where_the_mean_is_within_the_spread():
+    def summarized(finals: list[float]) -> papers.Summary:
+        rows = [
+            {"paper": "ctma", "rule": "r", "setting": "s", "seed": seed,
+             "accuracy": [0.1, final], "aggregation_seconds": 0.01}
+            for seed, final in enumerate(finals)
+        ]  # fmt: skip
+        return papers.summary(rows, "ctma")[("r", "s")]
+
+    collapsed, steady = summarized([0.95, 0.96, 0.05]), summarized([0.95, 0.96, 0.95])
+    assert collapsed.worst == 0.05
+    assert collapsed.mean >= steady.mean - (collapsed.std + steady.std)  # the mean passes
+    assert not papers.at_least(collapsed, steady)
+    assert papers.at_least(steady, collapsed)
