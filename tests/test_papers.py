@@ -59,7 +59,7 @@ def test_table_gives_the_spread_only_over_several_seeds_and_counts_them():
         curve_row("ctma", "median", "b", [0.1, 0.6]),
     ]
     lines = papers.table(rows, "ctma")
-    assert lines[2] == "| mean | 85.0 ± 7.1 (10 ms) | 70.0 (10 ms) |"
+    assert lines[2] == "| mean | 85.0 ± 7.1, worst 80.0 (10 ms) | 70.0 (10 ms) |"
     assert lines[3] == "| median |  | 60.0 (10 ms) |"
     assert lines[-1] == "Seeds per cell: 2 in 1, 1 in 2 cells."
 
