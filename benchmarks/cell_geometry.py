@@ -81,7 +81,7 @@ def trace(cell: papers.Cell, dataset: str, model: str) -> tuple[list[dict], list
         return configure_train(server_round, arrays, train_config, grid)
 
     def observed(server_round, replies):
-        replies = list(replies)
+        replies = sorted(replies, key=lambda m: m.metadata.src_node_id)  # as the rows
         out = aggregate_train(server_round, replies)
         stacked = np.stack([flat(m.content["arrays"]) for m in replies])
         byzantine = np.array([bool(m.content["metrics"]["byzantine"]) for m in replies])
