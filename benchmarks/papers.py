@@ -532,7 +532,7 @@ READING = {
         "(the best: mean + NNM, 74.9 and 80.6 %).",
         "- CTMA under IPM falls below its base (seeds 0-2; mu^2-SGD: mean 81.7 -> 53.3, "
         "median 67.5 -> 53.7 %; momentum: 86.9 -> 55.9, 75.2 -> 55.9 %): it keeps the "
-        "n - f = 9 updates nearest the base's output, and that output (about 0.26 mu) "
+        "n - f = 9 updates nearest the base's output, and that output (about 0.27 mu) "
         "lies nearer the 8 colluders' -0.5 mu_hat than the honest one-batch updates, "
         "which spread 1.2-1.5 ||mu|| around mu: in rounds 1-50 (seed 0) CTMA kept 6-8 of "
         "the 8 colluders among its 9, and over seeds 0-2 its output lies t = 0.79-0.90 "
