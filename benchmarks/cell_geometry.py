@@ -19,7 +19,11 @@ One cell costs what :func:`papers.run_cell` costs (O(n p) more per round). Rows 
 their mean per block of rounds::
 
     python benchmarks/cell_geometry.py --paper ctma --rule "median + CTMA" \\
-        --setting "label-flip, mu2-sgd" --seed 2 [--rounds 600] [--block 100]
+        --setting "label-flip, mu2-sgd" --seed 2 [--rounds 600] [--block 100] \\
+        [--run-config "mu2.beta-min=1e-4 mu2.gamma-min=1e-4"]
+
+``--run-config`` (Flower's ``key=value`` syntax) changes the cell's config, to test
+what a setting does to the geometry; the file's name then carries it.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import papers
 import robustness
+
+from flwr_flag.runconfig import parse_overrides
 
 COLUMNS = ("t", "gap", "spread", "honest_step", "byzantine_step", "cos")
 
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--rounds", type=int, default=None, help="the cell's by default")
+    parser.add_argument("--run-config", default="", help="overrides of the cell's config")
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--out", type=Path, default=papers.RESULTS / "papers" / "geometry")
     args = parser.parse_args(argv)
@@ -134,14 +142,16 @@ def main(argv: list[str] | None = None) -> list[str]:
             f"{args.setting!r}; they are: "
             + "; ".join(sorted({f"{c.rule!r} / {c.setting!r}" for c in cells}))
         )
-    cell = replace(matches[0], rounds=args.rounds or matches[0].rounds)
+    try:
+        overrides = parse_overrides(args.run_config)
+    except (ValueError, click.ClickException) as error:
+        parser.error(f"--run-config: {error}")
+    config = tuple(sorted({**dict(matches[0].config), **overrides}.items()))
+    cell = replace(matches[0], rounds=args.rounds or matches[0].rounds, config=config)
     rows, accuracy = trace(cell, args.dataset, args.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = re.sub(
-        r"[^a-z0-9]+",
-        "-",
-        f"{args.rule} {args.setting} seed {args.seed} {cell.rounds} rounds".lower(),
-    )
+    title = f"{args.rule} {args.setting} seed {args.seed} {cell.rounds} rounds {args.run_config}"
+    name = re.sub(r"[^a-z0-9.]+", "-", title.strip().lower())
     path = args.out / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = blocks(rows, accuracy, args.block)

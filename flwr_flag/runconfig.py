@@ -1,10 +1,15 @@
-"""Run-config helpers shared by the server side (:mod:`flwr_flag.config`) and the
-client side (:mod:`flwr_flag.attacks.mod`, this project's ClientApp)."""
+"""Run-config helpers shared by the server side (:mod:`flwr_flag.config`), the client
+side (:mod:`flwr_flag.attacks.mod`, this project's ClientApp) and the scripts that take
+a ``--run-config``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
+
+PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
+"""One ``key=value`` pair as Flower's ``parse_config_args`` finds it (flwr 1.21-1.42)."""
 
 
 def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -16,3 +21,17 @@ def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
         for k, v in config.items()
         if k.startswith(prefix)
     }
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``--run-config``'s ``key=value`` pairs, parsed by Flower, except that text outside
+    a pair is an error: Flower's parser skips it, so ``"lr= rule='krum'"`` would set
+    ``rule`` alone and the mistyped ``lr`` would go unnoticed. Raises ``ValueError``
+    naming the skipped text; a value TOML cannot read raises Flower's
+    ``click.ClickException``."""
+    from flwr.common.config import parse_config_args
+
+    skipped = PAIR.sub(" ", text).split()
+    if skipped:
+        raise ValueError(f"not key=value pairs: {' '.join(skipped)} (in {text!r})")
+    return parse_config_args([text]) if text.strip() else {}

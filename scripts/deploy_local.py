@@ -317,12 +317,13 @@ def too_few_nodes(nodes: int, run_config: str) -> str | None:
     """Why ``nodes`` SuperNodes cannot run the rule that the project's config with
     ``run_config`` describes, or None. Round 1 would otherwise wait for nodes that never
     come (the ServerApp cannot know that no more will connect; this script does)."""
-    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+    from flwr.common.config import get_fused_config_from_dir
 
     from flwr_flag.config import rule_from_config
     from flwr_flag.rules.registry import nodes_needed
+    from flwr_flag.runconfig import parse_overrides
 
-    config = get_fused_config_from_dir(ROOT, parse_config_args([run_config]))
+    config = get_fused_config_from_dir(ROOT, parse_overrides(run_config))
     rule, params, pre, f = rule_from_config(config)
     needed = max(2, nodes_needed(rule, f, pre, params))
     if nodes >= needed:

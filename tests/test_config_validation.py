@@ -383,3 +383,23 @@ def test_the_anytime_average_is_on_when_the_clients_run_mu2_sgd():
     assert flwr_flag.strategy_from_config({"optimizer": "sgd"}).core.anytime is None
     with pytest.raises(ValueError, match=re.escape("anytime_gamma_min=0.0 is out of range")):
         flwr_flag.Krum(num_byzantine=1, anytime_gamma_min=0.0)
+
+
+def test_run_config_overrides_refuse_what_flowers_parser_would_skip():
+    import click
+
+    from flwr_flag.runconfig import parse_overrides
+
+    assert parse_overrides("") == {}
+    assert parse_overrides("lr=0.1 rule='krum' x=\"a b\"") == {
+        "lr": 0.1,
+        "rule": "krum",
+        "x": "a b",
+    }
+    # Flower's parse_config_args returns {"rule": "krum"} here: the mistyped lr is lost
+    with pytest.raises(ValueError, match=r"not key=value pairs: lr= \(in"):
+        parse_overrides("lr= rule='krum'")
+    with pytest.raises(ValueError, match="not key=value pairs: local-steps"):
+        parse_overrides("local-steps 3")
+    with pytest.raises(click.ClickException):  # a value TOML cannot read
+        parse_overrides("lr=[1")

@@ -186,6 +186,13 @@ def test_geometry_of_a_trained_cell(tmp_path):
     assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)
     with pytest.raises(SystemExit):
         cell_geometry.main([*args, "--rule", "no such rule"])
+    with pytest.raises(SystemExit):
+        cell_geometry.main([*args, "--rule", "mean", "--run-config", "lr="])
+    # --run-config changes the cell: without colluders t is NaN, and the file says why
+    cell_geometry.main([*args, "--rule", "mean", "--run-config", "byzantine-nodes=0"])
+    path = out / "mean-label-flip-mu2-sgd-seed-0-4-rounds-byzantine-nodes-0.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 4 and all(math.isnan(r["t"]) for r in rows)
 
 
 def test_a_collapsed_seed_is_not_as_robust_even_where_the_mean_is_within_the_spread():
