@@ -92,7 +92,8 @@ def trace(cell: papers.Cell, dataset: str, model: str) -> tuple[list[dict], list
         out = aggregate_train(server_round, replies)
         stacked = np.stack([flat(m.content["arrays"]) for m in replies])
         byzantine = np.array([bool(m.content["metrics"]["byzantine"]) for m in replies])
-        row = geometry(stacked, byzantine, flat(out[0]), sent[-1])
+        kept = out[0] is None  # the round kept the model: the aggregate is the model sent
+        row = geometry(stacked, byzantine, sent[-1] if kept else flat(out[0]), sent[-1])
         rows.append({"round": server_round, **row})
         return out
 

@@ -193,6 +193,11 @@ def test_geometry_of_a_trained_cell(tmp_path):
     path = out / "mean-label-flip-mu2-sgd-seed-0-4-rounds-byzantine-nodes-0.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 4 and all(math.isnan(r["t"]) for r in rows)
+    # every reply above the norm bound: each round keeps the model it sent
+    cell_geometry.main([*args, "--rule", "mean", "--run-config", "max-update-norm=1e-9"])
+    path = out / "mean-label-flip-mu2-sgd-seed-0-4-rounds-max-update-norm-1e-9.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 4 and all(math.isnan(r["cos"]) for r in rows)  # no step at all
 
 
 def test_a_collapsed_seed_is_not_as_robust_even_where_the_mean_is_within_the_spread():
