@@ -37,7 +37,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         )
     try:
         overrides = parse_overrides(args.run_config)
-    except (ValueError, click.ClickException) as error:
+    except ValueError as error:
         parser.error(f"--run-config: {error}")
     config = tuple(sorted({**dict(matches[0].config), **overrides}.items()))
     cell = replace(matches[0], rounds=args.rounds or matches[0].rounds, config=config)

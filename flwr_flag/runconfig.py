@@ -27,11 +27,16 @@ def parse_overrides(text: str) -> dict[str, Any]:
     """``--run-config``'s ``key=value`` pairs, parsed by Flower, except that text outside
     a pair is an error: Flower's parser skips it, so ``"lr= rule='krum'"`` would set
     ``rule`` alone and the mistyped ``lr`` would go unnoticed. Raises ``ValueError``
-    naming the skipped text; a value TOML cannot read raises Flower's
-    ``click.ClickException``."""
+    naming the skipped text, or the value TOML cannot read."""
+    import click
     from flwr.common.config import parse_config_args
 
     skipped = PAIR.sub(" ", text).split()
     if skipped:
         raise ValueError(f"not key=value pairs: {' '.join(skipped)} (in {text!r})")
-    return parse_config_args([text]) if text.strip() else {}
+    try:
+        return parse_config_args([text]) if text.strip() else {}
+    except (click.ClickException, click.exceptions.Exit) as error:  # flwr 1.42, 1.21
+        raise ValueError(
+            f"a value is not TOML (a string needs quotes: key='text') in {text!r}"
+        ) from error

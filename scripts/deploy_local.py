@@ -351,11 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--work-dir {args.work_dir} exists; name a new directory", file=sys.stderr)
         return 2
     run_config = run_config_of(args)
-    from click import ClickException  # Flower's error for a malformed --run-config
-
     try:  # a bad config value stops here too, named by the library's validation
         problem = too_few_nodes(args.nodes, run_config)
-    except (ValueError, ClickException) as error:
+    except ValueError as error:
         problem = f"--run-config: {error}"
     if problem is not None:
         print(problem, file=sys.stderr)

@@ -386,8 +386,6 @@ def test_the_anytime_average_is_on_when_the_clients_run_mu2_sgd():
 
 
 def test_run_config_overrides_refuse_what_flowers_parser_would_skip():
-    import click
-
     from flwr_flag.runconfig import parse_overrides
 
     assert parse_overrides("") == {}
@@ -401,5 +399,5 @@ def test_run_config_overrides_refuse_what_flowers_parser_would_skip():
         parse_overrides("lr= rule='krum'")
     with pytest.raises(ValueError, match="not key=value pairs: local-steps"):
         parse_overrides("local-steps 3")
-    with pytest.raises(click.ClickException):  # a value TOML cannot read
+    with pytest.raises(ValueError, match="a value is not TOML"):  # whatever flwr raises
         parse_overrides("lr=[1")
