@@ -235,6 +235,24 @@ def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
     }
 
 
+class Summary(NamedTuple):
+    """A rule's cell over its seeds: final accuracy's mean, std and worst seed, and the
+    mean seconds of one aggregation."""
+
+    mean: float
+    std: float
+    seconds: float
+    worst: float
+
+    @classmethod
+    def of(cls, runs: list[dict[str, Any]]) -> Summary:
+        """The summary of one cell's runs (its seeds)."""
+        finals = [r["accuracy"][-1] for r in runs]
+        std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        seconds = statistics.mean(r["aggregation_seconds"] for r in runs)
+        return cls(statistics.mean(finals), std, seconds, min(finals))
+
+
 def table(rows: list[dict[str, Any]], paper: str) -> list[str]:
     """Final accuracy (mean ± std over seeds and the worst seed; the value alone for
     one seed) and aggregation seconds, rule x setting, then how many seeds the cells
@@ -257,41 +275,26 @@ def table(rows: list[dict[str, Any]], paper: str) -> list[str]:
             elif any(r.get("diverged") for r in runs):
                 texts.append("diverged")
             else:
-                finals = [100 * r["accuracy"][-1] for r in runs]
-                spread = (
-                    f" ± {statistics.stdev(finals):.1f}, worst {min(finals):.1f}"
-                    if len(finals) > 1
-                    else ""
+                cell = Summary.of(runs)
+                spread = f" ± {100 * cell.std:.1f}, worst {100 * cell.worst:.1f}"
+                texts.append(
+                    f"{100 * cell.mean:.1f}{spread if len(runs) > 1 else ''} "
+                    f"({cell.seconds * 1000:.0f} ms)"
                 )
-                agg = statistics.mean(r["aggregation_seconds"] for r in runs)
-                texts.append(f"{statistics.mean(finals):.1f}{spread} ({agg * 1000:.0f} ms)")
         lines.append(f"| {rule} | " + " | ".join(texts) + " |")
     counts = ", ".join(f"{k} in {seeds[k]}" for k in sorted(seeds, reverse=True))
     return [*lines, "", f"Seeds per cell: {counts} cells."]
-
-
-class Summary(NamedTuple):
-    """A rule's cell over its seeds: final accuracy's mean, std and worst seed, and the
-    mean seconds of one aggregation."""
-
-    mean: float
-    std: float
-    seconds: float
-    worst: float
 
 
 def summary(rows: list[dict[str, Any]], paper: str) -> dict[tuple[str, str], Summary]:
     """``(rule, setting)`` -> its :class:`Summary`, for the cells that trained (no
     ``n/a``, not diverged)."""
     out = {}
-    for key in {(r["rule"], r["setting"]) for r in rows if r["paper"] == paper}:
+    # in protocol order (a set's would change with the hash seed, and the report with it)
+    for key in dict.fromkeys((r["rule"], r["setting"]) for r in rows if r["paper"] == paper):
         runs = [r for r in rows if r["paper"] == paper and (r["rule"], r["setting"]) == key]
-        if any("na" in r or r.get("diverged") for r in runs):
-            continue
-        finals = [r["accuracy"][-1] for r in runs]
-        std = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        agg = statistics.mean(r["aggregation_seconds"] for r in runs)
-        out[key] = Summary(statistics.mean(finals), std, agg, min(finals))
+        if not any("na" in r or r.get("diverged") for r in runs):
+            out[key] = Summary.of(runs)
     return out
 
 
