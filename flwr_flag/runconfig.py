@@ -35,7 +35,7 @@ def parse_overrides(text: str) -> dict[str, Any]:
     if skipped:
         raise ValueError(f"not key=value pairs: {' '.join(skipped)} (in {text!r})")
     try:
-        return parse_config_args([text]) if text.strip() else {}
+        return parse_config_args([text])
     except (click.ClickException, click.exceptions.Exit) as error:  # flwr 1.42, 1.21
         raise ValueError(
             f"a value is not TOML (a string needs quotes: key='text') in {text!r}"
