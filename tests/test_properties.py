@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flwr_flag.rules import PREAGGREGATORS, RULES, aggregate, get_rule
+from flwr_flag.rules.inputs import InputRangeError
 
 # DETOX needs the group label of every row; tests/test_detox.py covers it.
 ALL = sorted(set(RULES) - {"detox"})
@@ -155,3 +156,42 @@ def test_breakdown_bound(case, n, p, seed, exponent, together):
     center = honest.mean(dim=0)
     radius = max(float((honest - center).norm(dim=1).max()), float(center.norm()))
     assert float((out - center).norm()) <= 3 * radius, (rule, pre, f, float(out.norm()))
+
+
+@st.composite
+def degenerate(draw):
+    """Updates on one line (through the origin or not), duplicated rows, rank one, or
+    a ladder ``0.1 i`` in every coordinate: inputs where Gram-space quadratic forms
+    round to tiny negatives."""
+    n = draw(st.integers(5, 12))
+    p = draw(st.sampled_from([1, 2, 4, 50]))
+    kind = draw(st.sampled_from(["line", "shifted-line", "duplicates", "ladder"]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    direction, t = torch.randn(p, generator=g), torch.randn(n, generator=g)
+    if kind == "line":
+        x = t[:, None] * direction
+    elif kind == "shifted-line":
+        x = 3.0 + t[:, None] * direction
+    elif kind == "duplicates":
+        x = direction.repeat(n, 1)
+        x[: n // 3] = torch.randn(n // 3, p, generator=g)
+    else:
+        x = torch.tensor([[0.1 * i] * p for i in range(n)])
+    return x.to(dtype), draw(st.integers(0, (n - 1) // 2))
+
+
+@settings(max_examples=60)
+@given(degenerate(), st.sampled_from(ALL), st.sampled_from([(), *((s,) for s in PREAGGREGATORS)]))
+def test_degenerate_inputs_give_a_finite_result_or_a_range_refusal(problem, rule, pre):
+    """Collinear, duplicated and rank-one updates: every rule, alone and behind every
+    pre-aggregator, returns a finite vector or refuses the round's size
+    (:class:`InputRangeError`); nothing else may escape (the geometric median's step
+    norm once became complex here)."""
+    x, f = problem
+    try:
+        out = aggregate(x, rule, f, pre=list(pre)).vector
+    except InputRangeError:
+        return
+    assert out.shape == (x.shape[1],)
+    assert bool(torch.isfinite(out).all()), (rule, pre)

@@ -57,7 +57,9 @@ def weiszfeld(
         beta = weights / dist.clamp_min(nu)
         new = beta / beta.sum()
         step = new - b
-        moved = float(step @ gram.centered @ step) ** 0.5  # sum(step) = 0: no reference terms
+        # sum(step) = 0: no reference terms. Rounding can make the quadratic form of
+        # (nearly) collinear rows slightly negative: clamp it as the distances are.
+        moved = max(float(step @ gram.centered @ step), 0.0) ** 0.5
         b = new
         dist = gram.sq_distances_to(b).sqrt()
         if moved <= tol * weighted_median(dist, weights):
