@@ -25,7 +25,6 @@ from a non-finite update. The same pass sums the exact squared norms of the rows
 from __future__ import annotations
 
 import copy
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .dtypes import difference_into
 from .gram import Gram, choose_reference
 
 DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
@@ -319,6 +319,9 @@ class ArraysSource(UpdateSource):
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         self._offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         super().__init__(len(clients), int(self._offsets[-1]), **kwargs)
+        self.host_passes = self.device.type == "cpu"
+        """Whether the host passes run (on a CPU device). Off, the generic chunked
+        passes run, the code a GPU runs: the differential tests run it on the CPU."""
 
     def combine(self, coefficients: Tensor) -> Tensor:
         """``X^T c``; once every row has passed the first-pass check, only the rows with a
@@ -330,7 +333,7 @@ class ArraysSource(UpdateSource):
                 return torch.zeros(self.p, dtype=self.dtype, device=self.device)
             if len(nonzero) <= self.n // 2:
                 return self._rows(nonzero).combine(coefficients.cpu()[nonzero])
-        if coefficients.ndim == 1 and self.device.type == "cpu":
+        if coefficients.ndim == 1 and self.host_passes:
             return self._host_combine(coefficients)
         return super().combine(coefficients)
 
@@ -345,19 +348,12 @@ class ArraysSource(UpdateSource):
         out = torch.empty(self.p, dtype=self.dtype)
         sq_norms = torch.zeros(self.n, dtype=torch.float64)
         scratch = torch.empty(COMBINE_PIECE, dtype=self.dtype)
-        with warnings.catch_warnings():  # numpy views of message bytes: only read here
-            warnings.simplefilter("ignore", UserWarning)
-            flats = [[torch.from_numpy(a) for a in arrays] for arrays in self._flats]
-            base = None if self._base is None else [torch.from_numpy(a) for a in self._base]
         for layer, a, b in self._host_pieces(COMBINE_PIECE):
             lo = int(self._offsets[layer])
             acc, piece = out[lo + a : lo + b], scratch[: b - a]
             acc.zero_()
             for i in range(self.n):
-                if base is None:
-                    piece.copy_(flats[i][layer][a:b])
-                else:
-                    torch.sub(flats[i][layer][a:b], base[layer][a:b], out=piece)
+                self._update_into(piece.numpy(), i, layer, a, b)
                 if check:
                     sq_norms[i] += torch.dot(piece, piece)
                 acc.add_(piece, alpha=weights[i])
@@ -371,7 +367,7 @@ class ArraysSource(UpdateSource):
         """On the host, the Gram pass runs over cache-sized blocks assembled with numpy
         (one read of every reply, no ``(n, chunk)`` buffer streamed through memory
         three times); elsewhere, and with an extra ``point`` row, the generic pass."""
-        if point is not None or self.device.type != "cpu":
+        if point is not None or not self.host_passes:
             return super()._gram_pass(point, reference, decide=decide)
         n = self.n
         acc = np.zeros((n + 1, n + 1))
@@ -408,7 +404,7 @@ class ArraysSource(UpdateSource):
         columns assembled straight from the replies (each reply read once, the
         subtraction of the base fused in, the check's norms taken on the block);
         elsewhere, the generic chunked pass."""
-        if self.device.type != "cpu":
+        if not self.host_passes:
             return super().map_columns(function)
         check = self._verified_upto < self.p
         out = np.empty(self.p, dtype=self._host_dtype)
@@ -445,11 +441,10 @@ class ArraysSource(UpdateSource):
                 yield layer, a, min(a + width, size)
 
     def _update_into(self, out: np.ndarray, i: int, layer: int, a: int, b: int) -> None:
-        """Client ``i``'s update over elements ``a:b`` of array ``layer``, into ``out``."""
-        if self._base is None:
-            out[:] = self._flats[i][layer][a:b]
-        else:
-            np.subtract(self._flats[i][layer][a:b], self._base[layer][a:b], out=out)
+        """Client ``i``'s update over elements ``a:b`` of array ``layer``, into ``out``
+        (:func:`~.dtypes.difference_into`: the one place differences are taken)."""
+        base = None if self._base is None else self._base[layer][a:b]
+        difference_into(out, self._flats[i][layer][a:b], base)
 
     def _rows(self, rows: list[int]) -> ArraysSource:
         """Clients ``rows`` alone, sharing this source's arrays; already checked."""
@@ -459,11 +454,11 @@ class ArraysSource(UpdateSource):
         return picked
 
     def _fetch(self, start: int, stop: int) -> Tensor:
-        rows = self.n + (self._base is not None)
+        """``X[:, start:stop]``, assembled on the host by the host passes' own
+        :meth:`_update_into` (so every device sees the same differences) in a buffer
+        pinned when computing on CUDA, and moved once."""
         buffer = torch.empty(
-            (rows, stop - start),
-            dtype=self.dtype,
-            pin_memory=self.device.type == "cuda",
+            (self.n, stop - start), dtype=self.dtype, pin_memory=self.device.type == "cuda"
         )
         host = buffer.numpy()
         first = int(np.searchsorted(self._offsets, start, side="right")) - 1
@@ -472,15 +467,9 @@ class ArraysSource(UpdateSource):
             if lo >= stop:
                 break
             a, b = max(lo, start), min(hi, stop)
-            src, dst = slice(a - lo, b - lo), slice(a - start, b - start)
-            for i, flats in enumerate(self._flats):
-                host[i, dst] = flats[layer][src]
-            if self._base is not None:
-                host[self.n, dst] = self._base[layer][src]
-        chunk = buffer.to(self.device, non_blocking=True)
-        if self._base is None:
-            return chunk
-        return chunk[: self.n] - chunk[self.n]
+            for i in range(self.n):
+                self._update_into(host[i, a - start : b - start], i, layer, a - lo, b - lo)
+        return buffer.to(self.device, non_blocking=True)
 
 
 class RowSubset(UpdateSource):

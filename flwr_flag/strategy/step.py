@@ -6,9 +6,10 @@ hyperparameters and its state in one object.
 
 with :math:`a` the round's aggregate update, :math:`\eta` = ``lr`` > 0 and
 :math:`\beta` = ``momentum`` in [0, 1) (heavy ball; :math:`m = a` when
-:math:`\beta = 0`). The step is applied array by array in each array's own dtype:
-float64 models get the float64 step, others a float32 one (one rounding of the step
-and one of the sum); integer arrays (step counters) get the rounded float64 step.
+:math:`\beta = 0`). The step is float64 for float64 models, float32 for others, and
+is applied array by array in each array's own dtype by
+:func:`~flwr_flag.engine.dtypes.add_update` (integers rounded and saturated, bools
+by the aggregate's vote, an unchanged array returned to the bit).
 ``O(p)``; the new arrays are written into the step's own buffer unless someone keeps
 it, so a step costs no model-sized copy.
 """
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..engine.dtypes import add_update
 from ..validation import Real
 
 Arrays = OrderedDict[str, np.ndarray]
@@ -57,16 +59,8 @@ class ServerStep:
         offset = 0
         for name, base in reference.items():
             piece = host[offset : offset + base.size].reshape(base.shape)
-            if base.dtype == host.dtype:
-                value = np.add(piece, base, out=piece)
-            elif np.issubdtype(base.dtype, np.floating):
-                value = base + piece.astype(base.dtype)
-            elif np.isfinite(piece).all():
-                value = np.rint(base.astype(np.float64) + piece.astype(np.float64))
-            else:
-                return None
-            # A non-finite step, or a sum that overflows, leaves a non-finite value.
-            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            value = add_update(base, piece)
+            if value is None:
                 return None
             out[name] = np.asarray(value, dtype=base.dtype)  # 0-d arrays stay arrays
             offset += base.size
