@@ -10,6 +10,8 @@ from typing import Any
 
 PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 """One ``key=value`` pair as Flower's ``parse_config_args`` finds it (flwr 1.21-1.42)."""
+KEY = re.compile(r"[A-Za-z0-9_.-]+")
+"""A key Flower's TOML parser reads unquoted (TOML's bare keys, dotted)."""
 
 
 def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -27,13 +29,20 @@ def parse_overrides(text: str) -> dict[str, Any]:
     """``--run-config``'s ``key=value`` pairs, parsed by Flower, except that text outside
     a pair is an error: Flower's parser skips it, so ``"lr= rule='krum'"`` would set
     ``rule`` alone and the mistyped ``lr`` would go unnoticed. Raises ``ValueError``
-    naming the skipped text, or the value TOML cannot read."""
+    naming the skipped text, a key with other characters than TOML's bare keys, or the
+    value TOML cannot read."""
     import click
     from flwr.common.config import parse_config_args
 
     skipped = PAIR.sub(" ", text).split()
     if skipped:
         raise ValueError(f"not key=value pairs: {' '.join(skipped)} (in {text!r})")
+    for key, _ in PAIR.findall(text):
+        if not KEY.fullmatch(key):
+            raise ValueError(
+                f"key {key!r} is not a run-config key: keys use only A-Z a-z 0-9 _ - . "
+                f"(in {text!r})"
+            )
     try:
         return parse_config_args([text])
     except (click.ClickException, click.exceptions.Exit) as error:  # flwr 1.42, 1.21

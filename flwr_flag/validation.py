@@ -119,8 +119,18 @@ class ByzantineCount(Param):
     ``(0, 0.5)``, the fraction of each round's replies (``f = ceil(fraction * n)``)."""
 
     def _check(self, rule: str, name: str, value: object) -> int | float:
-        if isinstance(value, float):
+        if isinstance(value, (float, np.floating)):
+            if math.isfinite(value) and float(value).is_integer():
+                raise ValueError(
+                    f"{rule}: {name}={value} is a float, so a fraction of each round's "
+                    f"replies (allowed 0 < {name} < 0.5); for a count of {int(value)} "
+                    f"nodes write the int {int(value)}"
+                )
             return check_float(rule, name, value, 0.0, 0.5, low_open=True, high_open=True)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(
+                f"{rule}: {name}={value!r} is a {type(value).__name__}; allowed {self._describe()}"
+            )
         return check_int(rule, name, value, 0)
 
     def _describe(self) -> str:

@@ -139,13 +139,13 @@ def test_round_state_is_not_a_hyperparameter():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"num-byzantine": "2"}, "num-byzantine='2' must be an int"),
+        ({"num-byzantine": "2"}, "num-byzantine='2' is a str; allowed int >= 0"),
         (
             {"num-byzantine": 2.7},
             "num-byzantine=2.7 is out of range; allowed 0.0 < num-byzantine < 0.5",
         ),
         ({"num-byzantine": 0.5}, "num-byzantine=0.5 is out of range"),
-        ({"num-byzantine": True}, "num-byzantine=True must be an int"),
+        ({"num-byzantine": True}, "num-byzantine=True is a bool; allowed int >= 0"),
         ({"resume": "false", "checkpoint-dir": "x"}, "resume='false' must be a bool"),
         ({"flag.subspace-dim": "8"}, "subspace_dim='8' must be an int"),
         ({"fraction-train": "0.5"}, "fraction_train='0.5' must be a number"),

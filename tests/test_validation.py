@@ -111,3 +111,45 @@ def test_unknown_rule_lists_choices():
 def test_unknown_preaggregator_lists_choices():
     with pytest.raises(ValueError, match=r"pre-aggregator 'nmm' is not one of"):
         aggregate(X, "mean", 1, pre=["nmm"])
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "says"),
+    [
+        ("0.2 ", TypeError, r"num-byzantine='0.2 ' is a str; allowed int >= 0, or a fraction"),
+        (3.0, ValueError, r"num-byzantine=3.0 is a float, so a fraction .* write the int 3"),
+        (0.0, ValueError, r"write the int 0"),
+        (0.7, ValueError, r"num-byzantine=0.7 is out of range; allowed 0.0 < num-byzantine < 0.5"),
+    ],
+)
+def test_num_byzantine_errors_name_what_was_meant(value, error, says):
+    import flwr_flag
+
+    with pytest.raises(error, match=says):
+        flwr_flag.strategy_from_config({"rule": "median", "num-byzantine": value})
+
+
+def test_a_key_outside_tomls_bare_keys_is_named():
+    from flwr_flag.runconfig import parse_overrides
+
+    with pytest.raises(ValueError, match=r"key 'clé' is not a run-config key"):
+        parse_overrides("clé=1 rule='krum'")
+
+
+def test_a_rejection_quotes_what_a_client_sent_within_a_bound(caplog):
+    """A reply with 10,000 array names of 1,000 characters each: its rejection names a
+    few of them, and no reason grows with what the client sent."""
+    from flwr_flag.strategy import STRATEGIES
+    from flwr_flag.strategy.replies import Reply
+
+    model = {"w": np.zeros(3, np.float32)}
+    flood = {f"{i:04d}" + "x" * 996: np.zeros(1, np.float32) for i in range(10_000)}
+    replies = [Reply(1, flood, 1)] + [Reply(i, {"w": np.ones(3, np.float32)}, 1) for i in (2, 3)]
+    core = STRATEGIES["mean"](device="cpu").core
+    arrays, metrics, used = core.round(1, model, replies, 0)
+    assert arrays is not None
+    assert metrics["robust.rejected-nodes"] == [1] and used == [1, 2]
+    [line] = [
+        r.getMessage() for r in caplog.records if "rejected reply from node 1" in r.getMessage()
+    ]
+    assert "'0000xxx" in line and "10,000 names, first" in line and len(line) < 500

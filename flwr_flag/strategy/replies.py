@@ -66,12 +66,34 @@ def count_problem(count: object) -> str | None:
     return None
 
 
+REASON_LIMIT = 300
+"""Characters of a rejection reason kept in logs and metrics: a reason quotes what a
+client sent (array names, counts, decoding errors), which has no length bound."""
+NAMES_SHOWN = 5
+"""Array names a mismatch lists, of each kind."""
+
+
+def clipped(text: str, limit: int = REASON_LIMIT) -> str:
+    """``text``, cut to ``limit`` characters with the number left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _names(keys: Sequence[object]) -> str:
+    """``keys`` as ``[a, b]``, or ``12,000 names, first [a, b, ...]`` (each name cut)."""
+    shown = [str(k) if len(str(k)) <= 24 else f"{str(k)[:24]}..." for k in keys[:NAMES_SHOWN]]
+    if len(keys) <= NAMES_SHOWN:
+        return str(shown)
+    return f"{len(keys):,} names, first {shown}"
+
+
 def arrays_mismatch(got: Mapping[str, object], want: Mapping[str, np.ndarray]) -> str | None:
     """How the arrays ``got`` differ from ``want`` in names, shapes or dtypes, or ``None``."""
     missing = [k for k in want if k not in got]
     extra = [k for k in got if k not in want]
     if missing or extra:
-        return f"array keys differ: missing {missing}, unexpected {extra}"
+        return f"array keys differ: missing {_names(missing)}, unexpected {_names(extra)}"
     for name, expected in want.items():
         value = got[name]
         if not isinstance(value, np.ndarray):
@@ -114,7 +136,7 @@ def screen(
 ) -> tuple[list[int], dict[int, str]]:
     """The indices of the replies that pass, in order, and why the others do not: a
     node's first reply is the one that counts (later ones are rejected), and it passes
-    when ``problem_of(index)`` finds nothing."""
+    when ``problem_of(index)`` finds nothing. Reasons are :func:`clipped`."""
     passed: list[int] = []
     rejected: dict[int, str] = {}
     first: dict[int, int] = {}
@@ -130,5 +152,5 @@ def screen(
         if problem is None:
             passed.append(index)
         else:
-            rejected[index] = problem
+            rejected[index] = clipped(problem)
     return passed, rejected
