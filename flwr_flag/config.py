@@ -16,6 +16,7 @@ Keys, all optional::
     max-update-norm = 0.0         # 0: no bound
     checkpoint-dir = ""           # "": no checkpoints
     resume = false
+    resume-with-changes = false   # resume although settings differ (else refused)
     weighting = "auto"            # "uniform" (robust rules' default), "num-examples"
     max-weight-ratio = "auto"     # cap of "num-examples" weights; "none": no cap
     fraction-train = 1.0          # and fraction-evaluate, min-train-nodes,
@@ -51,6 +52,7 @@ _CORE = {
     "max-update-norm": "max_update_norm",
     "checkpoint-dir": "checkpoint_dir",
     "resume": "resume",
+    "resume-with-changes": "resume_with_changes",
     "weighting": "weighting",
     "max-weight-ratio": "max_weight_ratio",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -272,3 +274,37 @@ def test_kill_and_resume_keeps_the_anytime_average(tmp_path):
     resumed = run(strategy(tmp_path / "b", resume=True), 6)
     for k in SHAPES:
         np.testing.assert_array_equal(resumed.arrays[k].numpy(), straight.arrays[k].numpy())
+
+
+def test_resume_refuses_other_settings_and_names_them(tmp_path):
+    """A FlagAggregator checkpoint resumed silently as Krum before."""
+    run(flwr_flag.FlagAggregator(num_byzantine=1, device="cpu", checkpoint_dir=str(tmp_path)), 2)
+    krum = flwr_flag.Krum(num_byzantine=1, device="cpu", checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match=r'other settings \(rule: "flag" then, "krum" now\)'):
+        run(krum, 3)
+
+
+def test_resume_with_changes_drops_state_that_no_longer_applies(tmp_path, caplog):
+    """Saved with momentum 0.9, resumed with 0, then with 0.9 again: the round-2 buffer
+    came back at round 5 before. Now the change must be asked for, and the buffer is
+    dropped at the first resume."""
+
+    def mean(momentum: float, resume: bool = False, changes: bool = False):
+        return flwr_flag.Mean(
+            device="cpu",
+            server_momentum=momentum,
+            checkpoint_dir=str(tmp_path),
+            resume=resume,
+            resume_with_changes=changes,
+        )
+
+    run(mean(0.9), 2)
+    with pytest.raises(ValueError, match=r"server_momentum: 0.9 then, 0.0 now"):
+        run(mean(0.0, resume=True), 4)
+    without = mean(0.0, resume=True, changes=True)
+    run(without, 4)
+    assert without.core.step.buffer is None and "momentum" not in without.core.state_dict()
+    assert "Resuming with a changed setting: server_momentum: 0.9 then, 0.0 now" in caplog.text
+    again = mean(0.9, resume=True, changes=True)
+    again.core.resume(OrderedDict((k, np.zeros(s, np.float32)) for k, s in SHAPES.items()))
+    assert again.core.step.buffer is None

@@ -1,11 +1,14 @@
 """Atomic per-round checkpoints of the global arrays and the strategy state, tied to their run.
 
 Each round is one ``torch.save`` file ``round-000012.pt`` holding the run's id, the
-round number, the global arrays (names and order kept, as tensors of their own dtype)
-and the strategy state (server momentum, the previous aggregate). A file is written to
-a temporary file of a unique name, created with ``O_EXCL | O_NOFOLLOW`` (a planted file
-or link is never opened), flushed and fsynced, then renamed over its final name (and
-the directory fsynced), so a crash mid-write leaves the last good checkpoint intact.
+round number, the global arrays (names and order kept, as tensors of their own dtype),
+the strategy state (server momentum, the previous aggregate) and the settings that
+state depends on (the rule, its options, ``f``, the server step: see
+:meth:`~.core.RobustCore.settings_record`), so that a resume can refuse other ones.
+A file is written to a temporary file of a unique name, created with
+``O_EXCL | O_NOFOLLOW`` (a planted file or link is never opened), flushed and fsynced,
+then renamed over its final name (and the directory fsynced), so a crash mid-write
+leaves the last good checkpoint intact.
 
 A store belongs to one run. A new run claims only a directory without checkpoints
 (another run's rounds would otherwise be taken for its own: a later resume would load
@@ -42,6 +45,9 @@ class Checkpoint:
     arrays: OrderedDict[str, np.ndarray]
     state: dict[str, torch.Tensor]
     run_id: str
+    settings: dict[str, str] | None = None
+    """The settings the run was written with (``None``: a checkpoint from before they
+    were recorded)."""
 
 
 class CheckpointStore:
@@ -101,6 +107,7 @@ class CheckpointStore:
         server_round: int,
         arrays: OrderedDict[str, np.ndarray],
         state: dict[str, torch.Tensor],
+        settings: Mapping[str, str] | None = None,
     ) -> Path:
         """Write the checkpoint of ``server_round`` atomically; returns its path."""
         final = self.directory / f"round-{server_round:06d}.pt"
@@ -109,6 +116,7 @@ class CheckpointStore:
             "round": server_round,
             "arrays": OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in arrays.items()),
             "state": {k: v.detach().cpu() for k, v in state.items()},
+            "settings": dict(settings or {}),
         }
         # mkstemp opens with O_CREAT | O_EXCL | O_NOFOLLOW under a fresh random name.
         descriptor, temporary = tempfile.mkstemp(
@@ -176,9 +184,16 @@ def _load(path: Path, server_round: int) -> Checkpoint:
         raise ValueError("it names no run")
     arrays = _tensors(payload.get("arrays"), "arrays")
     state = _tensors(payload.get("state"), "state")
+    settings = payload.get("settings")
+    if settings is not None and not (
+        isinstance(settings, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in settings.items())
+    ):
+        raise ValueError("its settings are not a mapping of names to text")
     return Checkpoint(
         server_round,
         OrderedDict((k, v.numpy()) for k, v in arrays.items()),
         state,
         payload["run"],
+        None if settings is None else dict(settings),
     )

@@ -14,6 +14,7 @@ current model is kept and the reason logged.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -60,6 +61,7 @@ OPTIONS: dict[str, Param] = {
     "max_update_norm": Real(0.0, low_open=True, optional=True),
     "checkpoint_dir": Typed(kind=(str, os.PathLike), optional=True),
     "resume": Boolean(),
+    "resume_with_changes": Boolean(),
     "weighting": Choice(choices=WEIGHTINGS),
     "max_weight_ratio": Real(1.0, optional=True),
     "anytime_gamma_min": Real(0.0, 1.0, low_open=True, optional=True),
@@ -116,7 +118,12 @@ class RobustCore:
         Where each round's global arrays and state are written atomically; a new run
         needs a directory without checkpoints (see :mod:`~.checkpoint`).
     resume : bool
-        Continue the run whose checkpoints ``checkpoint_dir`` holds.
+        Continue the run whose checkpoints ``checkpoint_dir`` holds, with the settings
+        it was written with (:meth:`settings_record`); other settings are refused.
+    resume_with_changes : bool
+        Resume with the settings given now although they differ: each difference is
+        logged, and state that no longer applies (a momentum buffer when
+        ``server_momentum=0``, the round state of another rule) is dropped.
     weighting : {"uniform", "num-examples"}
         ``"uniform"`` (default): every valid reply counts once, whatever it claims.
         ``"num-examples"`` trusts the clients' claimed counts (see
@@ -147,6 +154,7 @@ class RobustCore:
         max_update_norm: float | None = None,
         checkpoint_dir: str | None = None,
         resume: bool = False,
+        resume_with_changes: bool = False,
         weighting: str = "uniform",
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
         anytime_gamma_min: float | None = None,
@@ -164,6 +172,7 @@ class RobustCore:
         self.checkpoints = (
             None if checkpoint_dir is None else CheckpointStore(checkpoint_dir, resume=resume)
         )
+        self.resume_with_changes = resume_with_changes
         self.anytime = None if anytime_gamma_min is None else AnyTimeAverage(anytime_gamma_min)
         self.round_state: dict[str, RoundState] = {
             key: ROUND_STATE[key]() for key in sorted(get_rule(rule).state)
@@ -186,6 +195,24 @@ class RobustCore:
             "checkpoint_dir": str(self.checkpoints.directory) if self.checkpoints else None,
         }
 
+    def settings_record(self) -> dict[str, str]:
+        """What a checkpoint's state depends on, as text: the rule, its options, the
+        pre-aggregators, ``f``, the weighting, the norm bound and the server step (not
+        the device or the chunk size, which change no result)."""
+        recorded = {
+            "rule": self.rule,
+            "rule_params": self.rule_params,
+            "pre": self.pre,
+            "num_byzantine": self.num_byzantine,
+            "server_lr": self.step.lr,
+            "server_momentum": self.step.momentum,
+            "anytime_gamma_min": None if self.anytime is None else self.anytime.gamma_min,
+            "weighting": self.weighting,
+            "max_weight_ratio": self.max_weight_ratio,
+            "max_update_norm": self.max_update_norm,
+        }
+        return {k: json.dumps(v, sort_keys=True, default=repr) for k, v in recorded.items()}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The server step's state and the round state's, by key."""
         state = self.step.state_dict()
@@ -195,20 +222,33 @@ class RobustCore:
             state.update(self.anytime.state_dict())
         return state
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor], model: Arrays) -> None:
-        """Restore the state, refusing state of another model than ``model``."""
-        size = sum(a.size for a in model.values())
-        shapes = dict.fromkeys(["momentum", *self.round_state], (size,))
+    def _state_shapes(self, size: int) -> dict[str, tuple[int, ...]]:
+        """The state keys that apply to these settings, with their shapes."""
+        shapes = dict.fromkeys(self.round_state, (size,))
+        if self.step.momentum > 0:
+            shapes["momentum"] = (size,)
         if self.anytime is not None:
             shapes.update({"anytime": (size,), "anytime-t": ()})
-        unknown = set(state) - set(shapes)
-        if unknown:
-            raise ValueError(f"resume: state {sorted(unknown)} does not belong to {self.rule}")
+        return shapes
+
+    def load_state_dict(
+        self, state: Mapping[str, torch.Tensor], model: Arrays, drop_stale: bool = False
+    ) -> None:
+        """Restore the state, refusing state of another model than ``model``, and state
+        that does not apply to these settings unless ``drop_stale`` (then it is dropped
+        and logged)."""
+        shapes = self._state_shapes(sum(a.size for a in model.values()))
+        stale = sorted(set(state) - set(shapes))
+        if stale and not drop_stale:
+            raise ValueError(f"resume: state {stale} does not belong to {self.rule}")
+        if stale:
+            log(WARNING, "Resuming without state %s: it does not apply to these settings", stale)
+        state = {k: v for k, v in state.items() if k in shapes}
         for key, value in state.items():
             if tuple(value.shape) != shapes[key]:
                 raise ValueError(
                     f"resume: state {key!r} has shape {tuple(value.shape)}, but the model has "
-                    f"{size} parameters"
+                    f"{shapes[key][0] if shapes[key] else 0} parameters"
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"resume: state {key!r} is not finite")
@@ -221,7 +261,8 @@ class RobustCore:
 
     def resume(self, initial: Arrays) -> Checkpoint | None:
         """The newest readable checkpoint, checked against the ``initial`` arrays (names,
-        shapes, dtypes, finite values) with its state loaded; ``None`` if there is none."""
+        shapes, dtypes, finite values) and against these settings, with its state
+        loaded; ``None`` if there is none."""
         if self.checkpoints is None:
             raise ValueError("resume=True needs checkpoint_dir")
         checkpoint = self.checkpoints.latest()
@@ -236,7 +277,8 @@ class RobustCore:
         for name, array in checkpoint.arrays.items():
             if array.dtype.kind in "fc" and not np.isfinite(array).all():
                 raise ValueError(f"{where}: array '{name}' is not finite")
-        self.load_state_dict(checkpoint.state, initial)
+        self._check_settings(where, checkpoint.settings)
+        self.load_state_dict(checkpoint.state, initial, drop_stale=self.resume_with_changes)
         log(
             INFO,
             "Resuming after round %d from %s",
@@ -244,6 +286,29 @@ class RobustCore:
             self.checkpoints.directory,
         )
         return checkpoint
+
+    def _check_settings(self, where: str, recorded: Mapping[str, str] | None) -> None:
+        """Refuse a checkpoint written with other settings (unless
+        ``resume_with_changes``: then log each difference)."""
+        if not recorded:
+            log(WARNING, "%s records no settings (written by an older version)", where)
+            return
+        now = self.settings_record()
+        changed = [
+            f"{key}: {recorded.get(key, 'not recorded')} then, {value} now"
+            for key, value in now.items()
+            if recorded.get(key) != value
+        ]
+        if not changed:
+            return
+        if not self.resume_with_changes:
+            raise ValueError(
+                f"{where} was written with other settings ({'; '.join(changed)}); resume "
+                "with the same ones, or pass resume_with_changes=True (run config "
+                "resume-with-changes = true) to go on with the new ones"
+            )
+        for change in changed:
+            log(WARNING, "Resuming with a changed setting: %s", change)
 
     def round(
         self, server_round: int, reference: Arrays, replies: Sequence[Reply], failures: int
@@ -295,7 +360,7 @@ class RobustCore:
         if self.anytime is not None:
             self.anytime.add(reference if arrays is None else arrays)
         if arrays is not None and self.checkpoints is not None:
-            self.checkpoints.save(server_round, arrays, self.state_dict())
+            self.checkpoints.save(server_round, arrays, self.state_dict(), self.settings_record())
         return RoundOutcome(arrays, metrics, used if result is not None else [])
 
     def _aggregate(

@@ -72,7 +72,9 @@ class ServerStep:
         return {} if self.buffer is None else {"momentum": self.buffer}
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        self.buffer = state.get("momentum")
+        """The momentum buffer, when this step has momentum (a buffer saved with
+        momentum has no meaning without it, and would return if it came back)."""
+        self.buffer = state.get("momentum") if self.momentum > 0 else None
 
 
 class AnyTimeAverage:
