@@ -22,6 +22,7 @@ Keys, all optional::
     fraction-train = 1.0          # and fraction-evaluate, min-train-nodes,
                                   # min-evaluate-nodes
     min-available-nodes = "auto"  # the fewest nodes the rule can run with for f (>= 2)
+    node-wait = 300.0             # seconds to wait for them before round 1; "none": ever
 
 A rule's or pre-aggregator's hyperparameters sit under its name, dashes for
 underscores: ``flag.subspace-dim = 8``, ``ctma.base = "geomed"``, ``bucketing.s = 2``
@@ -37,7 +38,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .rules import PREAGGREGATORS, RULES, get_rule
-from .rules.registry import PreStep, PreSteps, RuleName, RuleParams, nodes_needed, split_step
+from .rules.registry import PreStep, PreSteps, RuleName, RuleParams, split_step
 from .runconfig import section
 from .validation import ByzantineCount
 
@@ -53,6 +54,7 @@ _CORE = {
     "checkpoint-dir": "checkpoint_dir",
     "resume": "resume",
     "resume-with-changes": "resume_with_changes",
+    "node-wait": "node_wait",
     "weighting": "weighting",
     "max-weight-ratio": "max_weight_ratio",
 }
@@ -71,6 +73,7 @@ _UNSET = {
     "checkpoint-dir": "",
     "weighting": "auto",
     "max-weight-ratio": "auto",
+    "min-available-nodes": "auto",
 }
 
 
@@ -137,7 +140,4 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     if config.get("optimizer") == "mu2-sgd" and "anytime_gamma_min" not in options:
         # The clients run mu^2-SGD: the model to evaluate and return is its AnyTime average.
         options["anytime_gamma_min"] = config.get("mu2.gamma-min", DEFAULT_GAMMA_MIN)
-    if config.get("min-available-nodes") == "auto":
-        # A deployment goes on with the nodes that are up, as long as the rule can run.
-        options["min_available_nodes"] = max(2, nodes_needed(rule, f, pre, params))
     return strategy_for(rule)(f, pre=pre, **params, **options)

@@ -85,17 +85,20 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """The newest checkpoint's arrays when resuming (checked against the initial
         parameters, when given), else FedAvg's. Round numbers continue after the
-        checkpoint's: Flower's legacy loop counts from 1, this strategy adds the offset."""
+        checkpoint's: Flower's legacy loop counts from 1, this strategy adds the offset.
+        Before round 1, it waits for the nodes the rule needs (``node_wait``)."""
         initial = super().initialize_parameters(client_manager)
-        if not self.resume:
-            return initial
-        if initial is None:
-            raise ValueError("resume=True needs initial_parameters to check the checkpoint against")
-        checkpoint = self.core.resume(_by_position(initial))
-        if checkpoint is None:
-            return initial
-        self._offset = checkpoint.server_round
-        return _parameters(checkpoint.arrays)
+        if self.resume:
+            if initial is None:
+                raise ValueError(
+                    "resume=True needs initial_parameters to check the checkpoint against"
+                )
+            checkpoint = self.core.resume(_by_position(initial))
+            if checkpoint is not None:
+                self._offset = checkpoint.server_round
+                initial = _parameters(checkpoint.arrays)
+        self.wait_for_nodes(client_manager.num_available)
+        return initial
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

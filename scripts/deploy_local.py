@@ -334,11 +334,22 @@ def too_few_nodes(nodes: int, run_config: str) -> str | None:
     )
 
 
+def ignore_signals() -> None:
+    """From now on SIGTERM and SIGINT are ignored: cleanup runs to its end whatever
+    the user presses (a second Ctrl-C once left every process running and the keys on
+    disk)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def stop_on_signals() -> None:
-    """SIGTERM and SIGINT end the script through its ``finally``, which stops every
-    process it started (they run in sessions of their own, so no signal reaches them)."""
+    """The first SIGTERM or SIGINT ends the script through its ``finally``, which stops
+    every process it started (they run in sessions of their own, so no signal reaches
+    them); the handler ignores further ones before it raises, so none can cut the
+    cleanup short."""
 
     def leave(signum: int, frame: object) -> None:
+        ignore_signals()
         raise SystemExit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -360,9 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop_on_signals()
     temporary = args.work_dir is None
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="flwr-flag-deploy-")) / "work"
-    deployment = Deployment(work, args.tls, args.auth)
+    work: Path | None = args.work_dir
+    deployment: Deployment | None = None
     try:
+        if work is None:
+            work = Path(tempfile.mkdtemp(prefix="flwr-flag-deploy-")) / "work"
+        deployment = Deployment(work, args.tls, args.auth)
         deployment.start_superlink()
         for i in range(args.nodes):
             byzantine = "true" if i < args.byzantine else "false"
@@ -387,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return run.returncode
     finally:
-        deployment.close()
-        if temporary:  # keys and logs of a throw-away deployment go with it
+        ignore_signals()
+        if deployment is not None:
+            deployment.close()
+        if temporary and work is not None:  # keys and logs of a throw-away deployment
             shutil.rmtree(work.parent, ignore_errors=True)
 
 

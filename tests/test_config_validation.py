@@ -172,8 +172,9 @@ def test_preaggregators_that_shrink_n_are_counted_before_the_rule(caplog):
     global_model = random_model(0)
     messages = [reply(i + 1, random_model(i + 1), **{"num-examples": 1}) for i in range(9)]
     strategy = flwr_flag.Krum(num_byzantine=2, device="cpu", pre=[("bucketing", {"s": 2})])
-    with caplog.at_level(logging.WARNING, logger="flwr"):
-        arrays, _ = configured(strategy, global_model, 9).aggregate_train(1, messages)
+    assert strategy.nodes_needed == 13  # buckets of 2: ceil(13 / 2) = 7 = 2f + 3
+    with caplog.at_level(logging.WARNING, logger="flwr"):  # 4 of 13 sampled did not answer
+        arrays, _ = configured(strategy, global_model, 13).aggregate_train(1, messages)
     assert arrays is None
     assert "9 valid replies (5 rows after ['bucketing'])" in caplog.text
     strategy = flwr_flag.Krum(num_byzantine=1, device="cpu", pre=[("bucketing", {"s": 2})])
@@ -254,6 +255,7 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
 
 def test_legacy_resume_continues_the_round_numbering(tmp_path):
     from flwr.common import ndarrays_to_parameters
+    from flwr.server.client_manager import SimpleClientManager
     from test_strategy_runs import Proxy
 
     store = flwr_flag.strategy.CheckpointStore(tmp_path)
@@ -267,7 +269,9 @@ def test_legacy_resume_continues_the_round_numbering(tmp_path):
             [np.zeros(s, np.float32) for s in SHAPES.values()]
         ),
     )
-    legacy.initialize_parameters(None)
+    manager = SimpleClientManager()
+    manager.register(Proxy(1))
+    legacy.initialize_parameters(manager)
     assert legacy._offset == 5
     legacy._sent = ndarrays_to_parameters(list(arrays.values()))
     from flwr.common import Code, FitRes, Status

@@ -133,6 +133,45 @@ def test_deploy_local_stops_everything_on_sigterm(tmp_path, no_leftovers):
         script.stdout.close()
 
 
+def test_two_quick_ctrl_cs_still_stop_everything_and_remove_the_keys(tmp_path, no_leftovers):
+    """Before: a second SIGINT 0.05 s after the first raised inside the cleanup; eight
+    processes (SuperLink, SuperNodes, SuperExecs, ServerApp, ClientApp) kept running
+    in their own sessions and ``server.key`` stayed on disk."""
+    import os
+    import signal
+    import time
+
+    script = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/deploy_local.py",
+            *("--nodes", "2", "--byzantine", "0", "--rounds", "50", "--tls"),
+            *("--run-config", "model='mlp' local-steps=3"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "SuperLink on" not in line and time.monotonic() < deadline:
+            line = script.stdout.readline()
+        assert "SuperLink on" in line
+        assert list(tmp_path.glob("flwr-flag-deploy-*/**/server.key"))
+        time.sleep(3)  # the run is under way
+        script.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        script.send_signal(signal.SIGINT)
+        assert script.wait(timeout=60) == 128 + signal.SIGINT
+    finally:
+        script.kill()
+        script.stdout.close()
+    assert list(tmp_path.glob("flwr-flag-deploy-*")) == []
+
+
 def test_deploy_local_refuses_an_existing_work_dir(tmp_path):
     """Before: an existing --work-dir was chmodded to 0700 (the system temporary
     directory, as root, would have locked everyone else out)."""

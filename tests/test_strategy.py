@@ -11,6 +11,7 @@ from flower_helpers import SHAPES, arrays_of, random_model, reply
 from flwr.app import ConfigRecord
 
 import flwr_flag
+import flwr_flag.legacy
 from flwr_flag.rules import aggregate
 from flwr_flag.strategy import STRATEGIES
 from flwr_flag.strategy.replies import Reply
@@ -113,10 +114,11 @@ def test_invalid_replies_are_rejected_and_valid_ones_aggregated(rule, caplog):
 
 def test_too_few_valid_replies_keep_the_model(caplog):
     # One malformed reply is one caught node: the rule gets f = 2 - 1 for the 5 left.
+    # (Bulyan with f = 2 samples 11 nodes; 5 of them did not answer.)
     global_model = random_model(0)
     messages = [reply(i + 1, random_model(i), **{"num-examples": 3}) for i in range(6)]
     messages[0] = reply(1, {"w": global_model["w"]}, **{"num-examples": 3})
-    strategy = configured(flwr_flag.Bulyan(num_byzantine=2, device="cpu"), global_model, 6)
+    strategy = configured(flwr_flag.Bulyan(num_byzantine=2, device="cpu"), global_model, 11)
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, metrics = strategy.aggregate_train(1, messages)
     assert arrays is None
@@ -441,3 +443,54 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in(rule):
         arrays, _ = strategy.aggregate_train(1, [messages[i] for i in order])
         results.add(b"".join(arrays[k].numpy().tobytes() for k in SHAPES))
     assert len(results) == 1
+
+
+def test_flowers_node_minima_rise_to_what_the_rule_needs():
+    """Flower's FedAvg defaults to 2 nodes: with f = 2 Krum would keep the model in
+    every round of a 2-node run, which then ended normally."""
+    krum = flwr_flag.Krum(num_byzantine=2, device="cpu")
+    assert krum.nodes_needed == 7
+    assert krum.min_available_nodes == 7 and krum.min_train_nodes == 7
+    legacy = flwr_flag.legacy.Krum(num_byzantine=2, device="cpu", min_available_clients=9)
+    assert legacy.min_fit_clients == 7 and legacy.min_available_clients == 9
+
+
+@pytest.mark.parametrize(
+    ("strategy", "says"),
+    [
+        (
+            lambda: flwr_flag.FlagAggregator(num_byzantine=0.4999, device="cpu", node_wait=0.3),
+            r"num_byzantine=0.4999: flag needs n >= 2f \+ 1 \(f = ceil\(0.4999 n\) of n "
+            r"replies\), so at least 5001 nodes, but 10 are connected after 0.3 s",
+        ),
+        (
+            lambda: flwr_flag.Krum(num_byzantine=6, device="cpu", node_wait=0),
+            r"num_byzantine=6: krum needs n >= 2f \+ 3, so at least 15 nodes, but 10 are",
+        ),
+    ],
+    ids=["fraction", "count"],
+)
+def test_a_rule_the_nodes_cannot_satisfy_stops_before_round_1(strategy, says):
+    """Before: 'Waiting for nodes to connect: 10 connected (minimum required: 5001)'
+    every second, for ever."""
+    with pytest.raises(RuntimeError, match=says):
+        strategy().start(FixedGrid(10), arrays_of(random_model(0)), num_rounds=1)
+
+
+def test_the_legacy_api_stops_before_round_1_too():
+    from flwr.server.client_manager import SimpleClientManager
+    from test_strategy_runs import Proxy
+
+    manager = SimpleClientManager()
+    for i in range(3):
+        manager.register(Proxy(i + 1))
+    strategy = flwr_flag.legacy.MultiKrum(num_byzantine=1, device="cpu", node_wait=0.2)
+    with pytest.raises(RuntimeError, match=r"at least 5 nodes, but 3 are connected after 0.2 s"):
+        strategy.initialize_parameters(manager)
+
+
+def test_the_nodes_may_come_while_the_strategy_waits():
+    counts = iter([1, 2, 3, 5])
+    strategy = flwr_flag.MultiKrum(num_byzantine=1, device="cpu", node_wait=30)
+    strategy.wait_for_nodes(lambda: next(counts))  # returns once 5 are there
+    assert next(counts, None) is None

@@ -8,12 +8,22 @@ fraction_train=0.5)``: each keyword belongs to exactly one of the aggregation co
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Mapping
+from logging import INFO
 from typing import Any, ClassVar
 
+from flwr.common.logger import log
+
 from ..rules import RULES, get_rule
+from ..rules.registry import nodes_needed
 from ..validation import Boolean, Function, Integer, Real, Text, describe
 from .core import OPTIONS, RobustCore
+
+NODE_WAIT = 300.0
+"""Seconds a run waits before round 1 for the nodes its rule needs (``node_wait``)."""
+NODE_MINIMA = ("min_train_nodes", "min_available_nodes", "min_fit_clients", "min_available_clients")
+"""Flower's minimum node counts (both APIs) that the rule's need raises."""
 
 CORE_OPTIONS = frozenset(list(inspect.signature(RobustCore.__init__).parameters)[1:]) - {
     "rule",
@@ -120,6 +130,7 @@ class RobustOptions:
         *,
         rule: str | None = None,
         resume: bool = False,
+        node_wait: float | None = NODE_WAIT,
         **options: Any,
     ) -> None:
         if rule is not None and "rule" in type(self).__dict__:
@@ -144,3 +155,45 @@ class RobustOptions:
         if resume and self.core.checkpoints is None:
             raise ValueError("strategy: resume=True needs checkpoint_dir")
         self.resume = resume
+        self.node_wait = Real(0.0, optional=True).check("strategy", "node_wait", node_wait)
+        self.nodes_needed = self._nodes_needed()
+        for key in NODE_MINIMA:  # Flower samples no round with fewer than the rule needs
+            if hasattr(self, key):
+                setattr(self, key, max(getattr(self, key), self.nodes_needed))
+
+    def _nodes_needed(self) -> int:
+        """The fewest replies with which the rule can run with ``num_byzantine``."""
+        core = self.core
+        try:
+            return nodes_needed(self.rule, core.num_byzantine, core.pre, core.rule_params)
+        except ValueError as error:
+            raise ValueError(f"strategy: num_byzantine={core.num_byzantine}: {error}") from None
+
+    def wait_for_nodes(self, connected: Callable[[], int]) -> None:
+        """Before round 1: wait up to ``node_wait`` seconds (``None``: for ever, as
+        Flower does) until ``connected()`` reaches :attr:`nodes_needed`; then stop the
+        run with an error naming ``num_byzantine``, the rule's need and the nodes
+        there are, instead of waiting for nodes that may never come."""
+        deadline = None if self.node_wait is None else time.monotonic() + self.node_wait
+        logged = False
+        while (count := connected()) < self.nodes_needed:
+            if deadline is not None and time.monotonic() >= deadline:
+                f = self.core.num_byzantine
+                per_round = "" if isinstance(f, int) else f" (f = ceil({f} n) of n replies)"
+                raise RuntimeError(
+                    f"strategy: num_byzantine={f}: {self.rule} needs "
+                    f"{get_rule(self.rule).requirement}{per_round}, so at least "
+                    f"{self.nodes_needed} nodes, but {count} are connected after "
+                    f"{self.node_wait:g} s (node_wait); lower num_byzantine or connect "
+                    "more nodes"
+                )
+            if not logged:
+                log(
+                    INFO,
+                    "Waiting for the %d nodes %s needs: %d connected",
+                    self.nodes_needed,
+                    self.rule,
+                    count,
+                )
+                logged = True
+            time.sleep(0.2)

@@ -54,6 +54,11 @@ class RobustStrategy(RobustOptions, FedAvg):
         ...) set it.
     resume : bool
         With ``checkpoint_dir``, continue from the newest readable checkpoint.
+    node_wait : float or None
+        Seconds :meth:`start` waits for the nodes the rule needs with ``f`` before
+        round 1 (default 300), then stops with an error naming them; ``None``: wait for
+        ever. Flower's ``min_train_nodes`` and ``min_available_nodes`` are raised to that
+        need, so no round samples fewer nodes than the rule can run with.
     **options
         The rule's hyperparameters (e.g. ``subspace_dim`` for FA, ``base`` for CTMA),
         the aggregation options of :class:`~flwr_flag.strategy.core.RobustCore`
@@ -263,6 +268,7 @@ class RobustStrategy(RobustOptions, FedAvg):
             if checkpoint is not None:
                 done = checkpoint.server_round
                 initial_arrays = array_record(checkpoint.arrays)
+        self.wait_for_nodes(lambda: len(list(grid.get_node_ids())))
         self._offset = done
         shifted = (
             None if evaluate_fn is None else (lambda r, a: evaluate_fn(r + done, self._output(a)))
