@@ -62,7 +62,7 @@ NEARLY_LINEAR = 1.25
 def lines(rows: list[dict], device: str) -> list[str]:
     """The seconds per rule and n, DETOX's speed-up over each flat peer with the verdict
     per n, each rule's log-log slope, and the two claims' verdicts."""
-    from aggregation_speed import DETOX_VERSUS
+    from aggregation_speed import DETOX_BUDGET, DETOX_VERSUS
 
     seconds = {(r["rule"], r["n"]): r["seconds"] for r in rows}
     sizes = sorted({r["n"] for r in rows})
@@ -75,6 +75,13 @@ def lines(rows: list[dict], device: str) -> list[str]:
         + " | multi-krum / detox | bulyan / detox | verdict |",
         "|---:|---:|" + "---:|" * len(DETOX_VERSUS) + "---:|---:|---|",
     ]
+    within: dict[int, str] = {}
+    for n in sizes:
+        parts = [seconds.get((name, n)) for name in ("detox (r=3)", *DETOX_BUDGET)]
+        if None not in parts:
+            detox, mean_pass, stage2 = parts
+            budget = 3 * mean_pass + stage2
+            within[n] = f"{detox:.3f} s vs {budget:.3f} s ({detox / budget:.2f}x)"
     faster_at: dict[int, bool] = {}
     beats: dict[str, list[str]] = {"multi-krum": [], "bulyan": []}
     for n in sizes:
@@ -126,6 +133,15 @@ def lines(rows: list[dict], device: str) -> list[str]:
             )
         ),
     ]
+    if within:
+        out += [
+            "",
+            "DETOX against the cost of its math, 3 mean passes over the n rows plus its "
+            "second stage alone on the n / 3 winners (the budget; `mean pass` and "
+            "`stage 2 on n/3` rows of the store):",
+            "",
+            *(f"- n = {n}: {text}" for n, text in within.items()),
+        ]
     return out
 
 
@@ -153,13 +169,13 @@ def plot(rows: list[dict], path: Path) -> None:
 def measure(sizes: list[int], p: int, device: str, repeats: int, out: Path) -> list[dict]:
     """Every (rule, n) row at ``p``, each timed in a fresh process; rows go to ``out``
     as they finish and a rerun skips those already there."""
-    from aggregation_speed import DETOX_VERSUS
+    from aggregation_speed import DETOX_BUDGET, DETOX_VERSUS
 
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     done = {(r["rule"], r["n"], r["p"]) for r in rows}
     for n in sizes:
-        for name in DETOX_VERSUS:
+        for name in [*DETOX_VERSUS, *DETOX_BUDGET]:
             if (name, n, p) in done:
                 continue
             command = [sys.executable, __file__, "--one", name, str(n), "--p", str(p)]

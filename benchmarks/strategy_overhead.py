@@ -9,11 +9,18 @@ Two measurements:
    and peak extra memory (the first call's resident-set high-water mark over the
    resident set before it, after a call on a tiny model has paid the libraries' one-time
    set-up), each strategy in a fresh process (``scaling.measure``);
-   ratios against FedAvg's seconds and the model's size;
+   ratios against FedAvg's seconds and the model's size. A server shares its cores, so
+   the same cells run idle and beside ``--load`` busy processes (each a Python busy
+   loop pinned to a core of its own: one beside us, then one on every core), every
+   ratio against FedAvg measured under the same load;
 2. whole in-process rounds of the real ServerApp strategy + ClientApp (digits CNN,
    10 nodes) with ``FedAvg`` and with ``FlagAggregator``: what a user feels per round.
 
+The report names the commit it ran on; where an idle ratio is worse than the one in the
+committed report, both are printed.
+
     python benchmarks/strategy_overhead.py
+    python benchmarks/strategy_overhead.py --load 0 1 2
     python benchmarks/strategy_overhead.py --device cuda   # ours aggregate on the GPU
 """
 
@@ -21,8 +28,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the app's clients/
@@ -54,40 +65,116 @@ def time_rounds(strategy, grid, rounds: int) -> float:
     return (time.perf_counter() - start) / rounds
 
 
+@contextmanager
+def busy(count: int):
+    """``count`` busy-loop processes, the i-th pinned to core ``cores - 1 - i`` (one
+    busy process shares a core with us, ``cores`` of them share them all)."""
+    cores = sorted(os.sched_getaffinity(0))
+    processes = []
+    try:
+        for i in range(count):
+            process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            os.sched_setaffinity(process.pid, {cores[-1 - i % len(cores)]})
+            processes.append(process)
+        time.sleep(0.5)
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, cwd=RESULTS.parent.parent
+    ).stdout
+
+
+def commit() -> str:
+    """The commit the benchmark runs on (``+`` when the tree has changes)."""
+    return git("rev-parse", "--short", "HEAD").strip() + (
+        "+" if git("status", "--porcelain") else ""
+    )
+
+
+def committed_idle_ratios(path: Path) -> dict[tuple[str, str], float]:
+    """(model, strategy) -> idle ratio to FedAvg in the last committed report at
+    ``path`` (the fifth column: "vs FedAvg" before the load columns, "idle vs FedAvg"
+    since)."""
+    ratios = {}
+    for line in git("show", f"HEAD:{path.relative_to(RESULTS.parent.parent)}").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 4 and (m := re.fullmatch(r"([\d.]+)x", cells[4])):
+            ratios[(cells[0], cells[2])] = float(m.group(1))
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--load", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="*", default=["cnn", "resnet18"])
+    parser.add_argument("--rounds-too", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    path = RESULTS / f"strategy_overhead_{args.device}.md"
+    before = committed_idle_ratios(path)
+    loads = [f"{k} busy" if k else "idle" for k in args.load]
     lines = [
         f"# Strategy overhead vs Flower's FedAvg ({args.device.upper()}, in-process)",
         "",
-        f"{args.nodes} clients, f = {max(1, (args.nodes - 3) // 4)}; `aggregate_train` on "
-        f"identical replies, median of {args.repeats} calls after a first one; peak extra "
-        "memory of the first call (after one on a tiny model: the libraries' one-time "
-        "set-up), each strategy in its own process.",
+        f"Commit {commit()}, {os.cpu_count()} cores. {args.nodes} clients, f = "
+        f"{max(1, (args.nodes - 3) // 4)}; `aggregate_train` on identical replies, median "
+        f"of {args.repeats} calls after a first one; peak extra memory of the first call "
+        "(after one on a tiny model: the libraries' one-time set-up), each strategy in its "
+        "own process. `k busy`: beside k busy-loop processes, each pinned to a core "
+        "(one: a core shared with us; two: every core), ratios to FedAvg under the same "
+        "load.",
         "",
-        "| model | parameters | strategy | seconds | vs FedAvg | peak extra memory | "
-        "vs model size |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| model | parameters | strategy | "
+        + " | ".join(f"{load} s | {load} vs FedAvg" for load in loads)
+        + " | peak extra memory (idle) | vs model size |",
+        "|---|---:|---|" + "---:|---:|" * len(loads) + "---:|---:|",
     ]
-    for model in ("cnn", "resnet18"):
-        base = None
+    regressions = []
+    for model in args.models:
+        table: dict[str, list] = {name: [] for name in STRATEGIES}
+        for count in args.load:
+            with busy(count):
+                for name in STRATEGIES:
+                    table[name].append(
+                        run(name, args.nodes, args.repeats, 900.0, model, args.device)
+                    )
         for name in STRATEGIES:
-            r = run(name, args.nodes, args.repeats, 900.0, model, args.device)
-            if "error" in r:
-                lines.append(f"| {model} | | {name} | n/a ({r['error']}) | | | |")
+            cells, first = [], None
+            for i, result in enumerate(table[name]):
+                base = table[STRATEGIES[0]][i]
+                if "error" in result:
+                    cells += [f"n/a ({result['error']})", ""]
+                    continue
+                first = first or result
+                ratio = result["seconds"] / base["seconds"]
+                cells += [f"{result['seconds']:.4f}", f"{ratio:.2f}x"]
+                old = before.get((model, name))
+                if args.load[i] == 0 and old is not None and ratio > old * 1.1:
+                    regressions.append(f"{model} {name}: idle {ratio:.2f}x, committed {old:.2f}x")
+            if first is None:
                 continue
-            base = base or r["seconds"]
             lines.append(
-                f"| {model} | {r['model_mib'] * 2**20 / 4:,.0f} | {name} | {r['seconds']:.4f} | "
-                f"{r['seconds'] / base:.2f}x | {memory_text(r)} | "
-                f"{r['extra_mib'] / r['model_mib']:.2f}x |"
+                f"| {model} | {first['model_mib'] * 2**20 / 4:,.0f} | {name} | "
+                + " | ".join(cells)
+                + f" | {memory_text(first)} | {first['extra_mib'] / first['model_mib']:.2f}x |"
             )
             print(lines[-1], flush=True)
+    if regressions:
+        lines += ["", "Idle ratios worse than the committed report's (by over 10 %):", ""]
+        lines += [f"- {r}" for r in regressions]
+    if not args.rounds_too:
+        finish(lines, path)
+        return
     grid = InProcessGrid(
         client_app, 10, run_config={"local-epochs": 1, "model": "cnn", "byzantine-nodes": 0}
     )
@@ -104,10 +191,14 @@ def main() -> None:
         f"{args.rounds} rounds): FedAvg {fedavg:.3f} s/round, FlagAggregator "
         f"{flag:.3f} s/round ({flag - fedavg:+.3f} s, {flag / fedavg:.2f}x).",
     ]
+    finish(lines, path)
+
+
+def finish(lines: list[str], path: Path) -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"strategy_overhead_{args.device}.md").write_text(report)
+    path.write_text(report)
 
 
 if __name__ == "__main__":

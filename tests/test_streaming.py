@@ -51,7 +51,10 @@ def test_arrays_source_equals_stacked(rule, chunk_size):
 @pytest.mark.parametrize("rule", ["median", "krum", "flag"])
 def test_preaggregated_streaming(pre, rule):
     clients, base = layers(seed=4)
-    step = (pre, {"seed": 1}) if pre == "bucketing" else pre
+    step = {
+        "bucketing": (pre, {"seed": 1}),
+        "anchor": (pre, {"reference": stacked(clients, base)[F:].mean(dim=0)}),
+    }.get(pre, pre)
     f = 1 if pre == "bucketing" else F
     expected, _ = aggregate(stacked(clients, base), rule, f, pre=[step])
     got, _ = aggregate(
@@ -139,3 +142,35 @@ def test_the_fused_first_pass_of_a_mean_checks_and_combines():
     with pytest.raises(NonFiniteUpdateError) as error:
         ArraysSource(clients, base=base, device="cpu").combine(weights)
     assert error.value.rows == [4]
+
+
+@pytest.mark.parametrize("nonzeros", [1, 2, 8, 11], ids=lambda k: f"{k}-per-row")
+def test_mixed_rows_equal_the_dense_product(nonzeros):
+    """Sparse mixing matrices (bucketing's) are applied as sums of gathered rows, dense
+    ones (NNM's) as a product: both are P X."""
+    clients, base = layers(seed=4)
+    x = stacked(clients, base)
+    g = torch.Generator().manual_seed(nonzeros)
+    matrix = torch.zeros(5, N, dtype=torch.float64)
+    for row in matrix:
+        row[torch.randperm(N, generator=g)[:nonzeros]] = torch.rand(nonzeros, generator=g).double()
+    arrays = ArraysSource(clients, base, chunk_size=7, dtype=torch.float64)
+    for source in (StackedSource(x, chunk_size=7), arrays):
+        mixed = source.mix(matrix)
+        assert (mixed._sparse is not None) == (nonzeros <= 8)
+        torch.testing.assert_close(mixed.combine(torch.eye(5, dtype=torch.float64)), matrix @ x)
+
+
+def test_a_checked_arrays_source_subsets_to_its_clients_alone():
+    """After the first pass, a subset reads only its clients' replies (DETOX's second
+    stage: the n / r winners), and equals the rows it names."""
+    clients, base = layers(seed=5)
+    source = ArraysSource(clients, base, dtype=torch.float64)
+    unchecked = source.subset([4, 1])
+    assert type(unchecked).__name__ == "RowSubset"  # an error must name the parent's rows
+    source.sq_norms()
+    picked = source.subset([4, 1])
+    assert isinstance(picked, ArraysSource) and picked.n == 2
+    torch.testing.assert_close(
+        picked.combine(torch.eye(2, dtype=torch.float64)), stacked(clients, base)[[4, 1]]
+    )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from .dtypes import difference_into
 from .gram import Gram, choose_reference
+from .threads import gemm_threads, one_thread, torch_threads
 
 DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 """Default elements per ``(n, chunk)`` block: 16 MiB of float32 on a CPU (cache-sized
@@ -124,6 +126,16 @@ class UpdateSource(ABC):
         self._sq_norms = torch.zeros(n, dtype=torch.float64, device=self.device)
         self._gram: Gram | None = None
 
+    def _threads(self, gemm_rows: int | None = None) -> AbstractContextManager[None]:
+        """The thread policy of a pass on this device (:mod:`.threads`): one thread for
+        element-wise passes on the host, :func:`.gemm_threads` for a Gram pass of
+        ``gemm_rows`` rows; a GPU's passes are left alone."""
+        if self.device.type != "cpu":
+            return nullcontext()
+        if gemm_rows is None:
+            return one_thread()
+        return torch_threads(gemm_threads(gemm_rows, self.chunk_size))
+
     @abstractmethod
     def _fetch(self, start: int, stop: int) -> Tensor:
         """Return ``X[:, start:stop]`` on ``self.device`` in ``self.dtype``."""
@@ -157,8 +169,9 @@ class UpdateSource(ABC):
     def sq_norms(self) -> Tensor:
         """Exact ``||g_i||^2`` (float64, host), from the first complete pass."""
         if self._verified_upto < self.p:
-            for _ in self.chunks():
-                pass
+            with self._threads():
+                for _ in self.chunks():
+                    pass
         return self._sq_norms.cpu()
 
     def gram(self) -> Gram:
@@ -168,8 +181,12 @@ class UpdateSource(ABC):
         return self._gram
 
     def gram_with(self, point: Tensor) -> Gram:
-        """The Gram matrix of the rows with ``point`` appended as row ``n`` (one pass)."""
-        return self._accumulate_gram(point.to(self.device, self.dtype))
+        """The Gram matrix of the rows with ``point`` appended as row ``n`` (one pass);
+        the rows' own Gram comes with it, and is kept for :meth:`gram`."""
+        gram = self._accumulate_gram(point.to(self.device, self.dtype))
+        if self._gram is None:
+            self._gram = gram.subset(torch.arange(self.n))
+        return gram
 
     def _accumulate_gram(self, point: Tensor | None) -> Gram:
         # The reference row is chosen on the first chunk and checked on the result; a
@@ -184,6 +201,12 @@ class UpdateSource(ABC):
         self, point: Tensor | None, reference: int | None, *, decide: bool
     ) -> tuple[Gram, int | None]:
         rows = self.n + (point is not None)
+        with self._threads(gemm_rows=rows + 1):
+            return self._generic_gram_pass(point, reference, decide, rows)
+
+    def _generic_gram_pass(
+        self, point: Tensor | None, reference: int | None, decide: bool, rows: int
+    ) -> tuple[Gram, int | None]:
         acc = torch.zeros(rows + 1, rows + 1, dtype=torch.float64, device=self.device)
         work: Tensor | None = None
         for cols, chunk in self.chunks(check=False):
@@ -223,33 +246,44 @@ class UpdateSource(ABC):
         """``X^T c`` for ``c`` of shape ``(n,)``, or ``(k, n)`` for ``k`` outputs at once."""
         coefficients = coefficients.to(self.device, self.dtype)
         out = torch.empty((*coefficients.shape[:-1], self.p), dtype=self.dtype, device=self.device)
-        for cols, chunk in self.chunks():
-            out[..., cols] = coefficients @ chunk
+        with self._threads():
+            for cols, chunk in self.chunks():
+                out[..., cols] = coefficients @ chunk
         return out
 
     def map_columns(self, function: Callable[[Tensor], Tensor]) -> Tensor:
         """Apply a coordinate-wise ``(n, c) -> (c,)`` function chunk by chunk."""
         out = torch.empty(self.p, dtype=self.dtype, device=self.device)
-        for cols, chunk in self.chunks():
-            out[cols] = function(chunk)
+        with self._threads():
+            for cols, chunk in self.chunks():
+                out[cols] = function(chunk)
         return out
 
     def sq_distances_to(self, point: Tensor) -> Tensor:
         """``||g_i - point||^2`` for every row, as an ``(n,)`` float64 host tensor."""
         point = point.to(self.device, self.dtype)
         total = torch.zeros(self.n, dtype=torch.float64, device=self.device)
-        for cols, chunk in self.chunks():
-            total += (chunk - point[cols]).square().sum(dim=1).double()
+        with self._threads():
+            for cols, chunk in self.chunks():
+                total += (chunk - point[cols]).square().sum(dim=1).double()
         return total.cpu()
 
     def sq_distances_between(self, pairs: Tensor) -> Tensor:
         """``||g_i - g_j||^2`` for each row ``(i, j)`` of an ``(m, 2)`` index tensor, summed
         directly over the coordinates (one ``O(m p)`` pass, exact where the Gram's
         cancellation is not: for near-equal rows)."""
-        left, right = (pairs[:, k].to(self.device) for k in (0, 1))
-        total = torch.zeros(len(pairs), dtype=torch.float64, device=self.device)
-        for _, chunk in self.chunks():
-            total += (chunk[left] - chunk[right]).square().sum(dim=1).double()
+        index = pairs.tolist()
+        total = torch.zeros(len(index), dtype=torch.float64, device=self.device)
+        sums = torch.empty(len(index), dtype=self.dtype, device=self.device)
+        buffer = torch.empty(self.chunk_size, dtype=self.dtype, device=self.device)
+        with self._threads():
+            for cols, chunk in self.chunks():
+                # Pair by pair into one cache-sized buffer: no (m, chunk) gathers.
+                difference = buffer[: cols.stop - cols.start]
+                for k, (i, j) in enumerate(index):
+                    torch.sub(chunk[i], chunk[j], out=difference)
+                    sums[k] = torch.dot(difference, difference)
+                total += sums.double()
         return total.cpu()
 
     def subset(self, rows: Sequence[int] | Tensor) -> UpdateSource:
@@ -348,15 +382,16 @@ class ArraysSource(UpdateSource):
         out = torch.empty(self.p, dtype=self.dtype)
         sq_norms = torch.zeros(self.n, dtype=torch.float64)
         scratch = torch.empty(COMBINE_PIECE, dtype=self.dtype)
-        for layer, a, b in self._host_pieces(COMBINE_PIECE):
-            lo = int(self._offsets[layer])
-            acc, piece = out[lo + a : lo + b], scratch[: b - a]
-            acc.zero_()
-            for i in range(self.n):
-                self._update_into(piece.numpy(), i, layer, a, b)
-                if check:
-                    sq_norms[i] += torch.dot(piece, piece)
-                acc.add_(piece, alpha=weights[i])
+        with one_thread():
+            for layer, a, b in self._host_pieces(COMBINE_PIECE):
+                lo = int(self._offsets[layer])
+                acc, piece = out[lo + a : lo + b], scratch[: b - a]
+                acc.zero_()
+                for i in range(self.n):
+                    self._update_into(piece.numpy(), i, layer, a, b)
+                    if check:
+                        sq_norms[i] += torch.dot(piece, piece)
+                    acc.add_(piece, alpha=weights[i])
         if check:
             self._verify(0, self.p, sq_norms)
         return out
@@ -373,26 +408,31 @@ class ArraysSource(UpdateSource):
         acc = np.zeros((n + 1, n + 1))
         sq_norms = np.zeros(n)
         check = self._verified_upto < self.p
-        for _, rows in self._host_blocks(GRAM_COLUMNS, extra_rows=1):
-            # The origin product gives the Gram around the origin and the first block's
-            # choice of reference; around a row, the check's norms come from the rows
-            # themselves (n w flops, not another n^2 w product).
-            product = _host_gram(rows[:n]) if reference is None or decide else None
-            if check:
-                sq_norms += (
-                    product.diagonal()
-                    if product is not None
-                    else np.einsum("ij,ij->i", rows[:n], rows[:n])
-                )
-            if decide:
-                first = torch.from_numpy(product).double()
-                reference, decide = choose_reference(_origin_gram(first), self.dtype, None), False
-            if reference is None:
-                acc[:n, :n] += product
-            else:  # rows hold x_i - r and the last row r: one product gives C, u, |r|^2
-                rows[n] = rows[reference]
-                rows[:n] -= rows[n]
-                acc += _host_gram(rows)
+        # Ten clients' blocks are too small to share between threads (engine/threads.py).
+        with torch_threads(gemm_threads(n + 1, GRAM_COLUMNS)):
+            for _, rows in self._host_blocks(GRAM_COLUMNS, extra_rows=1):
+                # The origin product gives the Gram around the origin and the first block's
+                # choice of reference; around a row, the check's norms come from the rows
+                # themselves (n w flops, not another n^2 w product).
+                product = _host_gram(rows[:n]) if reference is None or decide else None
+                if check:
+                    sq_norms += (
+                        product.diagonal()
+                        if product is not None
+                        else np.einsum("ij,ij->i", rows[:n], rows[:n])
+                    )
+                if decide:
+                    first = torch.from_numpy(product).double()
+                    reference, decide = (
+                        choose_reference(_origin_gram(first), self.dtype, None),
+                        False,
+                    )
+                if reference is None:
+                    acc[:n, :n] += product
+                else:  # rows hold x_i - r and the last row r: one product gives C, u, |r|^2
+                    rows[n] = rows[reference]
+                    rows[:n] -= rows[n]
+                    acc += _host_gram(rows)
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         acc = torch.from_numpy((acc + acc.T) / 2)  # exactly symmetric: d(i, j) == d(j, i)
@@ -409,10 +449,11 @@ class ArraysSource(UpdateSource):
         check = self._verified_upto < self.p
         out = np.empty(self.p, dtype=self._host_dtype)
         sq_norms = np.zeros(self.n)
-        for start, rows in self._host_blocks(max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)):
-            if check:
-                sq_norms += np.einsum("ij,ij->i", rows, rows)
-            out[start : start + rows.shape[1]] = function(torch.from_numpy(rows)).numpy()
+        with one_thread():
+            for start, rows in self._host_blocks(max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)):
+                if check:
+                    sq_norms += np.einsum("ij,ij->i", rows, rows)
+                out[start : start + rows.shape[1]] = function(torch.from_numpy(rows)).numpy()
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         return torch.from_numpy(out)
@@ -445,6 +486,14 @@ class ArraysSource(UpdateSource):
         (:func:`~.dtypes.difference_into`: the one place differences are taken)."""
         base = None if self._base is None else self._base[layer][a:b]
         difference_into(out, self._flats[i][layer][a:b], base)
+
+    def subset(self, rows: Sequence[int] | Tensor) -> UpdateSource:
+        """Rows ``rows``: once every row is checked (so that an error still names this
+        source's rows) and while no Gram is cached (a subset reads its own off it), the
+        clients ``rows`` alone, so that a pass reads only their replies."""
+        if self._gram is not None or self._verified_upto < self.p:
+            return super().subset(rows)
+        return self._rows([int(i) for i in torch.as_tensor(rows).tolist()])
 
     def _rows(self, rows: list[int]) -> ArraysSource:
         """Clients ``rows`` alone, sharing this source's arrays; already checked."""
@@ -496,8 +545,17 @@ class RowSubset(UpdateSource):
         return self._gram
 
 
+SPARSE_MIX = 8
+"""Most nonzeros per row of a mixing matrix that :class:`MixedRows` applies as sums of
+gathered rows (bucketing's means of ``s`` rows: ``O(m s)`` per column, where the dense
+product costs ``O(m n)``)."""
+
+
 class MixedRows(UpdateSource):
-    """Rows of ``P X`` for a mixing matrix ``P``; its Gram is ``P K P^T`` (no pass)."""
+    """Rows of ``P X`` for a mixing matrix ``P``; its Gram is ``P K P^T`` (no pass).
+
+    A sparse ``P`` (at most :data:`SPARSE_MIX` nonzeros a row, as bucketing's) is
+    applied as weighted sums of gathered rows; a dense one (NNM's) as a product."""
 
     def __init__(self, parent: UpdateSource, matrix: Tensor) -> None:
         if matrix.ndim != 2 or matrix.shape[1] != parent.n:
@@ -514,9 +572,26 @@ class MixedRows(UpdateSource):
         self.parent = parent
         self.matrix = matrix.to(torch.float64).cpu()
         self._device_matrix = self.matrix.to(parent.device, parent.dtype)
+        width = int((self.matrix != 0).sum(dim=1).max()) if len(self.matrix) else 0
+        self._sparse = None
+        if width <= SPARSE_MIX:
+            # Column k of (index, weight): each row's k-th nonzero (padded with weight 0).
+            top = self.matrix.abs().topk(max(width, 1), dim=1)
+            weights = self.matrix.gather(1, top.indices)
+            self._sparse = (
+                top.indices.to(parent.device),
+                weights.to(parent.device, parent.dtype),
+            )
 
     def _fetch(self, start: int, stop: int) -> Tensor:
-        return self._device_matrix @ self.parent._load(start, stop)
+        chunk = self.parent._load(start, stop)
+        if self._sparse is None:
+            return self._device_matrix @ chunk
+        index, weights = self._sparse
+        out = weights[:, :1] * chunk.index_select(0, index[:, 0])
+        for k in range(1, index.shape[1]):
+            out.addcmul_(weights[:, k : k + 1], chunk.index_select(0, index[:, k]))
+        return out
 
     def gram(self) -> Gram:
         if self._gram is None:

@@ -10,9 +10,12 @@ a Byzantine winner needs a Byzantine majority in its group, so ``f`` Byzantine n
 spoil at most ``f'`` winners. The default second stage is the median of means over
 buckets of winners (bucketing, then coordinate median).
 
-Stage 1 compares the members of each group directly (one ``O(n r p)`` pass); each
-winner is the lowest-index member of its majority, a row of ``P X``, which stage 2 streams
-(its Gram, if the rule needs one, is one pass over the data, as for a flat rule).
+Cost: stage 1 compares the members of each group directly, ``r - 1`` distances per
+member, in one ``O(n r p)`` pass that also checks every row; each winner is the
+lowest-index member of its majority, and stage 2 reads only the ``n / r`` winners
+(:meth:`~flwr_flag.engine.UpdateSource.subset`), so it costs what its rule costs on
+``n / r`` rows: for the default median of bucket means, two gathers a bucket and a
+coordinate median over ``n / (2 r)`` rows.
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ def detox(
     groups = [int(g) for g in groups]
     agree = agreement(source, groups, tolerance)
     labels = sorted({g for g in groups if g >= 0})
-    mixing, totals, winner_rows = [], [], []
+    totals, winner_rows = [], []
     dissenting: list[int] = []
     no_majority: list[int] = []
     for label in labels:
@@ -172,24 +175,25 @@ def detox(
             no_majority += members
             continue
         dissenting += [i for i in members if i not in winners]
-        row = torch.zeros(source.n, dtype=torch.float64)
-        row[winners[0]] = 1.0
         winner_rows.append(winners[0])  # one member of the majority: the honest value exactly
-        mixing.append(row)
         totals.append(float(weights[winners[0]]))
     f_prime = second_stage_f(f, replication)
     diagnostics: dict[str, Any] = {
         "groups": len(labels),
         "dissenting": Rows(dissenting, outvoted=True),
         "no_majority": Rows(no_majority, outvoted=True),
-        "groups_without_majority": len(labels) - len(mixing),
+        "groups_without_majority": len(labels) - len(winner_rows),
         "f_prime": f_prime,
     }
-    if not mixing:
+    if not winner_rows:
         raise InputRangeError("detox: no group has a majority; nothing to aggregate")
-    winners = source.mix(torch.stack(mixing))
     result = aggregate(
-        winners, stage2, f_prime, totals, pre=stage2_pre, **dict(stage2_params or {})
+        source.subset(winner_rows),
+        stage2,
+        f_prime,
+        totals,
+        pre=stage2_pre,
+        **dict(stage2_params or {}),
     )
     diagnostics["stage2"] = Nested(result.diagnostics, winner_rows)
     return AggregationResult(result.vector, diagnostics)

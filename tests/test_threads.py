@@ -1,0 +1,52 @@
+"""The library's thread policy (:mod:`flwr_flag.engine.threads`) never outlives a pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flwr_flag.engine import ArraysSource, NonFiniteUpdateError
+from flwr_flag.engine.threads import GEMM_WORK, gemm_threads, one_thread, torch_threads
+from flwr_flag.rules import RULES, aggregate
+
+
+@pytest.fixture
+def three_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(previous)
+
+
+def clients(n: int, poison: bool = False) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    out = [[rng.normal(size=(40, 30)).astype(np.float32), rng.normal(size=7)] for _ in range(n)]
+    if poison:
+        out[2][0][3, 3] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("rule", sorted(set(RULES) - {"detox"}))
+def test_every_rule_leaves_the_users_thread_setting_as_it_found_it(rule, three_threads):
+    aggregate(ArraysSource(clients(11), device="cpu"), rule, 2)
+    assert torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("rule", ["mean", "median", "krum"])
+def test_a_pass_that_raises_still_restores_the_setting(rule, three_threads):
+    with pytest.raises(NonFiniteUpdateError):
+        aggregate(ArraysSource(clients(11, poison=True), device="cpu"), rule, 2)
+    assert torch.get_num_threads() == 3
+
+
+def test_the_policy_inside_a_pass(three_threads):
+    with one_thread():
+        assert torch.get_num_threads() == 1
+        with torch_threads(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 3
+    assert gemm_threads(11, 16384) == 1  # ten clients: too little work per block to share
+    assert gemm_threads(1000, 16384) == 3  # capped by the caller's setting
+    assert gemm_threads(101, -(-2 * GEMM_WORK // 101**2)) == 2
