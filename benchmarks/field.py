@@ -82,7 +82,15 @@ OURS: dict[str, dict[str, Any]] = {
     "FA": {"rule": "flag"},
     "CTMA": {"rule": "ctma"},  # its default: NNM before it
     "CTMA without NNM": {"rule": "ctma", "pre": ""},
+    # The server's trust anchor: k trusted samples per class (clients/anchor.py).
+    **{
+        f"FLTrust ({k}/class)": {"rule": "mean", "weighting": "uniform", "anchor-per-class": k}
+        for k in (2, 5, 10)
+    },
+    "FA + anchor (10/class)": {"rule": "flag", "anchor-per-class": 10},
+    "CTMA + anchor (10/class)": {"rule": "ctma", "anchor-per-class": 10},
 }
+ANCHORED = [name for name, config in OURS.items() if "anchor-per-class" in config]
 PEERS = {  # Flower's strategy and the rule of ours with the same math (the attacks' target)
     "flower Krum": "krum",
     "flower FedMedian": "median",
@@ -102,8 +110,11 @@ ATTACKS = (
     "fang-trim",
     "flag-flip",
     "ctma-inside",
+    "anchor-drift",
 )
 RULE_AWARE = ("alie-tuned", "ipm-tuned", "fang-krum", "fang-trim", "flag-flip", "ctma-inside")
+MECHANISM_AWARE = ("anchor-drift",)
+"""Attacks built against the trust anchor (:mod:`flwr_flag.attacks.anchored`)."""
 TRAINING = {
     "model": "mlp",
     "local-epochs": 2,
@@ -115,7 +126,7 @@ TRAINING = {
 }
 ROUNDS = 30
 QUICK = {
-    "rules": ["mean (FedAvg)", "FA", "CTMA", "flower FedMedian"],
+    "rules": ["mean (FedAvg)", "FA", "CTMA", "flower FedMedian", "FA + anchor (10/class)"],
     "attacks": ["none", "ipm-tuned"],
     "regimes": ["many"],
     "seeds": [0],
@@ -166,6 +177,8 @@ def run_config(cell: Cell) -> dict[str, Any]:
 def strategy_for(cell: Cell, config: dict[str, Any]):
     from flwr.serverapp import strategy as flower
 
+    from clients.anchor import anchor_from_config
+    from clients.config import ClientSettings
     from flwr_flag import strategy_from_config
 
     regime = REGIMES[cell.regime]
@@ -182,7 +195,12 @@ def strategy_for(cell: Cell, config: dict[str, Any]):
         "flower FedTrimmedAvg": lambda: flower.FedTrimmedAvg(beta=f / regime.sampled, **common),
         "flower Bulyan": lambda: flower.Bulyan(num_malicious_nodes=f, **common),
     }
-    return peers[cell.rule]() if cell.rule in peers else strategy_from_config(config)
+    if cell.rule in peers:
+        return peers[cell.rule]()
+    settings = ClientSettings.from_config(
+        config, {"partition-id": 0, "num-partitions": regime.nodes}
+    )
+    return strategy_from_config(config, anchor_from_config(config, settings))
 
 
 def cannot_run(cell: Cell) -> str | None:

@@ -243,6 +243,15 @@ def load_partition(
     return _split_of(fds.load_partition(partition_id, "train"), _statistics(name, fds))
 
 
+def load_train(name: str, seed: int = 0, data_files: dict[str, str] | None = None) -> Split:
+    """The whole training split (the server's trusted samples are drawn from it)."""
+    check_data_options(name, "iid", 1.0)
+    if name == "digits":
+        return _digits()[0]
+    fds = _federated(name, 1, "iid", 1.0, seed, data_files)
+    return _split_of(fds.load_split("train"), _statistics(name, fds))
+
+
 def load_test(name: str, seed: int = 0, data_files: dict[str, str] | None = None) -> Split:
     """The held-out test set (the server's centralized evaluation uses it)."""
     check_data_options(name, "iid", 1.0)

@@ -34,7 +34,7 @@ config can hold settings for several rules and switch with ``rule`` alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .rules import PREAGGREGATORS, RULES, get_rule
@@ -128,8 +128,12 @@ def rule_from_config(config: Mapping[str, Any], rule: str | None = None) -> Rule
     )
 
 
-def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
-    """The Message-API strategy that ``config`` describes (see the module docstring)."""
+def strategy_from_config(
+    config: Mapping[str, Any], anchor: Callable[..., Any] | None = None
+) -> RobustStrategy:
+    """The Message-API strategy that ``config`` describes (see the module docstring),
+    with the server's trust ``anchor`` when given (a function, so not a config value:
+    this project's ServerApp builds one from ``anchor-per-class``)."""
     from .strategy.named import strategy_for
 
     rule, params, pre, f = rule_from_config(config)
@@ -140,4 +144,6 @@ def strategy_from_config(config: Mapping[str, Any]) -> RobustStrategy:
     if config.get("optimizer") == "mu2-sgd" and "anytime_gamma_min" not in options:
         # The clients run mu^2-SGD: the model to evaluate and return is its AnyTime average.
         options["anytime_gamma_min"] = config.get("mu2.gamma-min", DEFAULT_GAMMA_MIN)
+    if anchor is not None:
+        options["anchor"] = anchor
     return strategy_for(rule)(f, pre=pre, **params, **options)

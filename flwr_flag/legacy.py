@@ -333,6 +333,13 @@ class CAF(RobustStrategy):
     defaults = named.CAF.defaults
 
 
+class FLTrust(RobustStrategy):
+    __doc__ = named.FLTrust.__doc__
+    rule = named.FLTrust.rule
+    defaults = named.FLTrust.defaults
+    requires = named.FLTrust.requires
+
+
 class MoNNA(RobustStrategy):
     __doc__ = named.MoNNA.__doc__
     rule = named.MoNNA.rule

@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from clients.anchor import anchor_from_config
 from clients.config import ClientSettings
 from clients.data import load_test
 from clients.models import build_model, set_arrays
@@ -53,8 +54,12 @@ def validated(
     the run here, naming the key, instead of failing every client every round.
 
     ``num_nodes`` (connected nodes; 0 when none has connected yet) bounds the node ids of
-    ``byzantine-nodes`` and ``heavy-augment-nodes``."""
-    strategy = strategy_from_config(config)
+    ``byzantine-nodes`` and ``heavy-augment-nodes``. ``anchor-per-class = k > 0`` gives
+    the strategy the server's trust anchor on ``k`` samples per class
+    (:mod:`clients.anchor`)."""
+    node = {"partition-id": 0, "num-partitions": num_nodes or 2**31 - 1}
+    settings = ClientSettings.from_config(config, node)
+    strategy = strategy_from_config(config, anchor_from_config(config, settings))
     server = ServerSettings(
         Integer(1).check(
             "run config", "num-server-rounds", config.get("num-server-rounds", NUM_SERVER_ROUNDS)
@@ -64,8 +69,7 @@ def validated(
         ),
         Text().check("run config", "output-dir", config.get("output-dir", OUTPUT_DIR)),
     )
-    node = {"partition-id": 0, "num-partitions": num_nodes or 2**31 - 1}
-    return strategy, ClientSettings.from_config(config, node), server
+    return strategy, settings, server
 
 
 @app.main()

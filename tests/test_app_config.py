@@ -19,7 +19,7 @@ from flwr_flag.rules import PREAGGREGATORS, RULES
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 CONFIG = flatten_dict(tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"])
 # Round state (previous aggregate, DETOX's groups), or taken from another rule's table.
-NOT_CONFIGURABLE = {"previous", "base_params", "groups", "stage2_params"}
+NOT_CONFIGURABLE = {"previous", "base_params", "groups", "stage2_params", "reference"}
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))

@@ -47,13 +47,21 @@ def test_the_field_studys_quick_grid_trains_a_many_client_cell_under_a_rule_awar
     import field
 
     assert field.QUICK["regimes"] == ["many"] and "ipm-tuned" in field.QUICK["attacks"]
+    assert set(field.QUICK["rules"]) & set(field.ANCHORED)  # one anchor cell at least
     args = [
-        "--rules", "FA", "--attacks", "none", "ipm-tuned", "--regimes", "many", "--seeds", "0",
-        "--rounds", "3", "--workers", "1", "--out", str(tmp_path),
+        "--rules", "FA", "FA + anchor (10/class)", "--attacks", "none", "ipm-tuned",
+        "--regimes", "many", "--seeds", "0", "--rounds", "3", "--workers", "1",
+        "--out", str(tmp_path),
     ]  # fmt: skip
     table = field.main(args).read_text()
     rows = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
-    assert {r["attack"] for r in rows} == {"none", "ipm-tuned"}
+    assert {(r["rule"], r["attack"]) for r in rows} == {
+        (rule, attack)
+        for rule in ("FA", "FA + anchor (10/class)")
+        for attack in ("none", "ipm-tuned")
+    }
     assert all(len(r["accuracy"]) == 4 and not r["diverged"] for r in rows)
+    anchored = [r for r in rows if r["rule"] == "FA + anchor (10/class)"]
+    assert all(r["accuracy"][-1] > r["accuracy"][0] for r in anchored)  # it trains
     headline = next(line for line in table.splitlines() if line.startswith("| FA |"))
     assert "| ipm-tuned |" in headline  # the worst case names its attack

@@ -29,10 +29,12 @@ detox                     groups (stage 2 rule)   :mod:`.detox`
 ========================  ======================  ===============================
 
 Pre-aggregators (``pre=[...]``): ``nnm``, ``bucketing`` (:mod:`.mixing`), ``clip``,
-``arc`` (:mod:`.clipping`).
+``arc`` (:mod:`.clipping`), and ``anchor`` (:mod:`.anchor`: FLTrust's scoring against
+the server's reference update, added by a strategy's ``anchor`` option).
 """
 
 from . import (
+    anchor,
     clipping,
     coordinate,
     ctma,
@@ -65,6 +67,7 @@ __all__ = [
     "Requirement",
     "Rule",
     "aggregate",
+    "anchor",
     "clipping",
     "coordinate",
     "ctma",

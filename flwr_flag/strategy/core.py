@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any, NamedTuple
 
@@ -31,12 +31,20 @@ from ..engine import ArraysSource, NonFiniteUpdateError, UpdateSource, resolve_d
 from ..rules import AggregationResult, aggregate, get_rule
 from ..rules.diagnostics import Nested, PerRow, Rows
 from ..rules.inputs import InputRangeError
-from ..rules.registry import ROUND_STATE, PreStep, RoundState, check_params, check_pre
+from ..rules.registry import (
+    ROUND_STATE,
+    PreStep,
+    RoundState,
+    check_params,
+    check_pre,
+    split_step,
+)
 from ..validation import (
     Boolean,
     ByzantineCount,
     Choice,
     Device,
+    Function,
     Integer,
     Param,
     Real,
@@ -65,6 +73,7 @@ OPTIONS: dict[str, Param] = {
     "weighting": Choice(choices=WEIGHTINGS),
     "max_weight_ratio": Real(1.0, optional=True),
     "anytime_gamma_min": Real(0.0, 1.0, low_open=True, optional=True),
+    "anchor": Function(optional=True),
 }
 """The aggregation options of every robust strategy, declared once: checked when a
 strategy is built, and listed in its docstring from here."""
@@ -135,6 +144,13 @@ class RobustCore:
         Keep mu^2-SGD's AnyTime average of the global models with this floor
         :math:`\gamma_{\min}` (:class:`.AnyTimeAverage`): what is evaluated and
         returned, and what the clients running mu^2-SGD average too. ``None``: off.
+    anchor : callable, optional
+        The server's trust anchor (:mod:`~flwr_flag.rules.anchor`, FLTrust):
+        ``anchor(arrays) -> arrays``, the model after the server's own local training on
+        its trusted data from the round's global model ``arrays`` (same names, shapes
+        and dtypes). Each round its update :math:`g_0` scores every reply, which is
+        rescaled to :math:`\|g_0\|` and weighted by its clipped cosine with it, before
+        the rule (the ``anchor`` pre-aggregator runs first). ``None``: off.
 
     The rule's round state (the previous aggregate, each row's group) comes from the
     providers its module registered (:class:`~flwr_flag.rules.registry.RoundState`), one
@@ -158,12 +174,22 @@ class RobustCore:
         weighting: str = "uniform",
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
         anytime_gamma_min: float | None = None,
+        anchor: Callable[[Arrays], Mapping[str, np.ndarray]] | None = None,
     ) -> None:
         check_all("strategy", OPTIONS, locals())
         self.rule = rule
         self.num_byzantine = ByzantineCount().check("strategy", "num_byzantine", num_byzantine)
         self.rule_params = check_params(rule, rule_params or {})
         self.pre = check_pre("pre", get_rule(rule).default_pre if pre is None else pre)
+        self.anchor = anchor
+        named = [split_step(step)[0] for step in self.pre]
+        if "anchor" in named and anchor is None:
+            raise ValueError(
+                "strategy: pre-aggregator 'anchor' scores updates against the server's "
+                "reference update; give the strategy anchor=<function>"
+            )
+        if anchor is not None and "anchor" not in named:
+            self.pre = ["anchor", *self.pre]
         self.step = ServerStep(server_lr, server_momentum)
         self.device = resolve_device(device)
         self.chunk_size = chunk_size
@@ -210,6 +236,7 @@ class RobustCore:
             "weighting": self.weighting,
             "max_weight_ratio": self.max_weight_ratio,
             "max_update_norm": self.max_update_norm,
+            "anchor": self.anchor is not None,
         }
         return {k: json.dumps(v, sort_keys=True, default=repr) for k, v in recorded.items()}
 
@@ -325,7 +352,10 @@ class RobustCore:
         # nodes in a random order: rows by node id make the aggregate the same bits
         # whatever order the replies arrive in, so a seed fixes a run.
         candidates.sort(key=lambda i: replies[i].node_id)
-        result, used, why_kept = self._aggregate(reference, replies, candidates, rejected)
+        anchored = time.perf_counter()
+        pre = self._pre_with_anchor(reference)
+        anchor_seconds = time.perf_counter() - anchored
+        result, used, why_kept = self._aggregate(reference, replies, candidates, rejected, pre)
         for index, reason in rejected.items():
             log(
                 WARNING,
@@ -355,6 +385,8 @@ class RobustCore:
             "robust.weighted-by-num-examples": int(self.weighting == "num-examples"),
             "robust.aggregation-seconds": time.perf_counter() - start,
         }
+        if self.anchor is not None:
+            metrics["robust.anchor-seconds"] = anchor_seconds
         if result is not None:
             metrics.update(summarize(result.diagnostics, [replies[i].node_id for i in used]))
         if self.anytime is not None:
@@ -363,12 +395,37 @@ class RobustCore:
             self.checkpoints.save(server_round, arrays, self.state_dict(), self.settings_record())
         return RoundOutcome(arrays, metrics, used if result is not None else [])
 
+    def _pre_with_anchor(self, model: Arrays) -> list[PreStep]:
+        r"""The pre-aggregators with this round's reference update :math:`g_0 =
+        \mathrm{anchor}(w) - w` given to the ``anchor`` step (taken with the replies'
+        difference rule). A reference that is not finite reaches the step as NaN, which
+        refuses the round with its reason; arrays that do not fit the model are the
+        anchor function's bug, and raise."""
+        if self.anchor is None:
+            return self.pre
+        trained = self.anchor(OrderedDict((k, v.copy()) for k, v in model.items()))
+        if not isinstance(trained, Mapping):
+            raise TypeError(f"anchor: returned a {type(trained).__name__}, not arrays by name")
+        trained = {k: np.asarray(v) for k, v in trained.items()}  # 0-d arithmetic gives scalars
+        mismatch = arrays_mismatch(trained, model)
+        if mismatch is not None:
+            raise ValueError(f"anchor: its arrays do not fit the model: {mismatch}")
+        try:
+            g0 = self._source(model, [Reply(0, trained)]).combine(torch.ones(1))
+        except NonFiniteUpdateError:
+            g0 = torch.full((sum(a.size for a in model.values()),), math.nan)
+        return [
+            ("anchor", {"reference": g0}) if split_step(step)[0] == "anchor" else step
+            for step in self.pre
+        ]
+
     def _aggregate(
         self,
         reference: Arrays,
         replies: Sequence[Reply],
         candidates: list[int],
         rejected: dict[int, str],
+        pre: list[PreStep],
     ) -> Aggregation:
         """The rule on the candidates that pass the value checks. A check that rejects
         rows (the norm bound, NaN/Inf found in the first pass) records why in
@@ -395,7 +452,7 @@ class RobustCore:
                     weights = reply_weights(
                         [r.num_examples for r in chosen], self.weighting, self.max_weight_ratio
                     )
-                    result = aggregate(source, self.rule, f, weights, pre=self.pre, **params)
+                    result = aggregate(source, self.rule, f, weights, pre=pre, **params)
                     return Aggregation(result, live)
             except NonFiniteUpdateError as error:
                 bad = dict.fromkeys(error.rows, "update contains NaN or Inf (or overflows)")

@@ -100,6 +100,17 @@ class CTMA(RobustStrategy):
     rule = "ctma"
 
 
+class FLTrust(RobustStrategy):
+    """FLTrust (Cao et al., NDSS 2021): the trust-weighted mean of the updates rescaled
+    to the server's reference update (:mod:`flwr_flag.rules.anchor`). It needs
+    ``anchor``, the server's local training on its trusted data; each valid reply
+    counts once before its trust. Every other strategy takes ``anchor`` too, and then
+    runs its rule on the scored rows."""
+
+    rule = "mean"
+    requires = ("anchor",)
+
+
 class MDA(RobustStrategy):
     """Minimum diameter averaging (:func:`flwr_flag.rules.subsets.minimum_diameter_averaging`)."""
 
@@ -147,7 +158,8 @@ STRATEGIES: dict[str, type[RobustStrategy]] = {
         Detox,
     )
 }
-"""Rule name -> Message-API strategy class, for the rules that have a named class."""
+"""Rule name -> Message-API strategy class, for the rules that have a named class
+(:class:`FLTrust`, a configuration of ``mean``, is not one of them)."""
 
 
 def strategy_for(rule: str) -> Callable[..., RobustStrategy]:

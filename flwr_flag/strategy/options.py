@@ -114,6 +114,8 @@ class RobustOptions:
     rule: ClassVar[str | None] = None
     defaults: ClassVar[Mapping[str, Any]] = {}
     """Options a named strategy sets differently from the core's defaults."""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Options a named strategy cannot run without (FLTrust's ``anchor``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A named strategy's docstring lists its rule's hyperparameters: their kinds and
@@ -143,6 +145,11 @@ class RobustOptions:
                 f"{type(self).__name__} needs rule=..., one of {sorted(RULES)} (or use a "
                 "named strategy, e.g. FlagAggregator); it has no default rule"
             )
+        for key in type(self).requires:
+            if options.get(key) is None:
+                raise TypeError(
+                    f"{type(self).__name__} needs {key}=...; see help({type(self).__name__})"
+                )
         self.rule = rule or type(self).rule
         flower = next(c for c in type(self).__mro__ if c.__module__.startswith("flwr."))
         self.core, flower_options = build_core(

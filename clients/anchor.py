@@ -1,0 +1,68 @@
+"""This app's trust anchor: the server trains, as a client would, on a few trusted samples.
+
+The run-config key ``anchor-per-class = k`` (0: off) gives the server ``k`` samples of
+every class, drawn with the run's seed from the training split (the split the clients'
+partitions come from: the server's data follow the task's distribution, which the
+anchor assumes). Each round :func:`make_anchor`'s function loads the global model,
+trains it with the clients' own local procedure (:func:`~clients.train.local_train`:
+epochs or steps, batch size, lr, momentum, augmentation) and returns its arrays: the
+strategy's ``anchor`` (:mod:`flwr_flag.rules.anchor`). Its cost, one local training on
+``k`` samples per class, is reported as ``robust.anchor-seconds``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from flwr_flag.validation import Integer
+
+from .config import ClientSettings
+from .data import Split, load_train
+from .models import build_model, get_arrays, set_arrays
+from .train import local_train
+
+Arrays = OrderedDict[str, np.ndarray]
+
+
+def trusted_samples(train: Split, per_class: int, seed: int) -> Split:
+    """``per_class`` samples of each class of ``train`` (all of a class that has
+    fewer), drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    labels = train.y.numpy()
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(train.num_classes)
+    ]
+    return train.subset(torch.from_numpy(np.sort(np.concatenate(chosen))))
+
+
+def anchor_from_config(
+    config: Mapping[str, Any], settings: ClientSettings
+) -> Callable[[Arrays], Arrays] | None:
+    """The anchor that the run-config key ``anchor-per-class`` asks for (``None`` at 0)."""
+    per_class = Integer(0).check(
+        "run config", "anchor-per-class", config.get("anchor-per-class", 0)
+    )
+    return make_anchor(settings, per_class) if per_class else None
+
+
+def make_anchor(settings: ClientSettings, per_class: int) -> Callable[[Arrays], Arrays]:
+    """The server's local training on its ``per_class`` trusted samples per class, from
+    the arrays it is given; round ``t`` trains with seed ``seed + t``."""
+    data = trusted_samples(
+        load_train(settings.dataset, settings.seed, settings.data_files), per_class, settings.seed
+    )
+    model = build_model(settings.model, tuple(data.x.shape[1:]), data.num_classes, settings.seed)
+    rounds = itertools.count(1)
+
+    def anchor(arrays: Arrays) -> Arrays:
+        set_arrays(model, arrays)
+        local_train(model, data, settings, lambda y: y, settings.seed + next(rounds))
+        return get_arrays(model)
+
+    return anchor

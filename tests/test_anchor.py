@@ -1,0 +1,191 @@
+"""The server's trust anchor (FLTrust's scoring, :mod:`flwr_flag.rules.anchor`)."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import SimpleClientManager
+from test_strategy_runs import Proxy
+
+import flwr_flag
+import flwr_flag.legacy
+from flwr_flag.rules import RULES, aggregate
+from flwr_flag.rules.inputs import InputRangeError
+from flwr_flag.strategy.replies import Reply
+
+
+def fltrust_by_hand(x: torch.Tensor, g0: torch.Tensor) -> torch.Tensor:
+    """Cao et al.'s formula, written out: ReLU cosine trust, rows rescaled to ||g0||."""
+    trust = [max(float(row @ g0 / (row.norm() * g0.norm())), 0.0) for row in x]
+    rescaled = [row * (g0.norm() / row.norm()) for row in x]
+    return sum(t * r for t, r in zip(trust, rescaled, strict=True)) / sum(trust)
+
+
+def problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    g0 = torch.randn(30, dtype=torch.float64, generator=g)
+    x = g0 + 0.8 * torch.randn(9, 30, dtype=torch.float64, generator=g)
+    x[0] = -7.0 * g0  # anti-aligned
+    x[1] = 100.0 * (g0 + 0.5 * torch.randn(30, dtype=torch.float64, generator=g))  # huge
+    return x, g0
+
+
+def test_the_mean_after_the_anchor_is_fltrust():
+    x, g0 = problem()
+    out = aggregate(x, "mean", 0, pre=[("anchor", {"reference": g0})])
+    torch.testing.assert_close(out.vector, fltrust_by_hand(x, g0))
+    anchor = out.diagnostics["pre"]["anchor"]
+    assert anchor["distrusted"] == [0] and anchor["trust"][0] == 0.0
+    assert float(out.vector.norm()) <= float(g0.norm()) + 1e-9  # rescaled rows: no blow-up
+
+
+@pytest.mark.parametrize("rule", sorted(set(RULES) - {"detox"}))
+def test_every_rule_runs_after_the_anchor_and_an_anti_aligned_row_counts_for_nothing(rule):
+    x, g0 = problem(1)
+    flipped = x.clone()
+    flipped[0] = -1e6 * g0  # even further away: its row is the zero update, weight 0
+    a = aggregate(x, rule, 1, pre=[("anchor", {"reference": g0})]).vector
+    b = aggregate(flipped, rule, 1, pre=[("anchor", {"reference": g0})]).vector
+    assert bool(torch.isfinite(a).all())
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("reference", "says"),
+    [
+        (None, "no reference update this round"),
+        (torch.ones(7, dtype=torch.float64), "has shape \\(7,\\), the updates 30"),
+        (torch.full((30,), float("nan"), dtype=torch.float64), "not finite, or zero"),
+        (torch.zeros(30, dtype=torch.float64), "not finite, or zero"),
+    ],
+)
+def test_a_bad_reference_refuses_the_round_with_its_reason(reference, says):
+    x, _ = problem()
+    with pytest.raises(InputRangeError, match=says):
+        aggregate(x, "mean", 0, pre=[("anchor", {"reference": reference})])
+
+
+def test_no_update_agreeing_with_the_reference_refuses_the_round():
+    x, g0 = problem()
+    with pytest.raises(InputRangeError, match="no update has a positive cosine"):
+        aggregate(-x.abs() @ torch.eye(30, dtype=torch.float64), "mean", 0,
+                  pre=[("anchor", {"reference": g0.abs()})])  # fmt: skip
+
+
+MODEL = OrderedDict(w=np.zeros(6, np.float32), steps=np.array(3, np.int64))
+
+
+def replies() -> list[Reply]:
+    honest = [
+        Reply(i, {"w": np.full(6, 1.0 + 0.1 * i, np.float32), "steps": np.array(4)}, 1)
+        for i in range(1, 6)
+    ]
+    return [*honest, Reply(9, {"w": np.full(6, -50.0, np.float32), "steps": np.array(4)}, 1)]
+
+
+def toward_ones(arrays):
+    return {"w": arrays["w"] + 1, "steps": arrays["steps"] + 1}
+
+
+def test_the_strategy_scores_each_round_against_its_anchor():
+    core = flwr_flag.FLTrust(anchor=toward_ones, device="cpu").core
+    outcome = core.round(1, MODEL, replies(), 0)
+    assert outcome.metrics["robust.pre.anchor.distrusted-nodes"] == [9]
+    updates = torch.tensor(
+        [[*r.arrays["w"].tolist(), float(r.arrays["steps"]) - 3.0] for r in replies()],
+        dtype=torch.float64,
+    )
+    expected = fltrust_by_hand(updates, torch.ones(7, dtype=torch.float64))
+    np.testing.assert_allclose(outcome.arrays["w"], expected[:6].numpy(), rtol=1e-6)
+    assert int(outcome.arrays["steps"]) == 3 + round(float(expected[6]))
+    assert outcome.metrics["robust.anchor-seconds"] >= 0
+
+
+def test_a_non_finite_reference_keeps_the_model_with_the_reason(caplog):
+    core = flwr_flag.FlagAggregator(
+        num_byzantine=1, device="cpu", anchor=lambda a: {**a, "w": a["w"] * np.nan}
+    ).core
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        outcome = core.round(1, MODEL, replies(), 0)
+    assert outcome.arrays is None
+    assert "keeping the current model: anchor: the reference update is not finite" in caplog.text
+
+
+def test_an_anchor_of_another_model_or_missing_is_an_error_before_any_round():
+    core = flwr_flag.Mean(device="cpu", anchor=lambda a: {"w": np.zeros(5, np.float32)}).core
+    with pytest.raises(ValueError, match="anchor: its arrays do not fit the model"):
+        core.round(1, MODEL, replies(), 0)
+    with pytest.raises(TypeError, match="FLTrust needs anchor="):
+        flwr_flag.FLTrust(device="cpu")
+    with pytest.raises(ValueError, match=r"pre-aggregator 'anchor' .* anchor=<function>"):
+        flwr_flag.Median(device="cpu", pre=["anchor"])
+
+
+def test_the_legacy_api_scores_against_the_anchor_too():
+    strategy = flwr_flag.legacy.FLTrust(
+        anchor=lambda a: {"0": a["0"] + 1}, device="cpu", min_available_clients=3
+    )
+    manager = SimpleClientManager()
+    for i in range(3):
+        manager.register(Proxy(i + 1))
+    strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(4, np.float32)]), manager)
+    results = [
+        (Proxy(i + 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters([value]), 1, {}))
+        for i, value in enumerate(
+            [np.ones(4, np.float32), 2 * np.ones(4, np.float32), -30 * np.ones(4, np.float32)]
+        )
+    ]
+    parameters, metrics = strategy.aggregate_fit(1, results, [])
+    assert metrics["robust.pre.anchor.distrusted-nodes"] == "3"
+    np.testing.assert_allclose(parameters_to_ndarrays(parameters)[0], np.ones(4), rtol=1e-6)
+
+
+def attacked(behaviour: str, seed: int, **params) -> float:
+    """How far FLTrust moves from its honest-only output when 3 of 15 nodes run
+    ``behaviour`` (stacked updates; the colluders estimate from honest draws)."""
+    from flwr_flag.attacks import AttackContext, make_behaviour
+
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=80)
+    honest = mean + 0.7 * rng.normal(size=(12, 80))
+    g0 = torch.from_numpy(mean + 0.3 * rng.normal(size=80))
+    draws = mean + 0.7 * rng.normal(size=(4, 80))
+    context = AttackContext(
+        rng, 1, 15, 3, lambda k: draws[:k], lambda pid: honest[pid], None, {"seed": seed}
+    )
+    bad = make_behaviour(behaviour, params).update(honest[0], context)
+    pre = [("anchor", {"reference": g0})]
+    clean = aggregate(torch.from_numpy(honest), "mean", 0, pre=pre).vector
+    rows = torch.from_numpy(np.vstack([honest, np.repeat(bad[None], 3, axis=0)]))
+    return float((aggregate(rows, "mean", 0, pre=pre).vector - clean).norm())
+
+
+@pytest.mark.parametrize("naive", [("sign-flip", {"k": 10.0}), ("ipm", {"epsilon": 0.5})])
+def test_anchor_drift_moves_fltrust_farther_than_the_naive_attacks(naive):
+    for seed in range(5):
+        assert attacked("anchor-drift", seed) > 2 * attacked(naive[0], seed, **naive[1])
+
+
+def test_anchor_drift_keeps_one_direction_across_rounds():
+    from flwr_flag.attacks import AttackContext, make_behaviour
+
+    attack = make_behaviour("anchor-drift", {"angle": 60.0})
+    mean = np.ones(50)
+    sent = []
+    for server_round, shift in enumerate([0.0, 0.3]):
+        draws = np.vstack([mean + shift, mean - shift])
+        context = AttackContext(
+            np.random.default_rng(server_round), server_round + 1, 15, 3,
+            lambda k, d=draws: d[:k], lambda pid: mean, None, {"seed": 7},
+        )  # fmt: skip
+        update = attack.update(mean, context)
+        unit = mean / np.linalg.norm(mean)
+        assert np.isclose(update @ unit / np.linalg.norm(update), 0.5)  # cos 60
+        sent.append(update - (update @ unit) * unit)
+    cosine = sent[0] @ sent[1] / (np.linalg.norm(sent[0]) * np.linalg.norm(sent[1]))
+    assert cosine > 0.999
