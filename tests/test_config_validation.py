@@ -38,6 +38,8 @@ def invalid_values(kind) -> list:
         return ["bogus", 3]
     if isinstance(kind, Typed) and kind.kind is bool:
         return ["yes", 1]
+    if isinstance(kind, Typed) and kind.kind is torch.Tensor:  # the anchor's reference
+        return [[1.0, 2.0], "x"]
     if isinstance(kind, RuleName):
         return ["nope", *sorted(kind.exclude)]
     if isinstance(kind, RuleParams):
