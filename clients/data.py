@@ -243,22 +243,23 @@ def load_partition(
     return _split_of(fds.load_partition(partition_id, "train"), _statistics(name, fds))
 
 
-def load_train(name: str, seed: int = 0, data_files: dict[str, str] | None = None) -> Split:
-    """The whole training split (the server's trusted samples are drawn from it)."""
+def _whole_split(split: str, name: str, seed: int, data_files: dict[str, str] | None) -> Split:
+    """The whole ``"train"`` or ``"test"`` split of data set ``name``."""
     check_data_options(name, "iid", 1.0)
     if name == "digits":
-        return _digits()[0]
+        return _digits()[split == "test"]
     fds = _federated(name, 1, "iid", 1.0, seed, data_files)
-    return _split_of(fds.load_split("train"), _statistics(name, fds))
+    return _split_of(fds.load_split(split), _statistics(name, fds))
+
+
+def load_train(name: str, seed: int = 0, data_files: dict[str, str] | None = None) -> Split:
+    """The whole training split (the server's trusted samples are drawn from it)."""
+    return _whole_split("train", name, seed, data_files)
 
 
 def load_test(name: str, seed: int = 0, data_files: dict[str, str] | None = None) -> Split:
     """The held-out test set (the server's centralized evaluation uses it)."""
-    check_data_options(name, "iid", 1.0)
-    if name == "digits":
-        return _digits()[1]
-    fds = _federated(name, 1, "iid", 1.0, seed, data_files)
-    return _split_of(fds.load_split("test"), _statistics(name, fds))
+    return _whole_split("test", name, seed, data_files)
 
 
 def _statistics(name: str, fds) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -7,8 +7,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import itertools
+import os
+import signal
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,21 +104,19 @@ def test_loopback_deployment(tmp_path, mode, no_leftovers):
         assert all(p.stat().st_mode & 0o777 == 0o600 for p in private)
 
 
-def test_deploy_local_stops_everything_on_sigterm(tmp_path, no_leftovers):
-    """Before: cleanup ran only in ``finally``, which SIGTERM skips; the SuperLink and
-    SuperNodes (own sessions) kept running and the run went on."""
-    import signal
-    import time
-
+@contextmanager
+def deployment_under_way(*args: str, env: dict | None = None):
+    """``scripts/deploy_local.py`` on 2 nodes (MLP, 50 rounds) with ``args``, once its
+    SuperLink is up and the run has gone on for 3 s; killed on the way out."""
     script = subprocess.Popen(
         [
             sys.executable,
             "scripts/deploy_local.py",
-            *("--nodes", "2", "--byzantine", "0", "--rounds", "50"),
-            *("--work-dir", str(tmp_path / "work")),
+            *("--nodes", "2", "--byzantine", "0", "--rounds", "50", *args),
             *("--run-config", "model='mlp' local-steps=3"),
         ],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -126,49 +128,30 @@ def test_deploy_local_stops_everything_on_sigterm(tmp_path, no_leftovers):
             line = script.stdout.readline()
         assert "SuperLink on" in line
         time.sleep(3)  # the run is under way
-        script.send_signal(signal.SIGTERM)
-        assert script.wait(timeout=60) == 128 + signal.SIGTERM
+        yield script
     finally:
         script.kill()
         script.stdout.close()
+
+
+def test_deploy_local_stops_everything_on_sigterm(tmp_path, no_leftovers):
+    """Before: cleanup ran only in ``finally``, which SIGTERM skips; the SuperLink and
+    SuperNodes (own sessions) kept running and the run went on."""
+    with deployment_under_way("--work-dir", str(tmp_path / "work")) as script:
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=60) == 128 + signal.SIGTERM
 
 
 def test_two_quick_ctrl_cs_still_stop_everything_and_remove_the_keys(tmp_path, no_leftovers):
     """Before: a second SIGINT 0.05 s after the first raised inside the cleanup; eight
     processes (SuperLink, SuperNodes, SuperExecs, ServerApp, ClientApp) kept running
     in their own sessions and ``server.key`` stayed on disk."""
-    import os
-    import signal
-    import time
-
-    script = subprocess.Popen(
-        [
-            sys.executable,
-            "scripts/deploy_local.py",
-            *("--nodes", "2", "--byzantine", "0", "--rounds", "50", "--tls"),
-            *("--run-config", "model='mlp' local-steps=3"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        line = ""
-        while "SuperLink on" not in line and time.monotonic() < deadline:
-            line = script.stdout.readline()
-        assert "SuperLink on" in line
+    with deployment_under_way("--tls", env={**os.environ, "TMPDIR": str(tmp_path)}) as script:
         assert list(tmp_path.glob("flwr-flag-deploy-*/**/server.key"))
-        time.sleep(3)  # the run is under way
         script.send_signal(signal.SIGINT)
         time.sleep(0.05)
         script.send_signal(signal.SIGINT)
         assert script.wait(timeout=60) == 128 + signal.SIGINT
-    finally:
-        script.kill()
-        script.stdout.close()
     assert list(tmp_path.glob("flwr-flag-deploy-*")) == []
 
 
@@ -243,8 +226,6 @@ def test_a_supernode_that_dies_mid_run_does_not_stop_the_run(tmp_path, no_leftov
     """Before: deploy_local set min-available-nodes to N, so after one SuperNode died the
     next round waited for N nodes until the 900 s timeout. Now the run needs what its
     rule needs and goes on with the nodes that reply."""
-    import time
-
     from deploy_local import BIN, ROOT, Deployment
 
     output = tmp_path / "out"
