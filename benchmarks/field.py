@@ -300,8 +300,9 @@ def by_regime(rows, rules, attacks, regimes) -> list[str]:
     worst case of ours and of Flower's built-ins."""
     lines = [
         "| regime | clean FedAvg | FedAvg, honest nodes alone | FA clean / worst "
-        "| CTMA clean / worst | best of ours, worst | best Flower built-in, worst |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| CTMA clean / worst | best of ours without server data, worst "
+        "| best with the anchor, worst | best Flower built-in, worst |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
 
     def number(rule: str, attack: str, regime: str) -> str:
@@ -321,11 +322,13 @@ def by_regime(rows, rules, attacks, regimes) -> list[str]:
             worst = worst_case(rows, rule, attacks, regime)
             bad = "" if worst is None else f"{worst[1]:.1f} ({worst[0]})"
             flagships.append(f"{number(rule, 'none', regime)} / {bad}")
-        ours = [r for r in rules if r not in PEERS and r != "mean (FedAvg)"]
+        ours = [r for r in rules if r not in (*PEERS, *ANCHORED, "mean (FedAvg)")]
+        anchored = [r for r in rules if r in ANCHORED]
         lines.append(
             f"| {regime} | {number('mean (FedAvg)', 'none', regime)} "
             f"| {number('mean (FedAvg)', 'drop', regime)} | {' | '.join(flagships)} "
-            f"| {best(ours, regime)} | {best([p for p in rules if p in PEERS], regime)} |"
+            f"| {best(ours, regime)} | {best(anchored, regime)} "
+            f"| {best([p for p in rules if p in PEERS], regime)} |"
         )
     return lines
 
@@ -368,6 +371,45 @@ def goals(rows, attacks, regimes) -> list[str]:
     return [*lines, ""]
 
 
+def anchor_goals(rows, attacks, regimes) -> list[str]:
+    """The anchor's goals, checked on the study's own means: with at most 10 samples
+    per class, a worst case within 2 points of FedAvg on the honest nodes alone and a
+    clean accuracy within 1.5 points of clean FedAvg in every regime; with 2 per class,
+    a worst case of at least 85 at Dirichlet 0.1; FA and CTMA with the anchor at or
+    above every Flower built-in."""
+    lines = ["## Goals: the trust anchor", ""]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    for regime in regimes:
+        honest = mean_of(rows, "mean (FedAvg)", "drop", regime)
+        fedavg = mean_of(rows, "mean (FedAvg)", "none", regime)
+        peers = [w[1] for p in PEERS if (w := worst_case(rows, p, attacks, regime))]
+        for rule in ANCHORED:
+            clean = mean_of(rows, rule, "none", regime)
+            worst = worst_case(rows, rule, attacks, regime)
+            if None in (honest, fedavg, clean) or worst is None:
+                continue
+            said = f"worst {worst[1]:.1f} ({worst[0]})"
+            checks = []
+            if rule.startswith("FLTrust (10") or "+ anchor" in rule:
+                checks.append(
+                    f"{said} >= honest-only FedAvg {honest:.1f} - 2: "
+                    f"{verdict(worst[1] >= honest - 2)}; clean {clean:.1f} >= clean FedAvg "
+                    f"{fedavg:.1f} - 1.5: {verdict(clean >= fedavg - 1.5)}"
+                )
+            if rule.startswith("FLTrust (2") and regime == "dir0.1":
+                checks.append(f"{said} >= 85: {verdict(worst[1] >= 85)}")
+            if "+ anchor" in rule and peers:
+                checks.append(
+                    f"{said} >= the best Flower built-in's worst {max(peers):.1f}: "
+                    f"{verdict(worst[1] >= max(peers))}"
+                )
+            lines += [f"- {regime}, {rule}: {check}" for check in checks]
+    return [*lines, ""]
+
+
 def full_table(rows, rules, attacks, regime: str) -> list[str]:
     lines = ["| rule | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]
     for rule in rules:
@@ -387,7 +429,10 @@ def report(rows, rules, attacks, regimes, seeds, rounds, path: Path) -> Path:
         f"{list(seeds)}; final test accuracy in %, mean ± std over the seeds run. Every rule "
         "gets the same data and compute. The rule-aware attacks (`*-tuned`, `fang-*`, "
         "`flag-flip`, `ctma-inside`) know the server's rule and the data distribution "
-        "(module docstring of `flwr_flag/attacks/aware.py`). `worst case`: the attack with "
+        "(module docstring of `flwr_flag/attacks/aware.py`); `anchor-drift` is built "
+        "against the trust anchor (`flwr_flag/attacks/anchored.py`). The anchored rules "
+        "(`FLTrust (k/class)`, `... + anchor`) give the server k trusted samples per class "
+        "of the training split (`clients/anchor.py`). `worst case`: the attack with "
         "the lowest mean. Regenerate: `python benchmarks/field.py --report-only`.",
         "",
     ]
@@ -420,6 +465,7 @@ def report(rows, rules, attacks, regimes, seeds, rounds, path: Path) -> Path:
             "",
         ]
     lines += goals(rows, attacks, regimes)
+    lines += anchor_goals(rows, attacks, regimes)
     path.write_text("\n".join(lines))
     return path
 
