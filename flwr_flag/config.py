@@ -23,6 +23,8 @@ Keys, all optional::
                                   # min-evaluate-nodes
     min-available-nodes = "auto"  # the fewest nodes the rule can run with for f (>= 2)
     node-wait = 300.0             # seconds to wait for them before round 1; "none": ever
+    max-kept-rounds = 10          # this many rounds in a row keeping the model stop the
+                                  # run with an error; "none": go on
 
 A rule's or pre-aggregator's hyperparameters sit under its name, dashes for
 underscores: ``flag.subspace-dim = 8``, ``ctma.base = "geomed"``, ``bucketing.s = 2``
@@ -55,6 +57,7 @@ _CORE = {
     "resume": "resume",
     "resume-with-changes": "resume_with_changes",
     "node-wait": "node_wait",
+    "max-kept-rounds": "max_kept_rounds",
     "weighting": "weighting",
     "max-weight-ratio": "max_weight_ratio",
 }

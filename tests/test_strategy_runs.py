@@ -17,6 +17,7 @@ import flwr_flag
 import flwr_flag.legacy
 from flwr_flag.inprocess import InProcessGrid
 from flwr_flag.strategy import CheckpointStore
+from flwr_flag.strategy.replies import Reply
 
 
 class Proxy(ClientProxy):
@@ -310,3 +311,31 @@ def test_resume_with_changes_drops_state_that_no_longer_applies(tmp_path, caplog
     again = mean(0.9, resume=True, changes=True)
     again.core.resume(OrderedDict((k, np.zeros(s, np.float32)) for k, s in SHAPES.items()))
     assert again.core.step.buffer is None
+
+
+def test_rounds_that_keep_the_model_stop_the_run_loudly(caplog):
+    """Before: every reply rejected (here by a norm bound no update meets) kept the
+    model round after round, and the run ended with a normal result."""
+    from flwr_flag.strategy.core import NotTrainingError
+
+    strategy = flwr_flag.Median(device="cpu", max_update_norm=1e-9, max_kept_rounds=3)
+    with pytest.raises(NotTrainingError, match=r"round 3: 3 rounds in a row kept the model"):
+        run(strategy, 6)
+    patient = flwr_flag.Median(device="cpu", max_update_norm=1e-9, max_kept_rounds=10)
+    with pytest.raises(NotTrainingError, match="none of the 2 rounds changed the model"):
+        run(patient, 2)
+    relaxed = flwr_flag.Median(device="cpu", max_update_norm=1e-9, max_kept_rounds=None)
+    assert run(relaxed, 2).train_metrics_clientapp[2]["robust.kept-model"] == 1
+
+
+def test_a_round_that_trains_resets_the_count():
+    core = flwr_flag.Mean(device="cpu", max_kept_rounds=2).core
+    model = OrderedDict(w=np.zeros(3, np.float32))
+    good = [Reply(1, {"w": np.ones(3, np.float32)}, 1)]
+    bad = [Reply(1, {"w": np.full(3, np.nan, np.float32)}, 1)]
+    for replies in (bad, good, bad, good):
+        core.round(1, model, replies, 0)
+    assert core.kept_in_a_row == 0 and core.rounds_stepped == 2
+    core.round(5, model, bad, 0)
+    with pytest.raises(RuntimeError, match="the last because 0 valid replies"):
+        core.round(6, model, bad, 0)

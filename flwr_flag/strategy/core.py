@@ -74,9 +74,15 @@ OPTIONS: dict[str, Param] = {
     "max_weight_ratio": Real(1.0, optional=True),
     "anytime_gamma_min": Real(0.0, 1.0, low_open=True, optional=True),
     "anchor": Function(optional=True),
+    "max_kept_rounds": Integer(1, optional=True),
 }
 """The aggregation options of every robust strategy, declared once: checked when a
 strategy is built, and listed in its docstring from here."""
+
+
+class NotTrainingError(RuntimeError):
+    """The run keeps the model round after round (``max_kept_rounds``), or ended
+    without any round changing it: it is not training."""
 
 
 class RoundOutcome(NamedTuple):
@@ -151,6 +157,11 @@ class RobustCore:
         and dtypes). Each round its update :math:`g_0` scores every reply, which is
         rescaled to :math:`\|g_0\|` and weighted by its clipped cosine with it, before
         the rule (the ``anchor`` pre-aggregator runs first). ``None``: off.
+    max_kept_rounds : int or None
+        Stop the run with an error (:class:`NotTrainingError`, from the round) once
+        this many rounds in a row kept the model (default 10), naming the last reason:
+        a run that never trains must not end like one that did; a run none of whose
+        rounds changed the model ends with it too. ``None``: neither.
 
     The rule's round state (the previous aggregate, each row's group) comes from the
     providers its module registered (:class:`~flwr_flag.rules.registry.RoundState`), one
@@ -175,6 +186,7 @@ class RobustCore:
         max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
         anytime_gamma_min: float | None = None,
         anchor: Callable[[Arrays], Mapping[str, np.ndarray]] | None = None,
+        max_kept_rounds: int | None = 10,
     ) -> None:
         check_all("strategy", OPTIONS, locals())
         self.rule = rule
@@ -199,6 +211,11 @@ class RobustCore:
             None if checkpoint_dir is None else CheckpointStore(checkpoint_dir, resume=resume)
         )
         self.resume_with_changes = resume_with_changes
+        self.max_kept_rounds = max_kept_rounds
+        self.kept_in_a_row = 0
+        """Rounds in a row that kept the model, up to the last one."""
+        self.rounds_stepped = 0
+        """Rounds of this process that changed the model."""
         self.anytime = None if anytime_gamma_min is None else AnyTimeAverage(anytime_gamma_min)
         self.round_state: dict[str, RoundState] = {
             key: ROUND_STATE[key]() for key in sorted(get_rule(rule).state)
@@ -375,6 +392,7 @@ class RobustCore:
                     provider.after_step(result.vector)
         if why_kept:
             log(WARNING, "Round %d: keeping the current model: %s", server_round, why_kept)
+        self._count_kept(server_round, arrays is None, why_kept)
         metrics: Metrics = {
             "robust.received": len(replies),
             "robust.rejected": len(rejected),
@@ -394,6 +412,19 @@ class RobustCore:
         if arrays is not None and self.checkpoints is not None:
             self.checkpoints.save(server_round, arrays, self.state_dict(), self.settings_record())
         return RoundOutcome(arrays, metrics, used if result is not None else [])
+
+    def _count_kept(self, server_round: int, kept: bool, why: str | None) -> None:
+        """Count the round; raise :class:`NotTrainingError` at ``max_kept_rounds``
+        kept in a row."""
+        self.kept_in_a_row = self.kept_in_a_row + 1 if kept else 0
+        self.rounds_stepped += not kept
+        if self.max_kept_rounds is not None and self.kept_in_a_row >= self.max_kept_rounds:
+            raise NotTrainingError(
+                f"round {server_round}: {self.kept_in_a_row} rounds in a row kept the model "
+                f"(the last because {why}); the run is not training, so it stops here. Fix "
+                "the cause, or pass max_kept_rounds=None (run config max-kept-rounds = "
+                "'none') to go on"
+            )
 
     def _pre_with_anchor(self, model: Arrays) -> list[PreStep]:
         r"""The pre-aggregators with this round's reference update :math:`g_0 =

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from .core import NotTrainingError
 from .metrics import MetricsSummary, read_metrics, screened_metrics
 from .npy import array_record, numpy_view
 from .options import RobustOptions
@@ -260,7 +261,10 @@ class RobustStrategy(RobustOptions, FedAvg):
         a deployment, replies are pulled every 0.1 s instead of Flower's 3 s
         (:mod:`~flwr_flag.strategy.polling`). With the AnyTime average on
         (``anytime_gamma_min``), ``evaluate_fn`` sees and the result holds the average
-        :math:`x_t`, mu^2-SGD's output, instead of the last model :math:`w_t`."""
+        :math:`x_t`, mu^2-SGD's output, instead of the last model :math:`w_t`. A run
+        in which no round changed the model ends with :class:`~.core.NotTrainingError`
+        instead of a result (``max_kept_rounds`` stops one earlier; ``None`` turns both
+        off)."""
         done = 0
         if self.resume:
             initial = OrderedDict((k, numpy_view(v)) for k, v in initial_arrays.items())
@@ -290,6 +294,12 @@ class RobustStrategy(RobustOptions, FedAvg):
             shifted = {r + done: v for r, v in records.items()}
             records.clear()
             records.update(shifted)
+        if num_rounds > done and self.core.max_kept_rounds and not self.core.rounds_stepped:
+            raise NotTrainingError(
+                f"none of the {num_rounds - done} rounds changed the model (robust.kept-model "
+                "is 1 in every round's metrics, the reasons are logged): the run did not "
+                "train"
+            )
         result.arrays = self._output(result.arrays or initial_arrays)
         return result
 
