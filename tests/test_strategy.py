@@ -494,3 +494,26 @@ def test_the_nodes_may_come_while_the_strategy_waits():
     strategy = flwr_flag.MultiKrum(num_byzantine=1, device="cpu", node_wait=30)
     strategy.wait_for_nodes(lambda: next(counts))  # returns once 5 are there
     assert next(counts, None) is None
+
+
+@pytest.mark.parametrize("api", ["message", "legacy"])
+def test_every_strategy_signature_lists_every_option_it_takes(api):
+    """IDEs and help() read inspect.signature; it was (num_byzantine: int = 0, **options)."""
+    import inspect
+
+    from flwr_flag.rules import get_rule
+    from flwr_flag.strategy.options import CORE_OPTIONS
+
+    classes = [*STRATEGIES.values(), flwr_flag.FLTrust]
+    if api == "legacy":
+        classes = [getattr(flwr_flag.legacy, c.__name__) for c in classes]
+    for cls in classes:
+        names = set(inspect.signature(cls).parameters)
+        flower = next(c for c in cls.__mro__ if c.__module__.startswith("flwr."))
+        flowers = set(inspect.signature(flower.__init__).parameters) - {"self"}
+        wanted = {"num_byzantine", "node_wait", *CORE_OPTIONS, *flowers}
+        assert wanted | set(get_rule(cls.rule).params) <= names, cls
+        assert "options" not in names  # a named class takes nothing else
+        assert inspect.signature(cls).parameters["num_byzantine"].annotation == "int | float"
+    assert "options" in inspect.signature(flwr_flag.RobustStrategy).parameters
+    assert inspect.signature(flwr_flag.Mean).parameters["weighting"].default == "num-examples"

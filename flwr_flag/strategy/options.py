@@ -106,6 +106,41 @@ def describe_options() -> str:
     return describe(OPTIONS_HEADING, OPTIONS, defaults)
 
 
+def signature_of(cls: type) -> inspect.Signature:
+    """What ``inspect.signature`` and IDEs show for a strategy class: ``num_byzantine``,
+    then as keywords the rule's hyperparameters with their declared defaults (``rule``
+    and ``**options`` for :class:`RobustStrategy`, which runs any rule), the aggregation
+    options of :class:`~.core.RobustCore` with the class's defaults, ``resume``,
+    ``node_wait`` and the options of Flower's ``FedAvg`` of the class's API."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    own = inspect.signature(RobustOptions.__init__).parameters
+    params = [own["num_byzantine"].replace(annotation="int | float")]
+    if cls.rule is None:
+        params.append(own["rule"])
+    else:
+        params += [
+            inspect.Parameter(k, keyword, default=v) for k, v in get_rule(cls.rule).defaults.items()
+        ]
+    core = inspect.signature(RobustCore.__init__).parameters
+    params += [
+        core[k].replace(kind=keyword, default=cls.defaults.get(k, core[k].default))
+        for k in core
+        if k in CORE_OPTIONS and k != "resume"
+    ]
+    params += [own["resume"], own["node_wait"]]
+    flower = next((c for c in cls.__mro__ if c.__module__.startswith("flwr.")), None)
+    if flower is not None:
+        taken = {p.name for p in params}
+        params += [
+            p.replace(kind=keyword)
+            for name, p in inspect.signature(flower.__init__).parameters.items()
+            if name != "self" and name not in taken and p.kind is not p.VAR_KEYWORD
+        ]
+    if cls.rule is None:
+        params.append(own["options"])
+    return inspect.Signature(params)
+
+
 class RobustOptions:
     """The constructor both Flower APIs' robust strategies share: it splits the options
     (:func:`build_core`) and passes Flower's to the Flower base class after it in the
@@ -119,12 +154,14 @@ class RobustOptions:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A named strategy's docstring lists its rule's hyperparameters: their kinds and
-        defaults, from the rule's declarations (``help(FlagAggregator)`` shows them)."""
+        defaults, from the rule's declarations (``help(FlagAggregator)`` shows them); and
+        every strategy's signature lists every keyword it takes (:func:`signature_of`)."""
         super().__init_subclass__(**kwargs)
         if "rule" in cls.__dict__ and cls.__doc__ and HEADING not in cls.__doc__:
             cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_rule(cls.rule)
         elif "rule" not in cls.__dict__ and cls.__doc__ and OPTIONS_HEADING not in cls.__doc__:
             cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_options()
+        cls.__signature__ = signature_of(cls)
 
     def __init__(
         self,
