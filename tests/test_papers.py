@@ -110,7 +110,7 @@ def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tm
     assert [line.split("|")[1].strip() for line in rows] == ["15", "30"]
     assert all("DETOX" in line.split("|")[-2] for line in rows)  # a verdict per n
     bullets = [line for line in text.splitlines() if line.startswith("- ")]
-    slopes, claims = bullets[:3], bullets[3:]
+    slopes, claims, budget = bullets[:3], bullets[3:5], bullets[5:]
     assert [s.split(":")[0] for s in slopes] == ["- detox (r=3)", "- multi-krum", "- bulyan"]
     assert all(math.isfinite(float(s.split(":")[1])) for s in slopes)  # timings: no sign
     assert [c.split(":")[0] for c in claims] == [
@@ -118,9 +118,13 @@ def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tm
         "- DETOX aggregates faster than flat Multi-Krum and Bulyan at scale",
     ]
     assert all(": holds here" in c or ": does not hold here" in c for c in claims)
-    assert len(out.read_text().splitlines()) == 6  # one row per (rule, n); a rerun skips them
+    # DETOX against 3 mean passes + its second stage alone on the n / 3 winners, per n
+    assert [b.split(":")[0] for b in budget] == ["- n = 15", "- n = 30"]
+    assert all(re.search(r"\d s vs \d\.\d+ s \(\d+\.\d+x\)$", b) for b in budget)
+    # one row per (rule or budget part, n); a rerun skips them
+    assert len(out.read_text().splitlines()) == 10
     detox_scaling.main(args)
-    assert len(out.read_text().splitlines()) == 6
+    assert len(out.read_text().splitlines()) == 10
     assert detox_scaling.slope([(10, 1.0), (100, 100.0)]) == pytest.approx(2.0)
 
 
