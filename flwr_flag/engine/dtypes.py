@@ -29,12 +29,15 @@ averages float16 arrays in float16. ``O(p)`` either way.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 SATURATE = 2.0**64
 """Larger than any 64-bit integer's range: a step beyond it saturates anyway."""
 
 
+@cache
 def difference_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype differences of ``dtype`` arrays are taken in (module docstring)."""
     if dtype.kind in "biu":
@@ -47,8 +50,12 @@ def difference_into(out: np.ndarray, value: np.ndarray, base: np.ndarray | None)
     in :func:`difference_dtype` and stored in ``out``'s dtype."""
     if base is None:
         out[:] = value
+        return
+    wide = difference_dtype(value.dtype)
+    if wide == value.dtype == out.dtype:  # float32 into float32: the hot path, as is
+        np.subtract(value, base, out=out)
     else:
-        np.subtract(value, base, out=out, dtype=difference_dtype(value.dtype), casting="unsafe")
+        np.subtract(value, base, out=out, dtype=wide, casting="unsafe")
 
 
 def add_update(base: np.ndarray, step: np.ndarray) -> np.ndarray | None:

@@ -11,8 +11,9 @@ while numpy's single-threaded loops did not move.
 The policy, per pass:
 
 * element-wise passes (the output combination, the coordinate-wise rules' blocks) are
-  memory-bound and cut into cache-sized pieces: one thread, no barrier at all
-  (:func:`one_thread`);
+  memory-bound and cut into cache-sized pieces, and a rule's ``n x n`` algebra between
+  passes (eigenproblems, Weiszfeld steps on the Gram matrix) is microseconds of work per
+  operation: one thread, no barrier at all (:func:`one_thread`);
 * the Gram pass's products are compute-bound: a block of ``w`` columns for ``m`` rows
   costs :math:`m^2 w` multiply-adds, so it gets one thread per :data:`GEMM_WORK` of
   them, at most the caller's setting (:func:`gemm_threads`): ten clients' blocks run on
@@ -35,18 +36,27 @@ GEMM_WORK = 1 << 26
 block's barrier costs more than a second thread saves when a core is busy."""
 
 
+_CALLERS: list[int] = []
+"""The caller's setting, while a policy is in force (policies nest: a rule's ``n x n``
+algebra runs on one thread, the Gram pass inside it may use the caller's threads)."""
+
+
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Torch's intra-op threads set to ``count`` inside, restored on the way out."""
     previous = torch.get_num_threads()
-    if count == previous:
-        yield
-        return
-    torch.set_num_threads(count)
+    _CALLERS.append(_CALLERS[-1] if _CALLERS else previous)
     try:
-        yield
+        if count == previous:
+            yield
+            return
+        torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
     finally:
-        torch.set_num_threads(previous)
+        _CALLERS.pop()
 
 
 def one_thread() -> AbstractContextManager[None]:
@@ -56,5 +66,6 @@ def one_thread() -> AbstractContextManager[None]:
 
 def gemm_threads(rows: int, columns: int) -> int:
     """Threads for the ``rows x rows`` products of ``rows x columns`` blocks: one per
-    :data:`GEMM_WORK` multiply-adds, between 1 and the current setting."""
-    return max(1, min(torch.get_num_threads(), rows * rows * columns // GEMM_WORK))
+    :data:`GEMM_WORK` multiply-adds, between 1 and the caller's setting."""
+    available = _CALLERS[-1] if _CALLERS else torch.get_num_threads()
+    return max(1, min(available, rows * rows * columns // GEMM_WORK))

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor
 
 from ..engine import UpdateSource, as_source
+from ..engine.threads import one_thread
 from ..validation import Param, byzantine_count
 from .diagnostics import AggregationResult, Diagnostics, Nested
 from .inputs import Requirement, check_updates, normalized_weights
@@ -190,7 +191,8 @@ def _validated(name: str, impl: Callable, requirement: Requirement) -> Callable:
         hyper = check_params(name, hyper, allow_state=True)
         source = as_source(updates)
         check_updates(name, source, f, requirement)
-        return impl(source, int(f), normalized_weights(name, weights, source.n), **hyper)
+        with one_thread():  # the n x n algebra; each pass sets its own (engine/threads.py)
+            return impl(source, int(f), normalized_weights(name, weights, source.n), **hyper)
 
     return call
 
