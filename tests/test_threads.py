@@ -50,3 +50,5 @@ def test_the_policy_inside_a_pass(three_threads):
     assert gemm_threads(11, 16384) == 1  # ten clients: too little work per block to share
     assert gemm_threads(1000, 16384) == 3  # capped by the caller's setting
     assert gemm_threads(101, -(-2 * GEMM_WORK // 101**2)) == 2
+    with one_thread():  # a rule's algebra runs on one thread; its Gram pass may use 3
+        assert gemm_threads(1000, 16384) == 3
