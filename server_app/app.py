@@ -24,6 +24,7 @@ from clients.data import load_test
 from clients.models import build_model, set_arrays
 from clients.train import evaluate
 from flwr_flag import RobustStrategy, strategy_from_config
+from flwr_flag.attacks import check_mod_config
 from flwr_flag.validation import Integer, Real, Text
 
 from .results import RunRecorder
@@ -59,6 +60,7 @@ def validated(
     (:mod:`clients.anchor`)."""
     node = {"partition-id": 0, "num-partitions": num_nodes or 2**31 - 1}
     settings = ClientSettings.from_config(config, node)
+    check_mod_config(config, num_nodes)  # a project's ClientApp may run byzantine_mod
     strategy = strategy_from_config(config, anchor_from_config(config, settings))
     server = ServerSettings(
         Integer(1).check(

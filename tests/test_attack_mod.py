@@ -180,3 +180,34 @@ def test_template_attacked_collapses_under_fedavg_and_holds_under_a_robust_strat
     assert clean > 0.9
     assert attacked < 0.5
     assert robust > clean - 0.05
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        {"byzantine.sign-flip.k": -1.0},
+        {"byzantine.attack": "nope"},
+        {"byzantine.nodes": "0,9"},
+        {"byzantine.node": "0"},
+    ],
+)
+def test_a_servers_one_line_check_stops_a_bad_mod_key_before_round_1(run):
+    """Before: byzantine.sign-flip.k=-1.0 failed every client message (45 tracebacks a
+    round) and flwr run exited 0; the ServerApp now refuses it, naming the key."""
+    from flwr_flag.attacks import check_mod_config
+
+    with pytest.raises((TypeError, ValueError)) as refused:
+        check_mod_config(run, num_nodes=4)
+    key = next(iter(run))
+    assert key.split(".")[-1] in str(refused.value) or "byzantine" in str(refused.value)
+    with pytest.raises(type(refused.value), match=re.escape(str(refused.value))):
+        ByzantinePlan.from_context(context(run))  # the same words a node would say
+    check_mod_config({"rule": "krum"}, num_nodes=4)  # no byzantine.* keys: nothing to check
+
+
+@pytest.mark.app
+def test_the_servers_app_runs_the_mod_check():
+    from server_app.app import validated
+
+    with pytest.raises(ValueError, match=r"byzantine.sign-flip.k=-1.0 is out of range"):
+        validated({"rule": "flag", "byzantine.sign-flip.k": -1.0}, 4)

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 from .base import BEHAVIOURS, AttackContext, Behaviour, make_behaviour
-from .mod import ByzantinePlan, byzantine_mod
+from .mod import ByzantinePlan, byzantine_mod, check_mod_config
 from .selection import node_list
 
 for _module in pkgutil.iter_modules(__path__):
@@ -22,6 +22,7 @@ __all__ = [
     "Behaviour",
     "ByzantinePlan",
     "byzantine_mod",
+    "check_mod_config",
     "make_behaviour",
     "node_list",
 ]

@@ -35,13 +35,16 @@ this project's ``clients/``.
 Every key is checked at each message, honest nodes included, so a bad setting is an
 error at the first message, naming the key; a ``byzantine.*`` key the mod does not
 know (a typo such as ``byzantine.node``) is an error too, and so is a node named twice.
+A ServerApp stops such a run before round 1 with :func:`check_mod_config`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
@@ -68,7 +71,11 @@ class ByzantinePlan:
 
     @classmethod
     def from_context(cls, context: Context) -> ByzantinePlan:
-        run, node = context.run_config, context.node_config
+        return cls.from_configs(context.run_config, context.node_config)
+
+    @classmethod
+    def from_configs(cls, run: Mapping[str, Any], node: Mapping[str, Any]) -> ByzantinePlan:
+        """The plan of the node with ``node`` config in a run with ``run`` config."""
         unknown = sorted(k for k in run if k.startswith(PREFIX) and k not in known_keys())
         if unknown:
             raise ValueError(
@@ -108,6 +115,16 @@ class ByzantinePlan:
             len(nodes),
             _int(run, "byzantine.seed", 0, low=0),
         )
+
+
+def check_mod_config(run_config: Mapping[str, Any], num_nodes: int = 0) -> None:
+    """Check the ``byzantine.*`` keys of ``run_config`` as every node will, so that a
+    bad one stops the run before round 1 instead of failing every client message: one
+    line in a ServerApp's ``main`` (this project's calls it). ``num_nodes`` (0: not
+    known yet) bounds ``byzantine.nodes``. A run config without such keys passes."""
+    if any(k.startswith(PREFIX) for k in run_config):
+        node = {"partition-id": 0, "num-partitions": num_nodes or 2**31 - 1}
+        ByzantinePlan.from_configs(run_config, node)
 
 
 PREFIX = "byzantine."
