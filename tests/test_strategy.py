@@ -517,3 +517,11 @@ def test_every_strategy_signature_lists_every_option_it_takes(api):
         assert inspect.signature(cls).parameters["num_byzantine"].annotation == "int | float"
     assert "options" in inspect.signature(flwr_flag.RobustStrategy).parameters
     assert inspect.signature(flwr_flag.Mean).parameters["weighting"].default == "num-examples"
+
+
+def test_num_byzantine_left_at_zero_is_said_out_loud(caplog):
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        flwr_flag.FlagAggregator(device="cpu")
+    assert "FlagAggregator: num_byzantine=0, so the rule tolerates no Byzantine node" in (
+        caplog.text
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Mapping
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any, ClassVar
 
 from flwr.common.logger import log
@@ -199,6 +199,13 @@ class RobustOptions:
         if resume and self.core.checkpoints is None:
             raise ValueError("strategy: resume=True needs checkpoint_dir")
         self.resume = resume
+        if self.core.num_byzantine == 0 and self.rule != "mean":
+            log(
+                WARNING,
+                "%s: num_byzantine=0, so the rule tolerates no Byzantine node; pass the "
+                "count f or a fraction of each round's replies (num_byzantine=0.2)",
+                type(self).__name__,
+            )
         self.node_wait = Real(0.0, optional=True).check("strategy", "node_wait", node_wait)
         self.nodes_needed = self._nodes_needed()
         for key in NODE_MINIMA:  # Flower samples no round with fewer than the rule needs
