@@ -126,15 +126,18 @@ class UpdateSource(ABC):
         self._sq_norms = torch.zeros(n, dtype=torch.float64, device=self.device)
         self._gram: Gram | None = None
 
-    def _threads(self, gemm_rows: int | None = None) -> AbstractContextManager[None]:
+    def _threads(
+        self, gemm_rows: int | None = None, columns: int | None = None
+    ) -> AbstractContextManager[None]:
         """The thread policy of a pass on this device (:mod:`.threads`): one thread for
-        element-wise passes on the host, :func:`.gemm_threads` for a Gram pass of
-        ``gemm_rows`` rows; a GPU's passes are left alone."""
+        element-wise passes on the host, :func:`.gemm_threads` for a Gram pass over
+        blocks of ``gemm_rows`` rows and ``columns`` columns (default: a chunk); a GPU's
+        passes are left alone."""
         if self.device.type != "cpu":
             return nullcontext()
         if gemm_rows is None:
             return one_thread()
-        return torch_threads(gemm_threads(gemm_rows, self.chunk_size))
+        return torch_threads(gemm_threads(gemm_rows, columns or self.chunk_size))
 
     @abstractmethod
     def _fetch(self, start: int, stop: int) -> Tensor:
@@ -382,7 +385,7 @@ class ArraysSource(UpdateSource):
         out = torch.empty(self.p, dtype=self.dtype)
         sq_norms = torch.zeros(self.n, dtype=torch.float64)
         scratch = torch.empty(COMBINE_PIECE, dtype=self.dtype)
-        with one_thread():
+        with self._threads():
             for layer, a, b in self._host_pieces(COMBINE_PIECE):
                 lo = int(self._offsets[layer])
                 acc, piece = out[lo + a : lo + b], scratch[: b - a]
@@ -409,7 +412,7 @@ class ArraysSource(UpdateSource):
         sq_norms = np.zeros(n)
         check = self._verified_upto < self.p
         # Ten clients' blocks are too small to share between threads (engine/threads.py).
-        with torch_threads(gemm_threads(n + 1, GRAM_COLUMNS)):
+        with self._threads(gemm_rows=n + 1, columns=GRAM_COLUMNS):
             for _, rows in self._host_blocks(GRAM_COLUMNS, extra_rows=1):
                 # The origin product gives the Gram around the origin and the first block's
                 # choice of reference; around a row, the check's norms come from the rows
@@ -449,7 +452,7 @@ class ArraysSource(UpdateSource):
         check = self._verified_upto < self.p
         out = np.empty(self.p, dtype=self._host_dtype)
         sq_norms = np.zeros(self.n)
-        with one_thread():
+        with self._threads():
             for start, rows in self._host_blocks(max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)):
                 if check:
                     sq_norms += np.einsum("ij,ij->i", rows, rows)

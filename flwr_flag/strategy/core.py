@@ -281,7 +281,8 @@ class RobustCore:
         """Restore the state, refusing state of another model than ``model``, and state
         that does not apply to these settings unless ``drop_stale`` (then it is dropped
         and logged)."""
-        shapes = self._state_shapes(sum(a.size for a in model.values()))
+        size = sum(a.size for a in model.values())
+        shapes = self._state_shapes(size)
         stale = sorted(set(state) - set(shapes))
         if stale and not drop_stale:
             raise ValueError(f"resume: state {stale} does not belong to {self.rule}")
@@ -292,7 +293,7 @@ class RobustCore:
             if tuple(value.shape) != shapes[key]:
                 raise ValueError(
                     f"resume: state {key!r} has shape {tuple(value.shape)}, but the model has "
-                    f"{shapes[key][0] if shapes[key] else 0} parameters"
+                    f"{size} parameters"
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"resume: state {key!r} is not finite")
