@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.client_manager import SimpleClientManager
-from test_strategy_runs import Proxy
+from test_strategy_runs import Proxy, manager_of
 
 import flwr_flag
 import flwr_flag.legacy
@@ -130,10 +129,7 @@ def test_the_legacy_api_scores_against_the_anchor_too():
     strategy = flwr_flag.legacy.FLTrust(
         anchor=lambda a: {"0": a["0"] + 1}, device="cpu", min_available_clients=3
     )
-    manager = SimpleClientManager()
-    for i in range(3):
-        manager.register(Proxy(i + 1))
-    strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(4, np.float32)]), manager)
+    strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(4, np.float32)]), manager_of(3))
     results = [
         (Proxy(i + 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters([value]), 1, {}))
         for i, value in enumerate(

@@ -257,8 +257,7 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
 
 def test_legacy_resume_continues_the_round_numbering(tmp_path):
     from flwr.common import ndarrays_to_parameters
-    from flwr.server.client_manager import SimpleClientManager
-    from test_strategy_runs import Proxy
+    from test_strategy_runs import Proxy, manager_of
 
     store = flwr_flag.strategy.CheckpointStore(tmp_path)
     arrays = {str(i): np.ones(s, np.float32) for i, s in enumerate(SHAPES.values())}
@@ -271,9 +270,7 @@ def test_legacy_resume_continues_the_round_numbering(tmp_path):
             [np.zeros(s, np.float32) for s in SHAPES.values()]
         ),
     )
-    manager = SimpleClientManager()
-    manager.register(Proxy(1))
-    legacy.initialize_parameters(manager)
+    legacy.initialize_parameters(manager_of(1))
     assert legacy._offset == 5
     legacy._sent = ndarrays_to_parameters(list(arrays.values()))
     from flwr.common import Code, FitRes, Status

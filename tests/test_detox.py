@@ -150,14 +150,11 @@ def test_in_process_run_under_attack_learns(attack):
 
 def test_legacy_detox_sends_group_configs():
     from flwr.common import ndarrays_to_parameters
-    from flwr.server.client_manager import SimpleClientManager
-    from test_strategy_runs import Proxy
+    from test_strategy_runs import manager_of
 
     import flwr_flag.legacy
 
-    manager = SimpleClientManager()
-    for node in range(1, 8):
-        manager.register(Proxy(node))
+    manager = manager_of(7)
     strategy = flwr_flag.legacy.Detox(
         num_byzantine=1, device="cpu", min_fit_clients=7, min_available_clients=7
     )

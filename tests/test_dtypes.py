@@ -11,8 +11,8 @@ import torch
 from flower_helpers import arrays_of, reply
 from flwr.app import ConfigRecord
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.client_manager import SimpleClientManager
-from test_strategy_runs import Proxy
+from test_strategy import FixedGrid
+from test_strategy_runs import Proxy, manager_of
 
 import flwr_flag.legacy
 from flwr_flag.engine import ArraysSource
@@ -155,12 +155,7 @@ def bool_replies() -> list[list[np.ndarray]]:
 
 def test_a_bool_buffer_takes_the_majority_in_the_message_api():
     strategy = STRATEGIES["median"](num_byzantine=1, device="cpu")
-
-    class Grid:
-        def get_node_ids(self):
-            return [1, 2, 3, 4, 5]
-
-    list(strategy.configure_train(1, arrays_of(BOOL_MODEL), ConfigRecord(), Grid()))
+    list(strategy.configure_train(1, arrays_of(BOOL_MODEL), ConfigRecord(), FixedGrid(5)))
     messages = [
         reply(i + 1, dict(zip(BOOL_MODEL, a, strict=True)), **{"num-examples": 1})
         for i, a in enumerate(bool_replies())
@@ -172,9 +167,7 @@ def test_a_bool_buffer_takes_the_majority_in_the_message_api():
 
 def test_a_bool_buffer_takes_the_majority_in_the_legacy_api():
     strategy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu", min_available_clients=5)
-    manager = SimpleClientManager()
-    for i in range(5):
-        manager.register(Proxy(i + 1))
+    manager = manager_of(5)
     strategy.configure_fit(1, ndarrays_to_parameters(list(BOOL_MODEL.values())), manager)
     results = [
         (Proxy(i + 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), 1, {}))

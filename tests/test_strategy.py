@@ -478,12 +478,9 @@ def test_a_rule_the_nodes_cannot_satisfy_stops_before_round_1(strategy, says):
 
 
 def test_the_legacy_api_stops_before_round_1_too():
-    from flwr.server.client_manager import SimpleClientManager
-    from test_strategy_runs import Proxy
+    from test_strategy_runs import manager_of
 
-    manager = SimpleClientManager()
-    for i in range(3):
-        manager.register(Proxy(i + 1))
+    manager = manager_of(3)
     strategy = flwr_flag.legacy.MultiKrum(num_byzantine=1, device="cpu", node_wait=0.2)
     with pytest.raises(RuntimeError, match=r"at least 5 nodes, but 3 are connected after 0.2 s"):
         strategy.initialize_parameters(manager)

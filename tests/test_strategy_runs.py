@@ -10,6 +10,7 @@ import pytest
 import torch
 from flower_helpers import SHAPES, arrays_of, linear_app, random_model, reply
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from test_strategy import configured
 
@@ -30,6 +31,14 @@ class Proxy(ClientProxy):
     def fit(self, *a, **k): ...
     def evaluate(self, *a, **k): ...
     def reconnect(self, *a, **k): ...
+
+
+def manager_of(nodes: int) -> SimpleClientManager:
+    """A legacy-API client manager with nodes 1..``nodes`` registered."""
+    manager = SimpleClientManager()
+    for node in range(1, nodes + 1):
+        manager.register(Proxy(node))
+    return manager
 
 
 @pytest.mark.parametrize("rule", ["flag", "krum", "ctma", "trimmed-mean"])
