@@ -136,7 +136,7 @@ def main() -> None:
         "",
         "| model | parameters | strategy | "
         + " | ".join(f"{load} s | {load} vs FedAvg" for load in loads)
-        + " | peak extra memory (idle) | vs model size |",
+        + " | peak extra memory (first load measured) | vs model size |",
         "|---|---:|---|" + "---:|---:|" * len(loads) + "---:|---:|",
     ]
     regressions = []
@@ -152,8 +152,8 @@ def main() -> None:
             cells, first = [], None
             for i, result in enumerate(table[name]):
                 base = table[STRATEGIES[0]][i]
-                if "error" in result:
-                    cells += [f"n/a ({result['error']})", ""]
+                if "error" in result or "error" in base:
+                    cells += [f"n/a ({result.get('error') or 'FedAvg: ' + base['error']})", ""]
                     continue
                 first = first or result
                 ratio = result["seconds"] / base["seconds"]
