@@ -71,7 +71,7 @@ REGIMES = {
 }
 STUDIED = ("dir1", "dir0.5", "dir0.1", "many")
 """The regimes of the report; ``iid`` measures what a default costs on IID data."""
-OURS: dict[str, dict[str, Any]] = {
+OURS_BASE: dict[str, dict[str, Any]] = {
     "mean (FedAvg)": {"rule": "mean"},
     "krum": {"rule": "krum"},
     "bulyan": {"rule": "bulyan"},
@@ -82,6 +82,9 @@ OURS: dict[str, dict[str, Any]] = {
     "FA": {"rule": "flag"},
     "CTMA": {"rule": "ctma"},  # its default: NNM before it
     "CTMA without NNM": {"rule": "ctma", "pre": ""},
+}
+OURS: dict[str, dict[str, Any]] = {
+    **OURS_BASE,
     # The server's trust anchor: k trusted samples per class (clients/anchor.py).
     **{
         f"FLTrust ({k}/class)": {"rule": "mean", "weighting": "uniform", "anchor-per-class": k}
@@ -89,8 +92,14 @@ OURS: dict[str, dict[str, Any]] = {
     },
     "FA + anchor (10/class)": {"rule": "flag", "anchor-per-class": 10},
     "CTMA + anchor (10/class)": {"rule": "ctma", "anchor-per-class": 10},
+    # Per-node history (flwr_flag/rules/history.py): every node seen in the last 20 rounds.
+    **{
+        f"{name} + history": {**OURS_BASE[name], "history.max-age": 20}
+        for name in ("FA", "CTMA", "geomed", "centered-clipping", "trimmed-mean")
+    },
 }
 ANCHORED = [name for name, config in OURS.items() if "anchor-per-class" in config]
+HISTORY = [name for name, config in OURS.items() if "history.max-age" in config]
 PEERS = {  # Flower's strategy and the rule of ours with the same math (the attacks' target)
     "flower Krum": "krum",
     "flower FedMedian": "median",
@@ -111,10 +120,14 @@ ATTACKS = (
     "flag-flip",
     "ctma-inside",
     "anchor-drift",
+    "consistent",
+    "sleeper",
 )
 RULE_AWARE = ("alie-tuned", "ipm-tuned", "fang-krum", "fang-trim", "flag-flip", "ctma-inside")
-MECHANISM_AWARE = ("anchor-drift",)
-"""Attacks built against the trust anchor (:mod:`flwr_flag.attacks.anchored`)."""
+MECHANISM_AWARE = ("anchor-drift", "consistent", "sleeper")
+"""Attacks built against the trust anchor (:mod:`flwr_flag.attacks.anchored`) and
+per-node history (:mod:`flwr_flag.attacks.persistent`; their colluders estimate the
+honest updates from the population's)."""
 TRAINING = {
     "model": "mlp",
     "local-epochs": 2,
@@ -126,7 +139,14 @@ TRAINING = {
 }
 ROUNDS = 30
 QUICK = {
-    "rules": ["mean (FedAvg)", "FA", "CTMA", "flower FedMedian", "FA + anchor (10/class)"],
+    "rules": [
+        "mean (FedAvg)",
+        "FA",
+        "CTMA",
+        "flower FedMedian",
+        "FA + anchor (10/class)",
+        "CTMA + history",
+    ],
     "attacks": ["none", "ipm-tuned"],
     "regimes": ["many"],
     "seeds": [0],
@@ -169,6 +189,8 @@ def run_config(cell: Cell) -> dict[str, Any]:
     )
     if cell.rule in PEERS and cell.attack in RULE_AWARE:
         config[f"{cell.attack}.rule"] = PEERS[cell.rule]
+    if cell.attack in ("consistent", "sleeper"):
+        config[f"{cell.attack}.knowledge"] = "population"
     config.update(OURS.get(cell.rule, {}))
     config.update(json.loads(cell.variant or "{}"))
     return config

@@ -25,6 +25,9 @@ Keys, all optional::
     node-wait = 300.0             # seconds to wait for them before round 1; "none": ever
     max-kept-rounds = 10          # this many rounds in a row keeping the model stop the
                                   # run with an error; "none": go on
+    history.max-age = 0           # per-node history (rules/history.py): every node seen
+                                  # in the last k rounds counts; 0: off. history.decay,
+                                  # history.consistency, history.max-nodes: its options
 
 A rule's or pre-aggregator's hyperparameters sit under its name, dashes for
 underscores: ``flag.subspace-dim = 8``, ``ctma.base = "geomed"``, ``bucketing.s = 2``
@@ -149,4 +152,7 @@ def strategy_from_config(
         options["anytime_gamma_min"] = config.get("mu2.gamma-min", DEFAULT_GAMMA_MIN)
     if anchor is not None:
         options["anchor"] = anchor
+    history = section(config, "history")
+    if history.get("max_age", 0) != 0:
+        options["history"] = {k: None if v == "none" else v for k, v in history.items()}
     return strategy_for(rule)(f, pre=pre, **params, **options)

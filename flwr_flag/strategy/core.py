@@ -30,6 +30,8 @@ from flwr.common.logger import log
 from ..engine import ArraysSource, NonFiniteUpdateError, UpdateSource, resolve_device
 from ..rules import AggregationResult, aggregate, get_rule
 from ..rules.diagnostics import Nested, PerRow, Rows
+from ..rules.history import STATE_KEYS as HISTORY_STATE
+from ..rules.history import HistoryRows, NodeHistory
 from ..rules.inputs import InputRangeError
 from ..rules.registry import (
     ROUND_STATE,
@@ -75,6 +77,7 @@ OPTIONS: dict[str, Param] = {
     "anytime_gamma_min": Real(0.0, 1.0, low_open=True, optional=True),
     "anchor": Function(optional=True),
     "max_kept_rounds": Integer(1, optional=True),
+    "history": Typed(kind=(bool, Mapping), optional=True),
 }
 """The aggregation options of every robust strategy, declared once: checked when a
 strategy is built, and listed in its docstring from here."""
@@ -102,6 +105,8 @@ class Aggregation(NamedTuple):
     result: AggregationResult | None
     used: list[int]
     why_kept: str | None = None
+    rows: HistoryRows | None = None
+    """With ``history``: the rows the rule ran on (every known node's)."""
 
 
 class RobustCore:
@@ -187,6 +192,7 @@ class RobustCore:
         anytime_gamma_min: float | None = None,
         anchor: Callable[[Arrays], Mapping[str, np.ndarray]] | None = None,
         max_kept_rounds: int | None = 10,
+        history: bool | Mapping[str, Any] | None = None,
     ) -> None:
         check_all("strategy", OPTIONS, locals())
         self.rule = rule
@@ -217,6 +223,12 @@ class RobustCore:
         self.rounds_stepped = 0
         """Rounds of this process that changed the model."""
         self.anytime = None if anytime_gamma_min is None else AnyTimeAverage(anytime_gamma_min)
+        self.history = None if not history else NodeHistory(**({} if history is True else history))
+        if self.history is not None and weighting != "uniform":
+            raise ValueError(
+                f"strategy: history weighs each known node by its staleness alone; it takes "
+                f"weighting='uniform', not {weighting!r}"
+            )
         self.round_state: dict[str, RoundState] = {
             key: ROUND_STATE[key]() for key in sorted(get_rule(rule).state)
         }
@@ -236,6 +248,7 @@ class RobustCore:
             "weighting": self.weighting,
             "max_weight_ratio": self.max_weight_ratio,
             "checkpoint_dir": str(self.checkpoints.directory) if self.checkpoints else None,
+            "history": None if self.history is None else self.history.options(),
         }
 
     def settings_record(self) -> dict[str, str]:
@@ -254,6 +267,7 @@ class RobustCore:
             "max_weight_ratio": self.max_weight_ratio,
             "max_update_norm": self.max_update_norm,
             "anchor": self.anchor is not None,
+            "history": None if self.history is None else self.history.options(),
         }
         return {k: json.dumps(v, sort_keys=True, default=repr) for k, v in recorded.items()}
 
@@ -264,6 +278,8 @@ class RobustCore:
             state.update(provider.state_dict())
         if self.anytime is not None:
             state.update(self.anytime.state_dict())
+        if self.history is not None:
+            state.update(self.history.state_dict())
         return state
 
     def _state_shapes(self, size: int) -> dict[str, tuple[int, ...]]:
@@ -283,11 +299,16 @@ class RobustCore:
         and logged)."""
         size = sum(a.size for a in model.values())
         shapes = self._state_shapes(size)
-        stale = sorted(set(state) - set(shapes))
+        own = HISTORY_STATE if self.history is not None else ()
+        stale = sorted(set(state) - set(shapes) - set(own))
         if stale and not drop_stale:
             raise ValueError(f"resume: state {stale} does not belong to {self.rule}")
         if stale:
             log(WARNING, "Resuming without state %s: it does not apply to these settings", stale)
+        if self.history is not None:  # it checks its own state
+            self.history.load_state_dict(
+                {k: v.to(self.device) for k, v in state.items() if k in HISTORY_STATE}, size
+            )
         state = {k: v for k, v in state.items() if k in shapes}
         for key, value in state.items():
             if tuple(value.shape) != shapes[key]:
@@ -373,7 +394,9 @@ class RobustCore:
         anchored = time.perf_counter()
         pre = self._pre_with_anchor(reference)
         anchor_seconds = time.perf_counter() - anchored
-        result, used, why_kept = self._aggregate(reference, replies, candidates, rejected, pre)
+        result, used, why_kept, rows = self._aggregate(
+            server_round, reference, replies, candidates, rejected, pre
+        )
         for index, reason in rejected.items():
             log(
                 WARNING,
@@ -399,15 +422,21 @@ class RobustCore:
             "robust.rejected": len(rejected),
             "robust.failed": failures,
             "robust.rejected-nodes": sorted(replies[i].node_id for i in rejected),
-            "robust.f": self.byzantine_left(replies, rejected, used),
+            "robust.f": self.byzantine_left(
+                replies, rejected, used, None if rows is None else len(rows.node_ids)
+            ),
             "robust.kept-model": int(arrays is None),
             "robust.weighted-by-num-examples": int(self.weighting == "num-examples"),
             "robust.aggregation-seconds": time.perf_counter() - start,
         }
         if self.anchor is not None:
             metrics["robust.anchor-seconds"] = anchor_seconds
+        if rows is not None:
+            metrics["robust.history.known"] = len(rows.node_ids)
+            metrics["robust.history.clipped-nodes"] = rows.clipped
         if result is not None:
-            metrics.update(summarize(result.diagnostics, [replies[i].node_id for i in used]))
+            ids = [replies[i].node_id for i in used] if rows is None else rows.node_ids
+            metrics.update(summarize(result.diagnostics, ids))
         if self.anytime is not None:
             self.anytime.add(reference if arrays is None else arrays)
         if arrays is not None and self.checkpoints is not None:
@@ -453,6 +482,7 @@ class RobustCore:
 
     def _aggregate(
         self,
+        server_round: int,
         reference: Arrays,
         replies: Sequence[Reply],
         candidates: list[int],
@@ -462,11 +492,16 @@ class RobustCore:
         """The rule on the candidates that pass the value checks. A check that rejects
         rows (the norm bound, NaN/Inf found in the first pass) records why in
         ``rejected`` and starts over on the rest; the loop ends with a result or with
-        the reason the model is kept."""
+        the reason the model is kept. With ``history``, the rule runs on every known
+        node's row, and a node caught this round leaves the history."""
         live = list(candidates)
+        if self.history is not None:
+            self.history.forget([replies[i].node_id for i in rejected])
         while True:
-            f = self.byzantine_left(replies, rejected, live)
-            why = get_rule(self.rule).why_not(len(live), f, self.rule_params, self.pre)
+            ids = [replies[i].node_id for i in live]
+            n = len(live) if self.history is None else self.history.rows_for(ids, server_round)
+            f = self.byzantine_left(replies, rejected, live, n)
+            why = get_rule(self.rule).why_not(n, f, self.rule_params, self.pre)
             if why is not None:
                 return Aggregation(None, live, why)
             chosen = [replies[i] for i in live]
@@ -474,23 +509,26 @@ class RobustCore:
             try:
                 bad = self._too_large(source)
                 if not bad:
-                    params = {
-                        **self.rule_params,
-                        **{
-                            k: s.value([r.node_id for r in chosen])
-                            for k, s in self.round_state.items()
-                        },
-                    }
                     weights = reply_weights(
                         [r.num_examples for r in chosen], self.weighting, self.max_weight_ratio
                     )
+                    rows = None
+                    if self.history is not None:
+                        rows = self.history.rows(source, ids, server_round, self.chunk_size)
+                        source, ids, weights = rows.source, rows.node_ids, rows.weights
+                    params = {
+                        **self.rule_params,
+                        **{k: s.value(ids) for k, s in self.round_state.items()},
+                    }
                     result = aggregate(source, self.rule, f, weights, pre=pre, **params)
-                    return Aggregation(result, live)
+                    return Aggregation(result, live, rows=rows)
             except NonFiniteUpdateError as error:
                 bad = dict.fromkeys(error.rows, "update contains NaN or Inf (or overflows)")
             except InputRangeError as error:
                 return Aggregation(None, live, str(error))
             rejected.update({live[i]: reason for i, reason in bad.items()})
+            if self.history is not None:
+                self.history.forget([replies[live[i]].node_id for i in bad])
             live = [r for i, r in enumerate(live) if i not in bad]
 
     def _source(self, reference: Arrays, chosen: list[Reply]) -> UpdateSource:
@@ -517,16 +555,21 @@ class RobustCore:
         }
 
     def byzantine_left(
-        self, replies: Sequence[Reply], rejected: Mapping[int, str], live: Sequence[int]
+        self,
+        replies: Sequence[Reply],
+        rejected: Mapping[int, str],
+        live: Sequence[int],
+        rows: int | None = None,
     ) -> int:
         """The f the rule gets: ``num_byzantine`` (a count, or the fraction of the nodes
-        that replied, rounded up) less the nodes already caught. Honest
+        that replied, or of the ``rows`` the rule sees with history, rounded up) less
+        the nodes already caught. Honest
         nodes send well-formed, finite updates, so a node none of whose replies passed
         the checks is one of the f, and at most ``f - caught`` faulty nodes remain among
         the rest (so a NaN attacker does not cost Bulyan at ``n = 4f + 3`` its round)."""
         kept = {replies[i].node_id for i in live}
         caught = {replies[i].node_id for i in rejected} - kept
-        nodes = len({r.node_id for r in replies})
+        nodes = len({r.node_id for r in replies}) if rows is None else rows + len(caught)
         return max(byzantine_count(self.num_byzantine, nodes) - len(caught), 0)
 
 
