@@ -18,7 +18,8 @@ and one that comes back after more than :math:`A` rounds starts afresh.
 
 **Consistency bound.** A returning node's new update :math:`g_j` may move from its own
 history by at most :math:`\tau = \kappa \cdot \mathrm{median}_k \|g_k - h_k\|`, the
-median over this round's returning nodes times ``consistency`` :math:`\kappa`:
+median over this round's returning nodes (the lower median, for an even count) times ``consistency``
+:math:`\kappa`:
 
 .. math::
     h_j \leftarrow h_j + \min\!\left(1, \frac{\tau}{\|g_j - h_j\|}\right)(g_j - h_j).
@@ -138,14 +139,14 @@ class NodeHistory:
             self.updates = self.updates.to(source.device, source.dtype)
         self._age_out(server_round)
         clipped = self._bound(fresh, node_ids)
+        self._cap(set(node_ids))
         slot = {j: i for i, j in enumerate(self.nodes)}
         for row, node in enumerate(node_ids):
             if node not in slot:
-                slot[node] = self._append(node, fresh[row])
+                slot[node] = self._append(node, fresh[row], len(node_ids))
             else:
                 self.updates[slot[node]] = fresh[row]
             self.rounds[slot[node]] = server_round
-        self._cap(set(node_ids))
         ages = torch.tensor([server_round - t for t in self.rounds], dtype=torch.float64)
         return HistoryRows(
             StackedSource(self.updates[: len(self.nodes)], chunk_size=chunk_size),
@@ -176,12 +177,12 @@ class NodeHistory:
                 clipped.append(row)
         return clipped
 
-    def _append(self, node: int, update: Tensor) -> int:
+    def _append(self, node: int, update: Tensor, sampled: int) -> int:
         k = len(self.nodes)
         if self.updates is None or k == self.updates.shape[0]:
             capacity = max(2 * k, 16)
             if self.max_nodes is not None:
-                capacity = max(min(capacity, self.max_nodes), k + 1)
+                capacity = max(min(capacity, max(self.max_nodes, sampled)), k + 1)
             grown = update.new_empty(capacity, update.numel())
             if self.updates is not None:
                 grown[:k] = self.updates[:k]
@@ -195,15 +196,16 @@ class NodeHistory:
         self._keep([i for i, t in enumerate(self.rounds) if server_round - t <= self.max_age])
 
     def _cap(self, fresh: set[int]) -> None:
-        if self.max_nodes is None or len(self.nodes) <= self.max_nodes:
+        """Drop the stalest entries of nodes not in ``fresh`` until the cache holds at
+        most ``max(max_nodes, len(fresh))`` rows once ``fresh`` is in it."""
+        if self.max_nodes is None:
             return
-        stale = sorted(
-            (i for i, j in enumerate(self.nodes) if j not in fresh),
-            key=lambda i: (self.rounds[i], -self.nodes[i]),
-            reverse=True,
-        )
+        others = [i for i, j in enumerate(self.nodes) if j not in fresh]
         room = max(self.max_nodes - len(fresh), 0)
-        self._keep(sorted([i for i, j in enumerate(self.nodes) if j in fresh] + stale[:room]))
+        if len(others) <= room:
+            return
+        newest = sorted(others, key=lambda i: (self.rounds[i], -self.nodes[i]), reverse=True)
+        self._keep(sorted([i for i, j in enumerate(self.nodes) if j in fresh] + newest[:room]))
 
     def _keep(self, slots: list[int]) -> None:
         """Keep the entries in ``slots`` (ascending), compacted to the front in order."""
