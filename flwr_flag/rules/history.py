@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from ..engine import StackedSource, UpdateSource
+from ..engine.threads import one_thread
 from ..validation import Integer, Param, Real, check_all
 
 PARAMS: dict[str, Param] = {
@@ -132,21 +133,16 @@ class NodeHistory:
         cache and return every known node's row (a source of ``chunk_size`` columns per
         chunk). Reads ``source`` in full first, so a
         :class:`~flwr_flag.engine.NonFiniteUpdateError` leaves the cache as it was."""
-        fresh = torch.empty(source.n, source.p, dtype=source.dtype, device=source.device)
-        for columns, chunk in source.chunks():
-            fresh[:, columns] = chunk
-        if self.updates is not None:  # resumed on another device, or with another dtype
-            self.updates = self.updates.to(source.device, source.dtype)
-        self._age_out(server_round)
-        clipped = self._bound(fresh, node_ids)
-        self._cap(set(node_ids))
-        slot = {j: i for i, j in enumerate(self.nodes)}
-        for row, node in enumerate(node_ids):
-            if node not in slot:
-                slot[node] = self._append(node, fresh[row], len(node_ids))
-            else:
-                self.updates[slot[node]] = fresh[row]
-            self.rounds[slot[node]] = server_round
+        with one_thread():  # element-wise copies: one thread each (engine/threads.py)
+            fresh = torch.empty(source.n, source.p, dtype=source.dtype, device=source.device)
+            for columns, chunk in source.chunks():
+                fresh[:, columns] = chunk
+            if self.updates is not None:  # resumed on another device, or with another dtype
+                self.updates = self.updates.to(source.device, source.dtype)
+            self._age_out(server_round)
+            clipped = self._bound(fresh, node_ids)
+            self._cap(set(node_ids))
+            self._store(fresh, node_ids, server_round)
         ages = torch.tensor([server_round - t for t in self.rounds], dtype=torch.float64)
         return HistoryRows(
             StackedSource(self.updates[: len(self.nodes)], chunk_size=chunk_size),
@@ -162,35 +158,39 @@ class NodeHistory:
         returning = [row for row, node in enumerate(node_ids) if node in slot]
         if self.consistency is None or not returning:
             return []
-        moves = torch.stack(
-            [
-                torch.linalg.vector_norm((fresh[row] - self.updates[slot[node_ids[row]]]).double())
-                for row in returning
-            ]
-        ).cpu()
-        radius = self.consistency * float(moves.median())
-        clipped = []
-        for row, move in zip(returning, moves.tolist(), strict=True):
-            if move > radius:
-                old = self.updates[slot[node_ids[row]]]
-                fresh[row] = old + (fresh[row] - old) * (radius / move)
-                clipped.append(row)
-        return clipped
+        rows = torch.tensor(returning, device=fresh.device)
+        old = self.updates.index_select(
+            0, torch.tensor([slot[node_ids[r]] for r in returning], device=fresh.device)
+        )
+        moves = fresh.index_select(0, rows) - old
+        lengths = torch.linalg.vector_norm(moves, dim=1, dtype=torch.float64)
+        radius = self.consistency * lengths.median()
+        far = lengths > radius
+        if bool(far.any()):
+            scale = (radius / lengths[far]).to(fresh.dtype).unsqueeze(1)
+            fresh[rows[far]] = old[far] + moves[far] * scale
+        return [r for r, f in zip(returning, far.tolist(), strict=True) if f]
 
-    def _append(self, node: int, update: Tensor, sampled: int) -> int:
+    def _store(self, fresh: Tensor, node_ids: Sequence[int], server_round: int) -> None:
+        """Write ``fresh`` into the nodes' entries, appending the new nodes."""
+        slot = {j: i for i, j in enumerate(self.nodes)}
+        new = [node for node in node_ids if node not in slot]
         k = len(self.nodes)
-        if self.updates is None or k == self.updates.shape[0]:
-            capacity = max(2 * k, 16)
+        if self.updates is None or k + len(new) > self.updates.shape[0]:
+            capacity = max(2 * k, k + len(new), 16)
             if self.max_nodes is not None:
-                capacity = max(min(capacity, max(self.max_nodes, sampled)), k + 1)
-            grown = update.new_empty(capacity, update.numel())
+                capacity = max(min(capacity, max(self.max_nodes, len(node_ids))), k + len(new))
+            grown = fresh.new_empty(capacity, fresh.shape[1])
             if self.updates is not None:
                 grown[:k] = self.updates[:k]
             self.updates = grown
-        self.updates[k] = update
-        self.nodes.append(node)
-        self.rounds.append(0)
-        return k
+        slot.update({node: k + i for i, node in enumerate(new)})
+        self.nodes += new
+        self.rounds += [server_round] * len(new)
+        targets = [slot[node] for node in node_ids]
+        self.updates.index_copy_(0, torch.tensor(targets, device=fresh.device), fresh)
+        for target in targets:
+            self.rounds[target] = server_round
 
     def _age_out(self, server_round: int) -> None:
         self._keep([i for i, t in enumerate(self.rounds) if server_round - t <= self.max_age])
