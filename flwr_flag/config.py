@@ -25,6 +25,7 @@ Keys, all optional::
     node-wait = 300.0             # seconds to wait for them before round 1; "none": ever
     max-kept-rounds = 10          # this many rounds in a row keeping the model stop the
                                   # run with an error; "none": go on
+    diagnostics = "short"         # robust.* metrics per round; "full": every diagnostic
     history.max-age = 0           # per-node history (rules/history.py): every node seen
                                   # in the last k rounds counts; 0: off. history.decay,
                                   # history.consistency, history.max-nodes: its options
@@ -61,6 +62,7 @@ _CORE = {
     "resume-with-changes": "resume_with_changes",
     "node-wait": "node_wait",
     "max-kept-rounds": "max_kept_rounds",
+    "diagnostics": "diagnostics",
     "weighting": "weighting",
     "max-weight-ratio": "max_weight_ratio",
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from logging import INFO
 from typing import Any
 
@@ -69,7 +70,8 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
     Flower's ``accept_failures`` (``False``: a round with any failure keeps the model)
     and ``fit_metrics_aggregation_fn`` / ``evaluate_metrics_aggregation_fn`` (given the
     accepted results' ``(num_examples, metrics)``) are honoured; without them the
-    clients' numeric metrics are screened and averaged as in the Message API
+    clients' metrics are dropped, as FedAvg does, unless ``diagnostics="full"``: then
+    they are screened and averaged as in the Message API
     (:mod:`~flwr_flag.strategy.metrics`). ``inplace`` is accepted and changes nothing:
     replies are never modified. Evaluation results go through the same screening, the
     loss included, and each accepted result counts once (or by its capped count)."""
@@ -153,7 +155,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
         client = self._client_metrics(
             server_round, [results[i] for i in used], self.fit_metrics_aggregation_fn
         )
-        scalars = _scalars({**client.metrics, **metrics})
+        scalars = _scalars(self.core.shown({**client.metrics, **metrics}))
         if arrays is None:
             return None, scalars
         return _parameters(arrays), scalars
@@ -190,7 +192,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
             "robust.rejected-nodes": rejected,
             "robust.failed": len(failures),
         }
-        return loss, _scalars({**summary.metrics, **robust})
+        return loss, _scalars(self.core.shown({**summary.metrics, **robust}))
 
     def _client_metrics(
         self,
@@ -217,7 +219,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
             own = lambda accepted: aggregate_fn(  # noqa: E731
                 [(results[i][1].num_examples, results[i][1].metrics) for i in accepted]
             )
-        return screened_metrics(
+        summary = screened_metrics(
             server_round,
             [read_metrics(node_of(proxy), read(res)) for proxy, res in results],
             count_key,
@@ -225,6 +227,9 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
             self.core.max_weight_ratio,
             own,
         )
+        if own is None and self.core.diagnostics == "short":  # as FedAvg: no function, none
+            return replace(summary, metrics={})
+        return summary
 
 
 class Detox(DetoxGroups, RobustStrategy):

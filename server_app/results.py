@@ -74,16 +74,17 @@ class RunRecorder:
         return path
 
     def summary(self, partitions: Mapping[int, int] | None = None) -> str:
-        """Final accuracy and the nodes rejected or down-weighted over the run, named by
-        partition where ``partitions`` maps their node ids."""
+        """Final accuracy and the nodes rejected or limited over the run (the rounds'
+        ``limited-nodes``: those the aggregate followed least), named by partition
+        where ``partitions`` maps their node ids."""
         names = partitions or {}
         rejected: dict[int, int] = {}
-        lowest: dict[int, int] = {}
+        limited: dict[int, int] = {}
         for row in self.rows:
             for node in row.get("rejected-nodes", []):
                 rejected[node] = rejected.get(node, 0) + 1
-            for node in row.get("outvoted-nodes", []):
-                lowest[node] = lowest.get(node, 0) + 1
+            for node in row.get("limited-nodes", []):
+                limited[node] = limited.get(node, 0) + 1
 
         def listing(counts: dict[int, int]) -> str:
             ranked = sorted(counts.items(), key=lambda kv: (-kv[1], names.get(kv[0], kv[0])))
@@ -99,7 +100,7 @@ class RunRecorder:
         ]
         if rejected:
             lines.append(f"Rejected replies, in rounds: {listing(rejected)}")
-        if lowest:
-            lines.append(f"Down-weighted or trimmed, in rounds: {listing(lowest)}")
+        if limited:
+            lines.append(f"Limited (followed least), in rounds: {listing(limited)}")
         lines.append(f"Results in {self.directory}")
         return "\n".join(lines)

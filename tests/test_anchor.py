@@ -127,7 +127,10 @@ def test_an_anchor_of_another_model_or_missing_is_an_error_before_any_round():
 
 def test_the_legacy_api_scores_against_the_anchor_too():
     strategy = flwr_flag.legacy.FLTrust(
-        anchor=lambda a: {"0": a["0"] + 1}, device="cpu", min_available_clients=3
+        anchor=lambda a: {"0": a["0"] + 1},
+        device="cpu",
+        min_available_clients=3,
+        diagnostics="full",
     )
     strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(4, np.float32)]), manager_of(3))
     results = [

@@ -56,11 +56,15 @@ ATTACK = {"byzantine.nodes": "1", "byzantine.attack": "sign-flip", "byzantine.si
 
 
 def test_honest_replies_and_evaluate_messages_pass_through_byte_for_byte():
+    """Every record the app made is untouched; a train reply gains only its partition
+    label (``node``), which the strategies use to name nodes, never to weigh them."""
     plain, attacked = linear_app(), with_mod(linear_app())
     for partition, kind in [(0, "train"), (2, "train"), (1, "evaluate")]:
         message = train_message(kind)
         want = plain(copy.deepcopy(message), context(ATTACK, partition))
         got = attacked(copy.deepcopy(message), context(ATTACK, partition))
+        if kind == "train":
+            assert dict(got.content.pop("node")) == {"partition-id": partition}
         assert got.content == want.content
 
 
@@ -211,3 +215,20 @@ def test_the_servers_app_runs_the_mod_check():
 
     with pytest.raises(ValueError, match=r"byzantine.sign-flip.k=-1.0 is out of range"):
         validated({"rule": "flag", "byzantine.sign-flip.k": -1.0}, 4)
+
+
+@pytest.mark.parametrize("strategy", ["FlagAggregator", "CTMA", "Krum", "Median"])
+def test_the_nodes_a_round_limited_are_the_attackers_by_partition(strategy):
+    """Before: FA's lowest-weight-nodes named honest nodes in most rounds (a subspace
+    cannot tell an update from its sign flip). Sign flip x10 by partitions 0 and 1 of
+    10: the limited nodes are the attackers, named by partition, in most rounds."""
+    run = {"byzantine.nodes": "0,1", "byzantine.attack": "sign-flip", "byzantine.sign-flip.k": 10.0}
+    result = getattr(flwr_flag, strategy)(num_byzantine=2, device="cpu").start(
+        grid=InProcessGrid(with_mod(linear_app()), 10, run_config=run),
+        initial_arrays=arrays_of({"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)}),
+        num_rounds=8,
+    )
+    rounds = result.train_metrics_clientapp
+    named = [sorted(rounds[r]["robust.limited-partitions"]) for r in rounds]
+    assert sum(partitions == [0, 1] for partitions in named) >= 6, named
+    assert all(len(rounds[r]["robust.limited-nodes"]) == 2 for r in rounds)

@@ -53,7 +53,7 @@ def test_a_bad_evaluate_reply_is_rejected_with_its_reason(case, caplog):
     InconsistentMessageReplies on a missing key; here the reply is rejected, logged,
     and the others' metrics come through unchanged."""
     metrics, reason = BAD_EVALUATIONS[case]
-    strategy = flwr_flag.FlagAggregator(num_byzantine=2, device="cpu")
+    strategy = flwr_flag.FlagAggregator(num_byzantine=2, device="cpu", diagnostics="full")
     with caplog.at_level(logging.WARNING):
         record = strategy.aggregate_evaluate(
             1, [*honest_evaluations(), evaluate_reply(99, **metrics)]
@@ -68,7 +68,7 @@ def test_a_bad_evaluate_reply_is_rejected_with_its_reason(case, caplog):
 
 def test_a_huge_claimed_count_buys_no_weight_in_evaluation():
     """One reply claiming 1e18 examples at accuracy 0 made Flower's mean 7e-16."""
-    strategy = flwr_flag.CTMA(num_byzantine=2, device="cpu")
+    strategy = flwr_flag.CTMA(num_byzantine=2, device="cpu", diagnostics="full")
     liar = evaluate_reply(99, **{"num-examples": 10**18, "accuracy": 0.0, "loss": 9.0})
     record = strategy.aggregate_evaluate(1, [*honest_evaluations(), liar])
     assert record["accuracy"] == pytest.approx(0.8)  # 8 x 0.9 and 0.0, each once
@@ -77,7 +77,7 @@ def test_a_huge_claimed_count_buys_no_weight_in_evaluation():
 
 
 def test_duplicate_and_error_replies_in_evaluation():
-    strategy = flwr_flag.Median(num_byzantine=1, device="cpu")
+    strategy = flwr_flag.Median(num_byzantine=1, device="cpu", diagnostics="full")
     twice = evaluate_reply(1, **{"num-examples": 100, "accuracy": 0.0, "loss": 9.0})
     request = Message(content=RecordDict(), dst_node_id=7, message_type="evaluate")
     from flwr.app import Error
@@ -102,7 +102,9 @@ def test_train_metrics_stay_out_of_the_robust_namespace_and_are_not_weighted_by_
         **{"num-examples": 10, "loss": 1.0, "robust.selected-nodes": [9, 9]},
     )
     liar = reply(10, random_model(10), **{"num-examples": 10**12, "loss": 500.0})
-    strategy = configured(flwr_flag.Krum(num_byzantine=2, device="cpu"), global_model, 10)
+    strategy = configured(
+        flwr_flag.Krum(num_byzantine=2, device="cpu", diagnostics="full"), global_model, 10
+    )
     _, record = strategy.aggregate_train(1, [*honest, injected, liar])
     assert list(record["robust.selected-nodes"]) != [9, 9]
     if "loss" in record:
@@ -117,7 +119,9 @@ def test_a_users_metrics_function_gets_only_the_accepted_replies():
         seen.append(len(records))
         return MetricRecord({"n": len(records)})
 
-    strategy = flwr_flag.Median(num_byzantine=1, device="cpu", evaluate_metrics_aggr_fn=mine)
+    strategy = flwr_flag.Median(
+        num_byzantine=1, device="cpu", diagnostics="full", evaluate_metrics_aggr_fn=mine
+    )
     bad = evaluate_reply(99, **{"num-examples": -1, "accuracy": 0.9, "loss": 0.3})
     record = strategy.aggregate_evaluate(1, [*honest_evaluations(), bad])
     assert seen == [8] and record["n"] == 8 and record["robust.rejected"] == 1
@@ -131,7 +135,9 @@ def test_tiny_claimed_counts_do_not_make_a_round_raise():
         reply(i + 1, random_model(i + 1), **{"num-examples": c}) for i, c in enumerate(counts)
     ]
     strategy = configured(
-        flwr_flag.GeometricMedian(num_byzantine=2, device="cpu", weighting="num-examples"),
+        flwr_flag.GeometricMedian(
+            num_byzantine=2, device="cpu", diagnostics="full", weighting="num-examples"
+        ),
         global_model,
         10,
     )
@@ -170,7 +176,7 @@ def evaluation(node_id: int, loss: float, count: float, /, **metrics):
     ],
 )
 def test_legacy_evaluation_rejects_a_bad_result(loss, count, metrics):
-    strategy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu")
+    strategy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu", diagnostics="full")
     results = [evaluation(i + 1, 0.3, 100, accuracy=0.9) for i in range(6)]
     got_loss, got = strategy.aggregate_evaluate(
         1, [*results, evaluation(99, loss, count, **metrics)], []
@@ -181,7 +187,7 @@ def test_legacy_evaluation_rejects_a_bad_result(loss, count, metrics):
 
 
 def test_legacy_evaluation_counts_each_result_once():
-    strategy = flwr_flag.legacy.Krum(num_byzantine=1, device="cpu")
+    strategy = flwr_flag.legacy.Krum(num_byzantine=1, device="cpu", diagnostics="full")
     results = [evaluation(i + 1, 0.3, 100, accuracy=0.9) for i in range(4)]
     loss, metrics = strategy.aggregate_evaluate(
         1, [*results, evaluation(9, 100.0, 10**18, accuracy=0.0)], []
@@ -193,10 +199,12 @@ def test_legacy_evaluation_counts_each_result_once():
 def test_legacy_fit_honours_accept_failures_and_keeps_client_metrics():
     global_model = random_model(0)
     results = [fit_result(i + 1, random_model(i + 1), loss=float(i)) for i in range(7)]
-    strict = flwr_flag.legacy.Median(num_byzantine=1, device="cpu", accept_failures=False)
+    strict = flwr_flag.legacy.Median(
+        num_byzantine=1, device="cpu", diagnostics="full", accept_failures=False
+    )
     strict._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
     assert strict.aggregate_fit(1, results, [RuntimeError("lost")]) == (None, {})
-    lenient = flwr_flag.legacy.Median(num_byzantine=1, device="cpu")
+    lenient = flwr_flag.legacy.Median(num_byzantine=1, device="cpu", diagnostics="full")
     lenient._sent = strict._sent
     parameters, metrics = lenient.aggregate_fit(1, results, [RuntimeError("lost")])
     assert parameters is not None
@@ -224,7 +232,7 @@ class CidProxy(Proxy):
 def test_legacy_works_with_proxies_that_set_only_a_cid():
     """Flower's GrpcClientProxy (start_server) never sets node_id: AttributeError before."""
     global_model = random_model(0)
-    strategy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu")
+    strategy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu", diagnostics="full")
     strategy._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
     results = [
         (CidProxy(cid), fit_result(1, random_model(i + 1))[1])
@@ -287,7 +295,7 @@ def test_evaluate_replies_never_raise(kinds, duplicates, name, order):
     replies += [evaluate_reply(1 + j, **FUZZ["huge-count"][0]) for j in range(duplicates)]
     tail = replies[8:]
     order.shuffle(tail)
-    strategy = STRATEGIES[name](num_byzantine=1, device="cpu")
+    strategy = STRATEGIES[name](num_byzantine=1, device="cpu", diagnostics="full")
     record = strategy.aggregate_evaluate(1, replies[:8] + tail)
     values = [v for value in record.values() for v in np.ravel(value)]
     assert all(np.isfinite(values))
@@ -306,7 +314,7 @@ def test_evaluate_replies_never_raise(kinds, duplicates, name, order):
 )
 def test_legacy_evaluate_and_fit_metrics_never_raise(kinds, losses, name):
     cls = getattr(flwr_flag.legacy, name)
-    strategy = cls(num_byzantine=1, device="cpu")
+    strategy = cls(num_byzantine=1, device="cpu", diagnostics="full")
     results = [evaluation(i + 1, 0.3, 100, accuracy=0.9) for i in range(8)]
     for j, kind in enumerate(kinds):
         metrics = dict(FUZZ[kind][0])
@@ -324,3 +332,23 @@ def test_legacy_evaluate_and_fit_metrics_never_raise(kinds, losses, name):
         fits.append(fit_result(100 + j, random_model(100 + j), **metrics))
     parameters, scalars = strategy.aggregate_fit(1, fits, [])
     assert parameters is not None and scalars["robust.median.loss"] == pytest.approx(0.3)
+
+
+def test_by_default_legacy_drops_client_metrics_as_fedavg_and_the_message_api_keeps_means():
+    """Before: legacy fit metrics that FedAvg drops (no aggregation function) were
+    averaged and reported, with a robust.median copy of each."""
+    global_model = random_model(0)
+    legacy = flwr_flag.legacy.Median(num_byzantine=1, device="cpu")
+    legacy._sent = ndarrays_to_parameters([global_model[k] for k in SHAPES])
+    fits = [fit_result(i + 1, random_model(i + 1), loss=0.3) for i in range(5)]
+    _, metrics = legacy.aggregate_fit(1, fits, [])
+    assert "loss" not in metrics and not any(k.startswith("robust.median") for k in metrics)
+    assert metrics["robust.received"] == 5 and "robust.limited-nodes" in metrics
+    _, metrics = legacy.aggregate_evaluate(
+        1, [evaluation(i + 1, 0.3, 100, accuracy=0.9) for i in range(5)], []
+    )
+    assert "accuracy" not in metrics and metrics["robust.received"] == 5
+    record = flwr_flag.Median(num_byzantine=1, device="cpu").aggregate_evaluate(
+        1, honest_evaluations()
+    )
+    assert "accuracy" in record and not any(k.startswith("robust.median") for k in record)

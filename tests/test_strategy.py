@@ -168,7 +168,8 @@ def test_krum_selects_the_node_flower_krum_selects():
     flower_node = next(
         i + 1 for i, m in enumerate(models) if np.array_equal(m["w"], flower_arrays["w"].numpy())
     )
-    strategy = configured(flwr_flag.Krum(num_byzantine=2, device="cpu"), global_model, 8)
+    krum = flwr_flag.Krum(num_byzantine=2, device="cpu", diagnostics="full")
+    strategy = configured(krum, global_model, 8)
     arrays, metrics = strategy.aggregate_train(1, messages)
     assert metrics["robust.selected-nodes"] == [flower_node]
     np.testing.assert_allclose(arrays["w"].numpy(), models[flower_node - 1]["w"], atol=1e-6)
@@ -190,10 +191,13 @@ def test_flag_diagnostics_name_the_outliers():
     ]
     messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models)]
     strategy = configured(
-        flwr_flag.FlagAggregator(num_byzantine=2, subspace_dim=1, device="cpu"), global_model, 10
+        flwr_flag.FlagAggregator(num_byzantine=2, subspace_dim=1, device="cpu", diagnostics="full"),
+        global_model,
+        10,
     )
     _, metrics = strategy.aggregate_train(1, messages)
-    assert sorted(metrics["robust.lowest-weight-nodes"]) == [9, 10]
+    assert sorted(metrics["robust.least-influence-nodes"]) == [9, 10]
+    assert sorted(metrics["robust.limited-nodes"]) == [9, 10]
     assert metrics["robust.ratios-min"] < 0.5 < metrics["robust.ratios-median"]
     assert metrics["robust.outvoted-nodes"] == [9, 10]
 

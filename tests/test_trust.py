@@ -137,7 +137,7 @@ def test_mean_is_fedavg_and_says_which_weighting_it_used():
         reply(i + 1, m, **{"num-examples": c})
         for i, (m, c) in enumerate(zip(honest, counts, strict=True))
     ]
-    mean = configured(flwr_flag.Mean(device="cpu"), global_model, HONEST)
+    mean = configured(flwr_flag.Mean(device="cpu", diagnostics="full"), global_model, HONEST)
     arrays, metrics = mean.aggregate_train(1, messages)
     expected = sum(c * flat_step(m, global_model) for m, c in zip(honest, counts, strict=True))
     np.testing.assert_allclose(
@@ -146,8 +146,8 @@ def test_mean_is_fedavg_and_says_which_weighting_it_used():
         rtol=1e-5,
     )
     assert metrics["robust.weighted-by-num-examples"] == 1
-    krum = configured(flwr_flag.Krum(num_byzantine=1, device="cpu"), global_model, HONEST)
-    _, metrics = krum.aggregate_train(1, messages)
+    krum = flwr_flag.Krum(num_byzantine=1, device="cpu", diagnostics="full")
+    _, metrics = configured(krum, global_model, HONEST).aggregate_train(1, messages)
     assert metrics["robust.weighted-by-num-examples"] == 0
 
 

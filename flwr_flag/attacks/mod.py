@@ -21,7 +21,10 @@ simulation sets them; on a SuperNode, ``--node-config``), and ``--node-config
 On a Byzantine node a train reply's float arrays become ``w + attack(u)``, where ``w``
 is what the node received and ``u = w_local - w`` its honest update; other arrays, the
 metrics and every other record pass through. Honest nodes' replies and evaluate
-messages are returned as the ClientApp made them. ``drop`` answers with an error reply;
+messages are returned as the ClientApp made them, except that every train reply gets a
+``node`` config record with the node's ``partition-id`` (where its node config has one
+and the app sent no such record), so that the strategies can name the nodes a round
+limited by the ids attacks are configured with. ``drop`` answers with an error reply;
 ``crash`` raises; ``straggle`` sleeps before training.
 
 The colluding attacks (ALIE, IPM, min-max, min-sum) estimate the honest updates' mean
@@ -47,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 
 from ..runconfig import section
 from ..validation import check_int
@@ -162,8 +165,10 @@ def byzantine_mod(message: Message, context: Context, call_next) -> Message:
     their behaviour's (see the module docstring); everything else passes through."""
     plan = ByzantinePlan.from_context(context)
     category = message.metadata.message_type.split(".")[0]
-    if plan.behaviour is None or category != MessageType.TRAIN:
+    if category != MessageType.TRAIN:
         return call_next(message, context)
+    if plan.behaviour is None:
+        return labelled(call_next(message, context), context)
     _, sent_record = _arrays(message.content)
     sent = _numpy(sent_record)
     names = float_names(sent)
@@ -200,4 +205,16 @@ def byzantine_mod(message: Message, context: Context, call_next) -> Message:
     if reported is None:
         return Message(Error(MOD_ERROR, "byzantine_mod: reply dropped"), reply_to=message)
     reply.content[key] = to_record(apply_update(sent, trained, reported.astype(np.float32)))
+    return labelled(reply, context)
+
+
+def labelled(reply: Message, context: Context) -> Message:
+    """The train reply with its node's ``partition-id`` in a ``node`` config record,
+    where the node config has one and the ClientApp did not send its own: the strategies
+    name the nodes a round limited by it (``robust.limited-partitions``), the id attacks
+    are configured by. It names only; no strategy weighs a reply by it."""
+    partition = context.node_config.get("partition-id")
+    if reply.has_error() or partition is None or "node" in reply.content.config_records:
+        return reply
+    reply.content["node"] = ConfigRecord({"partition-id": int(partition)})
     return reply

@@ -122,7 +122,11 @@ def flag_aggregator(
 
     ``f`` does not enter the rule; it needs ``n >= 2f + 1``. Diagnostics: the
     reconstruction ratios and final IRLS weights :math:`d_i^2` (normalised to sum to
-    one) per client, iterations, objective, the subspace dimension used.
+    one) per client, each client's influence on the point that is projected,
+    :math:`\mathrm{center}_i \min(1, \nu / \|g_i\|) / \alpha_i` (1: a mean's share;
+    the clip and the geometric median's weight lower it: the ``f`` lowest are
+    ``least_influence``, the rows FA limited most; ``"paper"`` limits none),
+    iterations, objective, the subspace dimension used.
     """
     n = source.n
     r = (
@@ -163,6 +167,7 @@ def flag_aggregator(
         w = (pair + eps).rsqrt() * pair_mask
 
     q_raw = inverse[:, None] * q
+    influence = torch.ones(n, dtype=torch.float64)
     if output == "paper":
         coefficients = q_raw @ projections.sum(dim=1) / projections.shape[0]
     else:
@@ -174,12 +179,18 @@ def flag_aggregator(
                 clipped, weights, nu=1e-6 * float(norms.max()), max_iter=2000, tol=1e-10
             )
         coefficients = q_raw @ (q_raw.T @ (raw @ (center * clip)))
+        # Row i enters the projected point with weight center_i * clip_i: its pull
+        # relative to a mean's alpha_i. The IRLS weight cannot tell an update from its sign
+        # flip (both span the subspace); the clip and the median's weight can.
+        influence = center * clip / weights.clamp_min(torch.finfo(torch.float64).tiny)
     irls = torch.where(live, d2, 0.0)
     ratios = torch.where(live, kx.diagonal() - unit, 0.0)
+    limited = [] if output == "paper" else torch.argsort(influence, stable=True)[:f].tolist()
     return coefficients, {
         "ratios": PerRow(ratios.tolist()),
         "irls_weights": PerRow((irls / irls.sum()).tolist()),
-        "lowest_weight": Rows(torch.argsort(irls)[:f].tolist(), outvoted=True),
+        "influence": PerRow(influence.tolist()),
+        "least_influence": Rows(limited, outvoted=True),
         "iterations": iterations,
         "objective": objective,
         "converged": converged,

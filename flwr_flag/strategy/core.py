@@ -29,7 +29,6 @@ from flwr.common.logger import log
 
 from ..engine import ArraysSource, NonFiniteUpdateError, UpdateSource, resolve_device
 from ..rules import AggregationResult, aggregate, get_rule
-from ..rules.diagnostics import Nested, PerRow, Rows
 from ..rules.history import STATE_KEYS as HISTORY_STATE
 from ..rules.history import HistoryRows, NodeHistory
 from ..rules.inputs import InputRangeError
@@ -56,12 +55,12 @@ from ..validation import (
 )
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, screen, structural_problem
+from .round_metrics import VERBOSITY, Metrics, least_aligned, shown, summarize
 from .step import PARAMS as STEP_PARAMS
 from .step import AnyTimeAverage, ServerStep
 from .weighting import DEFAULT_MAX_WEIGHT_RATIO, WEIGHTINGS, reply_weights
 
 Arrays = OrderedDict[str, np.ndarray]
-Metrics = dict[str, int | float | list[int] | list[float]]
 
 OPTIONS: dict[str, Param] = {
     "server_lr": STEP_PARAMS["lr"],
@@ -78,6 +77,7 @@ OPTIONS: dict[str, Param] = {
     "anchor": Function(optional=True),
     "max_kept_rounds": Integer(1, optional=True),
     "history": Typed(kind=(bool, Mapping), optional=True),
+    "diagnostics": Choice(choices=VERBOSITY),
 }
 """The aggregation options of every robust strategy, declared once: checked when a
 strategy is built, and listed in its docstring from here."""
@@ -104,9 +104,14 @@ class Aggregation(NamedTuple):
 
     result: AggregationResult | None
     used: list[int]
+    f: int
     why_kept: str | None = None
-    rows: HistoryRows | None = None
-    """With ``history``: the rows the rule ran on (every known node's)."""
+    source: UpdateSource | None = None
+    """The rows the rule ran on: the replies' updates, or every known node's row with
+    ``history``."""
+    nodes: list[int] | None = None
+    """Each row's node."""
+    history: HistoryRows | None = None
 
 
 class RobustCore:
@@ -193,6 +198,7 @@ class RobustCore:
         anchor: Callable[[Arrays], Mapping[str, np.ndarray]] | None = None,
         max_kept_rounds: int | None = 10,
         history: bool | Mapping[str, Any] | None = None,
+        diagnostics: str = "short",
     ) -> None:
         check_all("strategy", OPTIONS, locals())
         self.rule = rule
@@ -218,6 +224,7 @@ class RobustCore:
         )
         self.resume_with_changes = resume_with_changes
         self.max_kept_rounds = max_kept_rounds
+        self.diagnostics = diagnostics
         self.kept_in_a_row = 0
         """Rounds in a row that kept the model, up to the last one."""
         self.rounds_stepped = 0
@@ -249,6 +256,7 @@ class RobustCore:
             "max_weight_ratio": self.max_weight_ratio,
             "checkpoint_dir": str(self.checkpoints.directory) if self.checkpoints else None,
             "history": None if self.history is None else self.history.options(),
+            "diagnostics": self.diagnostics,
         }
 
     def settings_record(self) -> dict[str, str]:
@@ -394,9 +402,8 @@ class RobustCore:
         anchored = time.perf_counter()
         pre = self._pre_with_anchor(reference)
         anchor_seconds = time.perf_counter() - anchored
-        result, used, why_kept, rows = self._aggregate(
-            server_round, reference, replies, candidates, rejected, pre
-        )
+        outcome = self._aggregate(server_round, reference, replies, candidates, rejected, pre)
+        result, used, why_kept = outcome.result, outcome.used, outcome.why_kept
         for index, reason in rejected.items():
             log(
                 WARNING,
@@ -405,8 +412,11 @@ class RobustCore:
                 replies[index].node_id,
                 reason,
             )
-        arrays = None
+        arrays, metrics = None, {}
         if result is not None:
+            # Before the step, which writes the new model into the aggregate's tensor.
+            metrics = self._limited(outcome, replies)
+            metrics.update(summarize(result.diagnostics, outcome.nodes))
             keep = any(p.keeps_aggregate for p in self.round_state.values())
             arrays = self.step(reference, result.vector, keep=keep)
             if arrays is None:
@@ -417,31 +427,44 @@ class RobustCore:
         if why_kept:
             log(WARNING, "Round %d: keeping the current model: %s", server_round, why_kept)
         self._count_kept(server_round, arrays is None, why_kept)
-        metrics: Metrics = {
-            "robust.received": len(replies),
-            "robust.rejected": len(rejected),
-            "robust.failed": failures,
-            "robust.rejected-nodes": sorted(replies[i].node_id for i in rejected),
-            "robust.f": self.byzantine_left(
-                replies, rejected, used, None if rows is None else len(rows.node_ids)
-            ),
-            "robust.kept-model": int(arrays is None),
-            "robust.weighted-by-num-examples": int(self.weighting == "num-examples"),
-            "robust.aggregation-seconds": time.perf_counter() - start,
-        }
+        metrics.update(
+            {
+                "robust.received": len(replies),
+                "robust.rejected": len(rejected),
+                "robust.failed": failures,
+                "robust.rejected-nodes": sorted(replies[i].node_id for i in rejected),
+                "robust.f": outcome.f,
+                "robust.kept-model": int(arrays is None),
+                "robust.weighted-by-num-examples": int(self.weighting == "num-examples"),
+                "robust.aggregation-seconds": time.perf_counter() - start,
+            }
+        )
         if self.anchor is not None:
             metrics["robust.anchor-seconds"] = anchor_seconds
-        if rows is not None:
-            metrics["robust.history.known"] = len(rows.node_ids)
-            metrics["robust.history.clipped-nodes"] = rows.clipped
-        if result is not None:
-            ids = [replies[i].node_id for i in used] if rows is None else rows.node_ids
-            metrics.update(summarize(result.diagnostics, ids))
+        if outcome.history is not None:
+            metrics["robust.history.known"] = len(outcome.history.node_ids)
+            metrics["robust.history.clipped-nodes"] = outcome.history.clipped
         if self.anytime is not None:
             self.anytime.add(reference if arrays is None else arrays)
         if arrays is not None and self.checkpoints is not None:
             self.checkpoints.save(server_round, arrays, self.state_dict(), self.settings_record())
         return RoundOutcome(arrays, metrics, used if result is not None else [])
+
+    def shown(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The metrics this strategy's ``diagnostics`` shows (:func:`.round_metrics.shown`)."""
+        return shown(metrics, self.diagnostics)
+
+    @staticmethod
+    def _limited(outcome: Aggregation, replies: Sequence[Reply]) -> Metrics:
+        """The nodes the round's aggregate followed least (:func:`.least_aligned`), by
+        node id and, where their replies name one, by partition."""
+        rows = least_aligned(outcome.source, outcome.result.vector, outcome.f)
+        nodes = [outcome.nodes[i] for i in rows]
+        metrics: Metrics = {"robust.limited-nodes": nodes}
+        partitions = {r.node_id: r.partition_id for r in replies if r.partition_id is not None}
+        if partitions:
+            metrics["robust.limited-partitions"] = [partitions[j] for j in nodes if j in partitions]
+        return metrics
 
     def _count_kept(self, server_round: int, kept: bool, why: str | None) -> None:
         """Count the round; raise :class:`NotTrainingError` at ``max_kept_rounds``
@@ -503,7 +526,7 @@ class RobustCore:
             f = self.byzantine_left(replies, rejected, live, n)
             why = get_rule(self.rule).why_not(n, f, self.rule_params, self.pre)
             if why is not None:
-                return Aggregation(None, live, why)
+                return Aggregation(None, live, f, why)
             chosen = [replies[i] for i in live]
             source = self._source(reference, chosen)
             try:
@@ -521,11 +544,11 @@ class RobustCore:
                         **{k: s.value(ids) for k, s in self.round_state.items()},
                     }
                     result = aggregate(source, self.rule, f, weights, pre=pre, **params)
-                    return Aggregation(result, live, rows=rows)
+                    return Aggregation(result, live, f, None, source, ids, rows)
             except NonFiniteUpdateError as error:
                 bad = dict.fromkeys(error.rows, "update contains NaN or Inf (or overflows)")
             except InputRangeError as error:
-                return Aggregation(None, live, str(error))
+                return Aggregation(None, live, f, str(error))
             rejected.update({live[i]: reason for i, reason in bad.items()})
             if self.history is not None:
                 self.history.forget([replies[live[i]].node_id for i in bad])
@@ -571,36 +594,3 @@ class RobustCore:
         caught = {replies[i].node_id for i in rejected} - kept
         nodes = len({r.node_id for r in replies}) if rows is None else rows + len(caught)
         return max(byzantine_count(self.num_byzantine, nodes) - len(caught), 0)
-
-
-def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int]) -> Metrics:
-    """A rule's diagnostics as MetricRecord entries: every :class:`Rows` list mapped to
-    node ids (``<key>-nodes``, nested rules' too, through :class:`Nested` row maps; lists
-    over mixed rows, as after bucketing, are left out), every :class:`PerRow` as its min
-    and median, finite scalars as they are; ``outvoted-nodes`` gathers every node some
-    list marks as set aside. Knows no rule's key names."""
-    out: Metrics = {}
-    outvoted: set[int] = set()
-
-    def walk(prefix: str, diag: Mapping[str, Any], ids: list[int] | None) -> None:
-        if isinstance(diag, Nested):
-            ids = None if ids is None or diag.rows is None else [ids[i] for i in diag.rows]
-        for key, value in diag.items():
-            name = f"{prefix}{key.replace('_', '-')}"
-            if isinstance(value, Rows):
-                if ids is not None:
-                    out[f"{name}-nodes"] = [int(ids[i]) for i in value]
-                    if value.outvoted:
-                        outvoted.update(ids[i] for i in value)
-            elif isinstance(value, PerRow):
-                values = torch.tensor(value, dtype=torch.float64)
-                out[f"{name}-min"] = float(values.min())
-                out[f"{name}-median"] = float(values.median())
-            elif isinstance(value, Mapping):
-                walk(f"{name}.", value, ids)
-            elif isinstance(value, (bool, int, float)) and math.isfinite(value):
-                out[name] = float(value) if isinstance(value, float) else int(value)
-
-    walk("robust.", diagnostics, [int(i) for i in node_ids])
-    out["robust.outvoted-nodes"] = sorted(outvoted)
-    return out

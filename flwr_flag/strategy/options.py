@@ -8,6 +8,7 @@ fraction_train=0.5)``: each keyword belongs to exactly one of the aggregation co
 from __future__ import annotations
 
 import inspect
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
@@ -106,6 +107,19 @@ def describe_options() -> str:
     return describe(OPTIONS_HEADING, OPTIONS, defaults)
 
 
+def describe_others(cls: type) -> str:
+    """The options a named strategy takes besides its rule's, by name: the aggregation
+    options (their kinds in ``help(RobustStrategy)``) and Flower's ``FedAvg``'s."""
+    flower = next((c for c in cls.__mro__ if c.__module__.startswith("flwr.")), None)
+    base = [] if flower is None else list(inspect.signature(flower.__init__).parameters)[1:]
+    return textwrap.fill(
+        f"Also the aggregation options {', '.join([*OPTIONS, 'node_wait'])} (kinds and "
+        f"defaults in help(RobustStrategy)), and Flower's FedAvg options "
+        f"{', '.join(base)}.",
+        width=88,
+    )
+
+
 def signature_of(cls: type) -> inspect.Signature:
     """What ``inspect.signature`` and IDEs show for a strategy class: ``num_byzantine``,
     then as keywords the rule's hyperparameters with their declared defaults (``rule``
@@ -157,8 +171,9 @@ class RobustOptions:
         defaults, from the rule's declarations (``help(FlagAggregator)`` shows them); and
         every strategy's signature lists every keyword it takes (:func:`signature_of`)."""
         super().__init_subclass__(**kwargs)
-        if "rule" in cls.__dict__ and cls.__doc__ and HEADING not in cls.__doc__:
-            cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_rule(cls.rule)
+        if "rule" in cls.__dict__ and cls.__doc__:  # a legacy twin's copy is redone for its API
+            own = cls.__doc__.split(HEADING)[0].rstrip()
+            cls.__doc__ = "\n\n".join([own, describe_rule(cls.rule), describe_others(cls)])
         elif "rule" not in cls.__dict__ and cls.__doc__ and OPTIONS_HEADING not in cls.__doc__:
             cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + describe_options()
         cls.__signature__ = signature_of(cls)

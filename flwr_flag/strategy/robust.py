@@ -87,11 +87,35 @@ class RobustStrategy(RobustOptions, FedAvg):
         nodes in summaries."""
 
     def summary(self) -> None:
-        """Log the robust aggregation settings, then FedAvg's."""
+        """Log the robust aggregation settings, then FedAvg's sampling and record keys,
+        saying what weighs a reply (FedAvg's own line would name ``num-examples`` even
+        when each reply counts once)."""
         log(INFO, "\t├──> Robust aggregation:")
         for key, value in self.core.settings().items():
             log(INFO, "\t│\t├── %s: %s", key, value)
-        super().summary()
+        log(INFO, "\t├──> Sampling:")
+        log(
+            INFO,
+            "\t│\t├──Fraction: train (%.2f) | evaluate (%.2f)",
+            self.fraction_train,
+            self.fraction_evaluate,
+        )
+        log(
+            INFO,
+            "\t│\t├──Minimum nodes: train (%d) | evaluate (%d)",
+            self.min_train_nodes,
+            self.min_evaluate_nodes,
+        )
+        log(INFO, "\t│\t└──Minimum available nodes: %d", self.min_available_nodes)
+        weighted = (
+            f"'{self.weighted_by_key}'"
+            if self.core.weighting == "num-examples"
+            else f"nothing: each valid reply counts once ('{self.weighted_by_key}' is not read)"
+        )
+        log(INFO, "\t└──> Keys in records:")
+        log(INFO, "\t\t├── Weighted by: %s", weighted)
+        log(INFO, "\t\t├── ArrayRecord key: '%s'", self.arrayrecord_key)
+        log(INFO, "\t\t└── ConfigRecord key: '%s'", self.configrecord_key)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -143,7 +167,7 @@ class RobustStrategy(RobustOptions, FedAvg):
         client = self._client_metrics(
             server_round, [answered[i] for i in used], self.train_metrics_aggr_fn
         )
-        record = MetricRecord({**client.metrics, **metrics})
+        record = MetricRecord(self.core.shown({**client.metrics, **metrics}))
         if arrays is None:
             return None, record
         return array_record(arrays), record
@@ -173,13 +197,15 @@ class RobustStrategy(RobustOptions, FedAvg):
             failed,
         )
         return MetricRecord(
-            {
-                **client.metrics,
-                "robust.received": len(answered),
-                "robust.rejected": len(rejected),
-                "robust.rejected-nodes": rejected,
-                "robust.failed": failed,
-            }
+            self.core.shown(
+                {
+                    **client.metrics,
+                    "robust.received": len(answered),
+                    "robust.rejected": len(rejected),
+                    "robust.rejected-nodes": rejected,
+                    "robust.failed": failed,
+                }
+            )
         )
 
     def _answered(
