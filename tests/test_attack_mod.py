@@ -232,3 +232,27 @@ def test_the_nodes_a_round_limited_are_the_attackers_by_partition(strategy):
     named = [sorted(rounds[r]["robust.limited-partitions"]) for r in rounds]
     assert sum(partitions == [0, 1] for partitions in named) >= 6, named
     assert all(len(rounds[r]["robust.limited-nodes"]) == 2 for r in rounds)
+
+
+def distance_after_alie(spread: float, strategy) -> float:
+    """How far 6 rounds of ``strategy`` end from the least-squares solution when
+    partitions 0-2 of 10 run ALIE through the mod with the given spread prior."""
+    run = {"byzantine.nodes": "0,1,2", "byzantine.attack": "alie", "byzantine.spread": spread}
+    result = strategy.start(
+        grid=InProcessGrid(with_mod(linear_app()), 10, run_config=run),
+        initial_arrays=arrays_of({"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)}),
+        num_rounds=6,
+    )
+    target = np.array([1.0, -2.0, 0.5, 3.0])
+    return float(np.abs(result.arrays["w"].numpy() - target).max())
+
+
+def test_alie_through_the_mod_has_a_spread_to_hide_in():
+    """Before: the mod estimated the spread by re-running the app, whose training here is
+    deterministic: ALIE sent its honest update and tested nothing (spread 0 still does
+    that). With the documented prior it moves FedAvg's model measurably, more with a
+    wider prior, and the median's less."""
+    fedavg = {rho: distance_after_alie(rho, flwr_flag.Mean(device="cpu")) for rho in (0, 1, 3)}
+    assert fedavg[3.0] > 2 * fedavg[1.0] and fedavg[1.0] > 1.4 * fedavg[0.0]
+    median = distance_after_alie(1.0, flwr_flag.Median(num_byzantine=3, device="cpu"))
+    assert median < fedavg[1.0]
