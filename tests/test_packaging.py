@@ -81,3 +81,70 @@ def test_twine_accepts_the_wheel(wheel):
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def dependency_closure(requirements: list[Requirement]) -> set[str]:
+    """The installed distributions these requirements pull in, transitively, extras and
+    markers evaluated as pip would for this interpreter (no extras requested)."""
+    from importlib import metadata as md
+
+    seen: set[str] = set()
+    todo = [r for r in requirements if r.marker is None or r.marker.evaluate({"extra": ""})]
+    while todo:
+        requirement = todo.pop()
+        name = requirement.name.lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in md.requires(name) or []:
+            nested = Requirement(text)
+            wanted = requirement.extras
+            if nested.marker is None or any(
+                nested.marker.evaluate({"extra": e}) for e in (wanted or {""})
+            ):
+                todo.append(nested)
+    return seen
+
+
+def test_the_wheel_alone_installs_in_a_fresh_venv_and_aggregates(wheel, tmp_path):
+    """A fresh venv gets the wheel (pip, no extras) and exactly the distributions its
+    requirements pull in (linked from this environment: no download), nothing of the
+    app's: flwr_flag imports, a strategy aggregates a round, and the app's packages are
+    not importable there (so the library cannot lean on them)."""
+    import venv
+    from importlib import metadata as md
+
+    fresh = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(fresh)
+    python = fresh / "bin" / "python"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+         "--no-index", "-q", str(wheel)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    required = [Requirement(r) for r in metadata(wheel).get_all("Requires-Dist")]
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for name in dependency_closure(required):
+        distribution = md.distribution(name)
+        for top in {Path(str(f)).parts[0] for f in distribution.files or []}:
+            source = Path(distribution.locate_file(top))
+            if source.exists() and not (deps / top).exists() and top not in ("..", "bin"):
+                (deps / top).symlink_to(source)
+    (site,) = (fresh / "lib").glob("python3*/site-packages")
+    (site / "deps.pth").write_text(str(deps) + "\n")
+    script = (
+        "import importlib.util, numpy as np, flwr_flag\n"
+        "from collections import OrderedDict\n"
+        "from flwr_flag.strategy.replies import Reply\n"
+        "core = flwr_flag.Median(num_byzantine=1, device='cpu').core\n"
+        "model = OrderedDict(w=np.zeros(3, np.float32))\n"
+        "replies = [Reply(i, {'w': np.full(3, float(i), np.float32)}, 1) for i in range(1, 6)]\n"
+        "print(core.round(1, model, replies, 0).arrays['w'].tolist())\n"
+        "print([m for m in ('sklearn', 'ray', 'torchvision', 'matplotlib', 'flwr_datasets',"
+        " 'clients', 'server_app') if importlib.util.find_spec(m)])\n"
+    )
+    done = subprocess.run([str(python), "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[3.0, 3.0, 3.0]", "[]"]
