@@ -90,3 +90,69 @@ def test_every_round_state_key_has_one_provider():
     for entry in RULES.values():
         for key in entry.state:
             assert key in ROUND_STATE, (entry.name, key)
+
+
+TOY_RULE = '''"""A contributor's new rule: the coordinate-wise maximum times ``scale``."""
+
+from flwr_flag.rules import AggregationResult, Rows, rule
+from flwr_flag.validation import Real
+
+
+@rule("coordinate-max", needs=(1, 1), params={"scale": Real(0.0, low_open=True)})
+def coordinate_max(source, f, weights, scale=1.0):
+    top = source.map_columns(lambda chunk: chunk.max(dim=0).values)
+    return AggregationResult(top * scale, {"top": Rows([0])})
+'''
+
+USES_IT = """
+import sys
+import numpy as np
+from flower_helpers import SHAPES, reply
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from test_strategy import configured
+from test_strategy_runs import Proxy
+
+import flwr_flag, flwr_flag.legacy
+from server_app.app import validated
+
+assert flwr_flag.__file__.startswith(sys.argv[1]), flwr_flag.__file__
+zero = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+models = [{k: np.full(s, float(i), np.float32) for k, s in SHAPES.items()} for i in range(4)]
+messages = [reply(i + 1, m, **{"num-examples": 1}) for i, m in enumerate(models)]
+config = {"rule": "coordinate-max", "num-byzantine": 1, "coordinate-max.scale": 2.0}
+strategy = validated(config, 4)[0]
+arrays, metrics = configured(strategy, zero, 4).aggregate_train(1, messages)
+legacy = flwr_flag.legacy.RobustStrategy(rule="coordinate-max", num_byzantine=1, scale=2.0)
+legacy._sent = ndarrays_to_parameters([zero[k] for k in SHAPES])
+results = [
+    (Proxy(i + 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(list(m.values())), 1, {}))
+    for i, m in enumerate(models)
+]
+parameters, _ = legacy.aggregate_fit(1, results, [])
+print(float(arrays["w"].numpy().max()), float(parameters_to_ndarrays(parameters)[0].max()))
+"""
+
+
+def test_a_rule_is_one_new_module_file(tmp_path):
+    """A copy of the package with one file added, ``rules/coordinate_max.py``, and no
+    other change: the rule is discovered and runs from a run config through the
+    ServerApp's checks, the Message API and the legacy API."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    copy = tmp_path / "flwr_flag"
+    shutil.copytree(root / "flwr_flag", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "rules" / "coordinate_max.py").write_text(TOY_RULE)
+    path = [str(tmp_path), str(root / "tests"), str(root)]
+    done = subprocess.run(
+        [sys.executable, "-c", USES_IT, str(copy)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["6.0", "6.0"]  # max of 0..3, times 2

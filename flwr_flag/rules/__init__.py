@@ -10,75 +10,63 @@ pre-aggregators::
     aggregate(updates, "median", f=2, pre=["nnm"])
     aggregate(updates, "ctma", f=2, base="flag", base_params={"subspace_dim": 4})
 
-========================  ======================  ===============================
-name                      needs                   module
-========================  ======================  ===============================
-mean                      n >= 1                  :mod:`.mean`
-median, trimmed-mean,     n >= 2f + 1             :mod:`.coordinate`
-meamed
-krum, multi-krum          n >= 2f + 3             :mod:`.krum`
-bulyan                    n >= 4f + 3             :mod:`.krum`
-geomed                    n >= 2f + 1             :mod:`.geomed`
-centered-clipping         n >= 2f + 1             :mod:`.clipping`
-monna                     n >= 2f + 1             :mod:`.mixing`
-mda, smea                 n >= 2f + 1             :mod:`.subsets`
-caf                       n >= 2f + 1             :mod:`.filtering`
-flag                      n >= 2f + 1             :mod:`.flag`
-ctma                      n >= 2f + 1 (and base)  :mod:`.ctma`
-detox                     groups (stage 2 rule)   :mod:`.detox`
-========================  ======================  ===============================
+Each rule lives in one module of this package, which registers it with a decorator
+(:func:`rule`, :func:`span_rule`, :func:`preaggregator`) declaring its hyperparameters
+and what it needs (``n >= a f + b``): :data:`RULES` and :data:`PREAGGREGATORS` are the
+registries, and ``RULES[name].requirement`` says what a rule needs. The modules are
+discovered, so a new rule is a new module (``tests/test_registry.py`` adds one). The
+names below are the extension API: the decorators, the round-state provider base
+(:class:`RoundState`, :func:`round_state`), the source a rule reads
+(:class:`UpdateSource`) and what it returns (:class:`AggregationResult`,
+:class:`Preaggregated`, with :class:`Rows` and :class:`PerRow` diagnostics).
 
 Pre-aggregators (``pre=[...]``): ``nnm``, ``bucketing`` (:mod:`.mixing`), ``clip``,
 ``arc`` (:mod:`.clipping`), and ``anchor`` (:mod:`.anchor`: FLTrust's scoring against
 the server's reference update, added by a strategy's ``anchor`` option).
 """
 
-from . import (
-    anchor,
-    clipping,
-    coordinate,
-    ctma,
-    detox,
-    filtering,
-    flag,
-    geomed,
-    krum,
-    mean,
-    mixing,
-    subsets,
-)
-from .diagnostics import AggregationResult
+import importlib
+import pkgutil
+
+from ..engine import UpdateSource
+from .diagnostics import AggregationResult, PerRow, Rows
 from .inputs import Requirement
 from .registry import (
     PREAGGREGATORS,
     RULES,
     Preaggregated,
+    RoundState,
     Rule,
     aggregate,
     get_preaggregator,
     get_rule,
+    preaggregator,
+    round_state,
+    rule,
+    span_rule,
 )
+
+# Every module of this package is imported so that its rules register themselves (as
+# the attacks do): adding a rule is adding a module.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "PREAGGREGATORS",
     "RULES",
     "AggregationResult",
+    "PerRow",
     "Preaggregated",
     "Requirement",
+    "RoundState",
+    "Rows",
     "Rule",
+    "UpdateSource",
     "aggregate",
-    "anchor",
-    "clipping",
-    "coordinate",
-    "ctma",
-    "detox",
-    "filtering",
-    "flag",
-    "geomed",
     "get_preaggregator",
     "get_rule",
-    "krum",
-    "mean",
-    "mixing",
-    "subsets",
+    "preaggregator",
+    "round_state",
+    "rule",
+    "span_rule",
 ]
