@@ -90,6 +90,16 @@ OURS: dict[str, dict[str, Any]] = {
         f"FLTrust ({k}/class)": {"rule": "mean", "weighting": "uniform", "anchor-per-class": k}
         for k in (2, 5, 10)
     },
+    # One reference per class (label skew), each node scored by the classes explaining it.
+    **{
+        f"per-class anchor ({k}/class)": {
+            "rule": "mean",
+            "weighting": "uniform",
+            "anchor-per-class": k,
+            "anchor-by-class": True,
+        }
+        for k in (2, 10)
+    },
     "FA + anchor (10/class)": {"rule": "flag", "anchor-per-class": 10},
     "CTMA + anchor (10/class)": {"rule": "ctma", "anchor-per-class": 10},
     # Per-node history (flwr_flag/rules/history.py): every node seen in the last 20 rounds.

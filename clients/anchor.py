@@ -7,7 +7,9 @@ anchor assumes). Each round :func:`make_anchor`'s function loads the global mode
 trains it with the clients' own local procedure (:func:`~clients.train.local_train`:
 epochs or steps, batch size, lr, momentum, augmentation) and returns its arrays: the
 strategy's ``anchor`` (:mod:`flwr_flag.rules.anchor`). Its cost, one local training on
-``k`` samples per class, is reported as ``robust.anchor-seconds``.
+``k`` samples per class, is reported as ``robust.anchor-seconds``. With
+``anchor-by-class = true`` it trains once per class, on that class's samples alone, and
+the strategy scores each node against the class references (label skew).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_flag.validation import Integer
+from flwr_flag.validation import Boolean, Integer
 
 from .config import ClientSettings
 from .data import Split, load_train
@@ -43,26 +45,44 @@ def trusted_samples(train: Split, per_class: int, seed: int) -> Split:
 
 def anchor_from_config(
     config: Mapping[str, Any], settings: ClientSettings
-) -> Callable[[Arrays], Arrays] | None:
-    """The anchor that the run-config key ``anchor-per-class`` asks for (``None`` at 0)."""
+) -> Callable[[Arrays], Arrays | list[Arrays]] | None:
+    """The anchor that the run-config keys ``anchor-per-class`` (``None`` at 0) and
+    ``anchor-by-class`` ask for."""
     per_class = Integer(0).check(
         "run config", "anchor-per-class", config.get("anchor-per-class", 0)
     )
-    return make_anchor(settings, per_class) if per_class else None
+    by_class = Boolean().check(
+        "run config", "anchor-by-class", config.get("anchor-by-class", False)
+    )
+    return make_anchor(settings, per_class, by_class) if per_class else None
 
 
-def make_anchor(settings: ClientSettings, per_class: int) -> Callable[[Arrays], Arrays]:
+def make_anchor(
+    settings: ClientSettings, per_class: int, by_class: bool = False
+) -> Callable[[Arrays], Arrays | list[Arrays]]:
     """The server's local training on its ``per_class`` trusted samples per class, from
-    the arrays it is given; round ``t`` trains with seed ``seed + t``."""
+    the arrays it is given; round ``t`` trains with seed ``seed + t``. ``by_class``:
+    one training per class, on that class's samples alone (the per-class scoring of
+    :mod:`flwr_flag.rules.anchor`: ``K`` trainings of ``per_class`` samples each)."""
     data = trusted_samples(
         load_train(settings.dataset, settings.seed, settings.data_files), per_class, settings.seed
     )
     model = build_model(settings.model, tuple(data.x.shape[1:]), data.num_classes, settings.seed)
     rounds = itertools.count(1)
+    sets = (
+        [data.subset(torch.nonzero(data.y == c).flatten()) for c in range(data.num_classes)]
+        if by_class
+        else [data]
+    )
 
-    def anchor(arrays: Arrays) -> Arrays:
+    def trained(arrays: Arrays, samples: Split, seed: int) -> Arrays:
         set_arrays(model, arrays)
-        local_train(model, data, settings, lambda y: y, settings.seed + next(rounds))
+        local_train(model, samples, settings, lambda y: y, seed)
         return get_arrays(model)
+
+    def anchor(arrays: Arrays) -> Arrays | list[Arrays]:
+        seed = settings.seed + next(rounds)
+        models = [trained(arrays, samples, seed) for samples in sets if len(samples.y)]
+        return models if by_class else models[0]
 
     return anchor

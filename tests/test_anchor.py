@@ -188,3 +188,78 @@ def test_anchor_drift_keeps_one_direction_across_rounds():
         sent.append(update - (update @ unit) * unit)
     cosine = sent[0] @ sent[1] / (np.linalg.norm(sent[0]) * np.linalg.norm(sent[1]))
     assert cosine > 0.999
+
+
+def label_skew(seed: int = 0, classes: int = 6, p: int = 120):
+    """Class directions ``R`` and 12 honest nodes that each hold two classes."""
+    g = torch.Generator().manual_seed(seed)
+    references = torch.randn(classes, p, dtype=torch.float64, generator=g) + 0.3
+    nodes = []
+    for i in range(12):
+        held = [i % classes, (i + 1 + i // classes) % classes]
+        noise = 0.2 * torch.randn(p, dtype=torch.float64, generator=g)
+        nodes.append(references[held].mean(dim=0) + noise)
+    return references, torch.stack(nodes)
+
+
+def test_per_class_references_keep_honest_two_class_nodes_that_fltrust_distrusts():
+    references, honest = label_skew()
+    against = -references.sum(dim=0, keepdim=True)  # against every class
+    x = torch.cat([honest, against])
+    per_class = aggregate(x, "mean", 1, pre=[("anchor", {"reference": references})])
+    fltrust = aggregate(x, "mean", 1, pre=[("anchor", {"reference": references.mean(dim=0)})])
+    trust = torch.tensor(per_class.diagnostics["pre"]["anchor"]["trust"])
+    single = torch.tensor(fltrust.diagnostics["pre"]["anchor"]["trust"])
+    assert trust[12] == 0.0 and per_class.diagnostics["pre"]["anchor"]["distrusted"] == [12]
+    assert trust[:12].min() > 0.9 > 0.75 > single[:12].max()
+
+
+def test_the_nonnegative_fit_is_the_least_squares_fit_on_its_support():
+    from flwr_flag.rules.anchor import nonnegative_fit
+
+    references, honest = label_skew(1)
+    a = nonnegative_fit(references @ references.T, honest @ references.T)
+    assert bool((a >= 0).all())
+    for row, coefficients in zip(honest, a, strict=True):
+        support = coefficients > 1e-9
+        exact = torch.linalg.lstsq(references[support].T, row.unsqueeze(1)).solution.flatten()
+        torch.testing.assert_close(coefficients[support], exact, atol=1e-6, rtol=1e-6)
+        gradient = references @ (references.T @ coefficients - row)
+        assert bool((gradient[~support] >= -1e-6).all())  # KKT: no improving direction
+
+
+def test_an_anchor_returning_one_model_per_class_gives_the_per_class_scoring():
+    core = flwr_flag.Mean(
+        device="cpu",
+        anchor=lambda a: [{**a, "w": a["w"] + np.eye(6, dtype=np.float32)[c]} for c in range(6)],
+    ).core
+    two_class = [Reply(i, {"w": np.eye(6, dtype=np.float32)[[i % 6, (i + 1) % 6]].sum(0),
+                           "steps": np.array(3)}, 1) for i in range(1, 6)]  # fmt: skip
+    flipped = Reply(9, {"w": -np.ones(6, np.float32), "steps": np.array(3)}, 1)
+    outcome = core.round(1, MODEL, [*two_class, flipped], 0)
+    assert outcome.arrays is not None
+    core.diagnostics = "full"
+    outcome = core.round(2, MODEL, [*two_class, flipped], 0)
+    assert outcome.metrics["robust.pre.anchor.distrusted-nodes"] == [9]
+    assert outcome.metrics["robust.pre.anchor.trust-min"] == 0.0
+    assert outcome.metrics["robust.pre.anchor.trust-median"] > 0.99
+    with pytest.raises(ValueError, match="anchor: returned no arrays"):
+        flwr_flag.Mean(device="cpu", anchor=lambda a: []).core.round(1, MODEL, two_class, 0)
+
+
+@pytest.mark.app
+def test_the_apps_anchor_trains_once_per_class_when_asked():
+    from clients.anchor import anchor_from_config
+    from clients.config import ClientSettings
+    from clients.models import build_model, get_arrays
+
+    config = {"dataset": "digits", "model": "mlp", "local-epochs": 1, "seed": 0}
+    settings = ClientSettings.from_config(config, {"partition-id": 0, "num-partitions": 1})
+    model = get_arrays(build_model("mlp", (1, 8, 8), 10, 0))
+    per_class = anchor_from_config({"anchor-per-class": 2, "anchor-by-class": True}, settings)
+    one = anchor_from_config({"anchor-per-class": 2}, settings)
+    trained = per_class(model)
+    assert isinstance(trained, list) and len(trained) == 10
+    assert isinstance(one(model), OrderedDict)
+    moves = [np.concatenate([(t[k] - model[k]).ravel() for k in model]) for t in trained]
+    assert len({round(float(np.linalg.norm(m)), 6) for m in moves}) == 10  # ten trainings

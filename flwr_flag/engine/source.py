@@ -184,38 +184,40 @@ class UpdateSource(ABC):
         return self._gram
 
     def gram_with(self, point: Tensor) -> Gram:
-        """The Gram matrix of the rows with ``point`` appended as row ``n`` (one pass);
-        the rows' own Gram comes with it, and is kept for :meth:`gram`."""
-        gram = self._accumulate_gram(point.to(self.device, self.dtype))
+        """The Gram matrix of the rows with ``point`` appended as row ``n`` (one pass),
+        or with the ``k`` rows of a ``(k, p)`` ``point`` as rows ``n .. n + k - 1``; the
+        rows' own Gram comes with it, and is kept for :meth:`gram`."""
+        points = point.reshape(-1, self.p).to(self.device, self.dtype)
+        gram = self._accumulate_gram(points)
         if self._gram is None:
             self._gram = gram.subset(torch.arange(self.n))
         return gram
 
-    def _accumulate_gram(self, point: Tensor | None) -> Gram:
+    def _accumulate_gram(self, points: Tensor | None) -> Gram:
         # The reference row is chosen on the first chunk and checked on the result; a
         # badly chosen one (rare) costs a second pass.
-        gram, reference = self._gram_pass(point, None, decide=True)
+        gram, reference = self._gram_pass(points, None, decide=True)
         better = choose_reference(gram, self.dtype, reference)
         if better != reference:
-            gram, _ = self._gram_pass(point, better, decide=False)
+            gram, _ = self._gram_pass(points, better, decide=False)
         return gram
 
     def _gram_pass(
-        self, point: Tensor | None, reference: int | None, *, decide: bool
+        self, points: Tensor | None, reference: int | None, *, decide: bool
     ) -> tuple[Gram, int | None]:
-        rows = self.n + (point is not None)
+        rows = self.n + (0 if points is None else points.shape[0])
         with self._threads(gemm_rows=rows + 1):
-            return self._generic_gram_pass(point, reference, decide, rows)
+            return self._generic_gram_pass(points, reference, decide, rows)
 
     def _generic_gram_pass(
-        self, point: Tensor | None, reference: int | None, decide: bool, rows: int
+        self, points: Tensor | None, reference: int | None, decide: bool, rows: int
     ) -> tuple[Gram, int | None]:
         acc = torch.zeros(rows + 1, rows + 1, dtype=torch.float64, device=self.device)
         work: Tensor | None = None
         for cols, chunk in self.chunks(check=False):
             data = chunk
-            if point is not None:
-                chunk = torch.cat([chunk, point[cols].unsqueeze(0)])
+            if points is not None:
+                chunk = torch.cat([chunk, points[:, cols]])
             product = chunk @ chunk.T if reference is None else None
             if decide:
                 reference = choose_reference(_origin_gram(product.double().cpu()), self.dtype, None)
@@ -240,8 +242,8 @@ class UpdateSource(ABC):
                 self._verify(cols.start, cols.stop, sq_norms)
         acc = ((acc + acc.T) / 2).cpu()  # exactly symmetric: d(i, j) == d(j, i)
         sq_norms = self.sq_norms()
-        if point is not None:
-            sq_norms = torch.cat([sq_norms, point.double().square().sum().reshape(1).cpu()])
+        if points is not None:
+            sq_norms = torch.cat([sq_norms, points.double().square().sum(dim=1).cpu()])
         gram = Gram(acc[:rows, :rows], acc[:rows, rows], float(acc[rows, rows]), sq_norms)
         return gram, reference
 
@@ -400,13 +402,13 @@ class ArraysSource(UpdateSource):
         return out
 
     def _gram_pass(
-        self, point: Tensor | None, reference: int | None, *, decide: bool
+        self, points: Tensor | None, reference: int | None, *, decide: bool
     ) -> tuple[Gram, int | None]:
         """On the host, the Gram pass runs over cache-sized blocks assembled with numpy
         (one read of every reply, no ``(n, chunk)`` buffer streamed through memory
-        three times); elsewhere, and with an extra ``point`` row, the generic pass."""
-        if point is not None or not self.host_passes:
-            return super()._gram_pass(point, reference, decide=decide)
+        three times); elsewhere, and with extra ``points`` rows, the generic pass."""
+        if points is not None or not self.host_passes:
+            return super()._gram_pass(points, reference, decide=decide)
         n = self.n
         acc = np.zeros((n + 1, n + 1))
         sq_norms = np.zeros(n)

@@ -20,11 +20,29 @@ rule: row :math:`i` becomes :math:`\bar g_i` (the zero update when :math:`TS_i =
 and its weight is multiplied by :math:`TS_i`. FLTrust itself is the weighted mean
 after it; FA, CTMA or the median after it aggregate the rescaled, trust-weighted rows.
 
+**Per class.** Under label skew an honest node that holds two classes points toward
+those two, away from a reference trained on all of them, and FLTrust distrusts it. With
+one reference per class, :math:`R = [r_1, \dots, r_K]` (the server's training on each
+class's samples alone; ``reference`` of shape ``(K, p)``), a node is scored by how well
+non-negative combinations of the class directions explain it, as BOBA does for label
+skew (Bao, Xu & Zou, AISTATS 2024):
+
+.. math::
+    a_i = \arg\min_{a \ge 0} \|g_i - R a\|, \qquad
+    TS_i = \frac{\langle g_i, R a_i\rangle}{\|g_i\|\,\|R a_i\|},
+    \qquad \bar g_i = \frac{\bar\rho}{\|g_i\|}\, g_i,
+
+the cosine with its explained part (its residual is what no class accounts for), and
+rows rescaled to the mean class-reference norm :math:`\bar\rho`. An update against
+every class (a sign flip) has :math:`a_i = 0` and no trust; one along directions no
+class explains keeps only the explained share.
+
 What it assumes: the server's samples come from the task's distribution. A reference
 trained on a few classes only points toward those classes, and honest nodes holding the
 others get little trust (``benchmarks/results/field.md`` measures 2, 5 and 10 samples
-per class). Cost: one pass for the ``(n + 1)``-row Gram of the updates and
-:math:`g_0` (``O(n^2 p)``), ``O(n)`` on it, and rows served as a diagonal mix.
+per class). Cost: one pass for the ``(n + K)``-row Gram of the updates and the
+references (``O((n + K)^2 p)``), ``O(n K^2)`` per NNLS sweep on it, and rows served as a
+diagonal mix.
 """
 
 from __future__ import annotations
@@ -38,16 +56,40 @@ from .diagnostics import PerRow, Rows
 from .inputs import InputRangeError
 from .registry import Preaggregated, preaggregator
 
+TINY = torch.finfo(torch.float64).tiny
+NNLS_SWEEPS = 200
+
+
+def nonnegative_fit(products: Tensor, inner: Tensor, sweeps: int = NNLS_SWEEPS) -> Tensor:
+    r"""``a_i = argmin_{a >= 0} ||g_i - R a||`` for every row at once, by cyclic
+    coordinate descent on :math:`\tfrac12 a^\top Q a - b_i^\top a` (exact per
+    coordinate, the objective never increases), from the Gram blocks
+    ``products = R^T R`` ``(K, K)`` and ``inner = X R`` ``(n, K)``. Cost
+    ``O(sweeps n K^2)``."""
+    a = torch.zeros_like(inner)
+    diagonal = products.diagonal().clamp_min(TINY)
+    for _ in range(sweeps):
+        for k in range(products.shape[0]):
+            a[:, k] = (a[:, k] + (inner[:, k] - a @ products[k]) / diagonal[k]).clamp_min(0.0)
+    return a
+
 
 def trust_scores(source: UpdateSource, reference: Tensor) -> tuple[Tensor, Tensor, float]:
-    """``(TS, ||g_i||, ||g_0||)`` from the Gram of the rows and the reference (one pass)."""
+    """``(TS, ||g_i||, target norm)`` from the Gram of the rows and the reference, one
+    row ``(p,)`` (FLTrust) or one per class ``(K, p)`` (module docstring), in one pass."""
     gram = source.gram_with(reference)
     raw = gram.raw()
     norms = raw.diagonal().clamp_min(0).sqrt()
     n = source.n
-    reference_norm = float(norms[n])
-    denominator = (norms[:n] * reference_norm).clamp_min(torch.finfo(torch.float64).tiny)
-    return (raw[:n, n] / denominator).clamp(0.0, 1.0), norms[:n], reference_norm
+    if reference.ndim == 1:
+        reference_norm = float(norms[n])
+        denominator = (norms[:n] * reference_norm).clamp_min(TINY)
+        return (raw[:n, n] / denominator).clamp(0.0, 1.0), norms[:n], reference_norm
+    inner, products = raw[:n, n:], raw[n:, n:]
+    a = nonnegative_fit(products, inner)
+    explained = ((a @ products) * a).sum(dim=1).clamp_min(0).sqrt()
+    trust = (a * inner).sum(dim=1) / (norms[:n] * explained).clamp_min(TINY)
+    return trust.clamp(0.0, 1.0), norms[:n], float(norms[n:].mean())
 
 
 @preaggregator("anchor", needs=(1, 0), params={"reference": Typed(kind=Tensor, optional=True)})
@@ -56,19 +98,20 @@ def anchor(
 ) -> Preaggregated:
     r"""FLTrust's scoring (module docstring): rows rescaled to :math:`\|g_0\|`, weights
     times :math:`TS_i`; ``f`` and the number of rows are kept (a distrusted row is the
-    zero update with weight zero). ``reference`` is :math:`g_0`, which the strategy
-    computes each round (its ``anchor`` option); it refuses a round where it is
-    missing, not finite or of another size, or where no update agrees with it."""
+    zero update with weight zero). ``reference`` is :math:`g_0` ``(p,)``, or one
+    reference per class ``(K, p)`` for the per-class scoring; the strategy computes it
+    each round (its ``anchor`` option). It refuses a round where it is missing, not
+    finite or of another size, or where no update agrees with it."""
     if reference is None:
         raise InputRangeError(
             "anchor: no reference update this round; give the strategy anchor=<function>"
         )
-    if reference.ndim != 1 or reference.numel() != source.p:
+    if reference.ndim not in (1, 2) or reference.shape[-1] != source.p or not reference.numel():
         raise InputRangeError(
             f"anchor: the reference update has shape {tuple(reference.shape)}, the updates "
             f"{source.p} parameters"
         )
-    if not bool(torch.isfinite(reference).all()) or not bool(reference.any()):
+    if not bool(torch.isfinite(reference).all()) or not bool(reference.any(dim=-1).all()):
         raise InputRangeError("anchor: the reference update is not finite, or zero")
     trust, norms, reference_norm = trust_scores(source, reference)
     trusted = trust * weights

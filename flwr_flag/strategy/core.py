@@ -166,7 +166,10 @@ class RobustCore:
         its trusted data from the round's global model ``arrays`` (same names, shapes
         and dtypes). Each round its update :math:`g_0` scores every reply, which is
         rescaled to :math:`\|g_0\|` and weighted by its clipped cosine with it, before
-        the rule (the ``anchor`` pre-aggregator runs first). ``None``: off.
+        the rule (the ``anchor`` pre-aggregator runs first). An anchor that returns a
+        sequence of arrays, the server's training on each class's samples alone, gives
+        the per-class scoring for label skew (an honest node holding a few classes is
+        explained by theirs). ``None``: off.
     max_kept_rounds : int or None
         Stop the run with an error (:class:`NotTrainingError`, from the round) once
         this many rounds in a row kept the model (default 10), naming the last reason:
@@ -482,22 +485,35 @@ class RobustCore:
     def _pre_with_anchor(self, model: Arrays) -> list[PreStep]:
         r"""The pre-aggregators with this round's reference update :math:`g_0 =
         \mathrm{anchor}(w) - w` given to the ``anchor`` step (taken with the replies'
-        difference rule). A reference that is not finite reaches the step as NaN, which
-        refuses the round with its reason; arrays that do not fit the model are the
-        anchor function's bug, and raise."""
+        difference rule), or one per class when the anchor returns a sequence of
+        arrays (the per-class scoring of :mod:`~flwr_flag.rules.anchor`). A reference
+        that is not finite reaches the step as NaN, which refuses the round with its
+        reason; arrays that do not fit the model are the anchor function's bug, and
+        raise."""
         if self.anchor is None:
             return self.pre
         trained = self.anchor(OrderedDict((k, v.copy()) for k, v in model.items()))
-        if not isinstance(trained, Mapping):
-            raise TypeError(f"anchor: returned a {type(trained).__name__}, not arrays by name")
-        trained = {k: np.asarray(v) for k, v in trained.items()}  # 0-d arithmetic gives scalars
-        mismatch = arrays_mismatch(trained, model)
-        if mismatch is not None:
-            raise ValueError(f"anchor: its arrays do not fit the model: {mismatch}")
+        per_class = isinstance(trained, Sequence) and not isinstance(trained, (str, Mapping))
+        models = list(trained) if per_class else [trained]
+        if not models:
+            raise ValueError("anchor: returned no arrays")
+        for one in models:
+            if not isinstance(one, Mapping):
+                raise TypeError(
+                    f"anchor: returned a {type(one).__name__}, not arrays by name (or a "
+                    "sequence of them, one per class)"
+                )
+        models = [{k: np.asarray(v) for k, v in one.items()} for one in models]  # 0-d: scalars
+        for one in models:
+            mismatch = arrays_mismatch(one, model)
+            if mismatch is not None:
+                raise ValueError(f"anchor: its arrays do not fit the model: {mismatch}")
+        size = sum(a.size for a in model.values())
         try:
-            g0 = self._source(model, [Reply(0, trained)]).combine(torch.ones(1))
+            source = self._source(model, [Reply(j, one) for j, one in enumerate(models)])
+            g0 = source.combine(torch.eye(len(models)) if per_class else torch.ones(1))
         except NonFiniteUpdateError:
-            g0 = torch.full((sum(a.size for a in model.values()),), math.nan)
+            g0 = torch.full((len(models), size) if per_class else (size,), math.nan)
         return [
             ("anchor", {"reference": g0}) if split_step(step)[0] == "anchor" else step
             for step in self.pre
