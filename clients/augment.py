@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from flwr_flag.validation import InvalidParameterError
+
 PIPELINES = ("none", "flip-crop", "color", "strong", "warp")
 
 Pipeline = Callable[[torch.Tensor], torch.Tensor] | None
@@ -26,7 +28,7 @@ def build_pipeline(name: str, size: int) -> Pipeline:
     does not pay its import (seconds per message on a SuperNode, which starts a fresh
     ClientApp process for every message)."""
     if name not in PIPELINES:
-        raise ValueError(f"augment={name!r} is not one of {list(PIPELINES)}")
+        raise InvalidParameterError(f"augment={name!r} is not one of {list(PIPELINES)}")
     if name == "none":
         return None
     from torchvision.transforms import v2
@@ -58,7 +60,7 @@ def build_pipeline(name: str, size: int) -> Pipeline:
 def augmented_views(x: torch.Tensor, pipeline: Pipeline, copies: int, seed: int) -> torch.Tensor:
     """``(copies, N, C, H, W)`` views of the batch ``x``; deterministic for ``seed``."""
     if copies < 1:
-        raise ValueError(f"augment-copies={copies} is out of range; allowed >= 1")
+        raise InvalidParameterError(f"augment-copies={copies} is out of range; allowed >= 1")
     if pipeline is None:
         return x.unsqueeze(0).expand(copies, *x.shape)
     with torch.random.fork_rng(devices=[]):

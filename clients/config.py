@@ -33,6 +33,7 @@ from flwr_flag.validation import (
     Choice,
     Device,
     Integer,
+    InvalidParameterError,
     Param,
     Real,
     Text,
@@ -147,5 +148,7 @@ class ClientSettings:
         )
         check_data_options(settings.dataset, settings.partitioning, settings.alpha)
         if settings.local_epochs == 0 and settings.local_steps == 0:
-            raise ValueError("client: local-epochs and local-steps are both 0; set one >= 1")
+            raise InvalidParameterError(
+                "client: local-epochs and local-steps are both 0; set one >= 1"
+            )
         return settings

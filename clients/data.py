@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flwr_flag.validation import InvalidParameterError
+
 DATASETS = {
     "digits": None,
     "mnist": "ylecun/mnist",
@@ -81,11 +83,13 @@ class Split:
 def check_data_options(name: str, partitioning: str, alpha: float) -> None:
     """Fail early on an unknown data set or partitioning, or alpha <= 0."""
     if name not in DATASETS and name != "parquet":
-        raise ValueError(f"dataset={name!r} is not one of {[*DATASETS, 'parquet']}")
+        raise InvalidParameterError(f"dataset={name!r} is not one of {[*DATASETS, 'parquet']}")
     if partitioning not in PARTITIONINGS:
-        raise ValueError(f"partitioning={partitioning!r} is not one of {list(PARTITIONINGS)}")
+        raise InvalidParameterError(
+            f"partitioning={partitioning!r} is not one of {list(PARTITIONINGS)}"
+        )
     if not alpha > 0:
-        raise ValueError(f"dirichlet-alpha={alpha} is out of range; allowed alpha > 0")
+        raise InvalidParameterError(f"dirichlet-alpha={alpha} is out of range; allowed alpha > 0")
 
 
 def dirichlet_indices(

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flwr_flag.validation import InvalidParameterError
+
 MODELS = ("mlp", "cnn", "resnet18")
 
 
@@ -54,7 +56,7 @@ def build_model(
 ) -> nn.Module:
     """Model ``name`` for images of ``shape`` ``(C, H, W)``, initialised from ``seed``."""
     if name not in MODELS:
-        raise ValueError(f"model={name!r} is not one of {list(MODELS)}")
+        raise InvalidParameterError(f"model={name!r} is not one of {list(MODELS)}")
     torch.manual_seed(seed)
     channels, height, width = shape
     if name == "mlp":

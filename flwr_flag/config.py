@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .rules import PREAGGREGATORS, RULES, get_rule
 from .rules.registry import PreStep, PreSteps, RuleName, RuleParams, split_step
 from .runconfig import section
-from .validation import ByzantineCount
+from .validation import ByzantineCount, InvalidParameterError
 
 if TYPE_CHECKING:
     from .strategy.robust import RobustStrategy
@@ -90,7 +90,7 @@ def pre_steps(config: Mapping[str, Any], key: str, spec: Any) -> list[tuple[str,
     steps = []
     for name in filter(None, (s.strip() for s in str(spec or "").split(","))):
         if name not in PREAGGREGATORS:
-            raise ValueError(f"{key}: {name!r} is not one of {sorted(PREAGGREGATORS)}")
+            raise InvalidParameterError(f"{key}: {name!r} is not one of {sorted(PREAGGREGATORS)}")
         steps.append((name, section(config, name)))
     return steps
 

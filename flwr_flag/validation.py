@@ -18,6 +18,15 @@ from typing import ClassVar
 
 import numpy as np
 
+
+class InvalidParameterError(ValueError, TypeError):
+    """An option, hyperparameter, run-config key or attack parameter with a value that
+    is not allowed (the wrong type, or out of range). One type for every such error,
+    as scikit-learn's; it is a ``ValueError`` and a ``TypeError``, so code that caught
+    either still does. The message names the owner, the option, the value given and
+    what is allowed."""
+
+
 SEED_MAX = 2**32 - 1
 """The largest seed an option takes: seeds derived from it (per round, per node) must
 stay 64-bit ints in Flower's config records and torch's generators."""
@@ -31,7 +40,7 @@ class Param:
     optional: bool = field(default=False, kw_only=True)
 
     def check(self, rule: str, name: str, value: object) -> object:
-        """The value, checked; a ``TypeError`` / ``ValueError`` naming rule and name."""
+        """The value, checked; an :class:`InvalidParameterError` naming rule and name."""
         if value is None and self.optional:
             return None
         return self._check(rule, name, value)
@@ -74,7 +83,9 @@ class Real(Param):
             rule, name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open
         )
         if math.isinf(value):
-            raise ValueError(f"{rule}: {name}={value} is out of range; allowed finite values")
+            raise InvalidParameterError(
+                f"{rule}: {name}={value} is out of range; allowed finite values"
+            )
         return value
 
     def _describe(self) -> str:
@@ -105,7 +116,7 @@ class Typed(Param):
 
     def _check(self, rule: str, name: str, value: object) -> object:
         if not isinstance(value, self.kind):
-            raise TypeError(f"{rule}: {name}={value!r} must be a {self._describe()}")
+            raise InvalidParameterError(f"{rule}: {name}={value!r} must be a {self._describe()}")
         return value
 
     def _describe(self) -> str:
@@ -121,14 +132,14 @@ class ByzantineCount(Param):
     def _check(self, rule: str, name: str, value: object) -> int | float:
         if isinstance(value, (float, np.floating)):
             if math.isfinite(value) and float(value).is_integer():
-                raise ValueError(
+                raise InvalidParameterError(
                     f"{rule}: {name}={value} is a float, so a fraction of each round's "
                     f"replies (allowed 0 < {name} < 0.5); for a count of {int(value)} "
                     f"nodes write the int {int(value)}"
                 )
             return check_float(rule, name, value, 0.0, 0.5, low_open=True, high_open=True)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(
+            raise InvalidParameterError(
                 f"{rule}: {name}={value!r} is a {type(value).__name__}; allowed {self._describe()}"
             )
         return check_int(rule, name, value, 0)
@@ -156,7 +167,9 @@ class Device(Param):
     def _check(self, rule: str, name: str, value: object) -> str:
         text = str(value) if type(value).__name__ == "device" else value
         if not isinstance(text, str) or not self._PATTERN.fullmatch(text):
-            raise ValueError(f"{rule}: {name}={value!r} is not one of {self._describe()}")
+            raise InvalidParameterError(
+                f"{rule}: {name}={value!r} is not one of {self._describe()}"
+            )
         return text
 
     def _describe(self) -> str:
@@ -169,7 +182,7 @@ class Function(Param):
 
     def _check(self, rule: str, name: str, value: object) -> Callable:
         if not callable(value):
-            raise TypeError(f"{rule}: {name}={value!r} must be a callable")
+            raise InvalidParameterError(f"{rule}: {name}={value!r} must be a callable")
         return value
 
     def _describe(self) -> str:
@@ -186,9 +199,9 @@ def Text(**options: bool) -> Typed:  # noqa: N802
     return Typed(kind=str, **options)
 
 
-def check_all(owner: str, kinds: Mapping[str, Param], given: Mapping[str, object]) -> None:
+def validate(owner: str, kinds: Mapping[str, Param], given: Mapping[str, object]) -> None:
     """Check the value of every option that ``kinds`` declares (``given`` may hold more:
-    a constructor passes its ``locals()``)."""
+    a constructor passes its ``locals()``); :class:`InvalidParameterError` otherwise."""
     for key, kind in kinds.items():
         kind.check(owner, key, given[key])
 
@@ -204,10 +217,12 @@ def describe(heading: str, kinds: Mapping[str, Param], defaults: Mapping[str, ob
 def check_int(rule: str, name: str, value: object, low: int, high: float = math.inf) -> int:
     """Check that ``value`` is an int with ``low <= value <= high``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{rule}: {name}={value!r} must be an int")
+        raise InvalidParameterError(f"{rule}: {name}={value!r} must be an int")
     if not low <= value <= high:
         bound = "" if high == math.inf else f" <= {int(high)}"
-        raise ValueError(f"{rule}: {name}={value} is out of range; allowed {low} <= {name}{bound}")
+        raise InvalidParameterError(
+            f"{rule}: {name}={value} is out of range; allowed {low} <= {name}{bound}"
+        )
     return int(value)
 
 
@@ -223,19 +238,21 @@ def check_float(
 ) -> float:
     """Check that ``value`` is a real in ``[low, high]``, ends excluded when ``*_open``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{rule}: {name}={value!r} must be a number")
+        raise InvalidParameterError(f"{rule}: {name}={value!r} must be a number")
     value = float(value)
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
     if math.isnan(value) or below or above:
         left = f"{low} < " if low_open else f"{low} <= "
         right = "" if high == math.inf else (f" < {high}" if high_open else f" <= {high}")
-        raise ValueError(f"{rule}: {name}={value} is out of range; allowed {left}{name}{right}")
+        raise InvalidParameterError(
+            f"{rule}: {name}={value} is out of range; allowed {left}{name}{right}"
+        )
     return value
 
 
 def check_choice(rule: str, name: str, value: object, choices: Sequence[str]) -> str:
     """Check that ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{rule}: {name}={value!r} is not one of {list(choices)}")
+        raise InvalidParameterError(f"{rule}: {name}={value!r} is not one of {list(choices)}")
     return str(value)

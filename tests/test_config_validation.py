@@ -20,7 +20,7 @@ import flwr_flag.legacy
 from flwr_flag.rules import PREAGGREGATORS, RULES
 from flwr_flag.rules.registry import PreSteps, RuleName, RuleParams
 from flwr_flag.strategy import STRATEGIES
-from flwr_flag.validation import Choice, Integer, Real, Typed
+from flwr_flag.validation import Choice, Integer, InvalidParameterError, Real, Typed
 
 
 def invalid_values(kind) -> list:
@@ -66,13 +66,13 @@ NESTED = [(rule, key) for rule, entry in sorted(RULES.items()) for key in entry.
 
 @pytest.mark.parametrize(("rule", "key", "value"), CASES)
 def test_every_hyperparameter_is_refused_at_construction(rule, key, value):
-    with pytest.raises((TypeError, ValueError), match=key):
+    with pytest.raises(InvalidParameterError, match=key):
         STRATEGIES[rule](num_byzantine=1, **{key: value})
 
 
 @pytest.mark.parametrize(("pre", "key", "value"), PRE_CASES)
 def test_every_preaggregator_parameter_is_refused_at_construction(pre, key, value):
-    with pytest.raises((TypeError, ValueError), match=key):
+    with pytest.raises(InvalidParameterError, match=key):
         flwr_flag.Median(num_byzantine=1, pre=[(pre, {key: value})])
 
 
@@ -80,19 +80,19 @@ def test_every_preaggregator_parameter_is_refused_at_construction(pre, key, valu
 def test_nested_parameters_are_refused_at_construction(rule, key):
     value = invalid_values(RULES[rule].params[key])[0]
     if rule not in ("ctma", "detox"):
-        with pytest.raises((TypeError, ValueError), match=f"base_params \\({rule}\\).*{key}"):
+        with pytest.raises(InvalidParameterError, match=f"base_params \\({rule}\\).*{key}"):
             flwr_flag.CTMA(num_byzantine=1, base=rule, base_params={key: value})
     if rule != "detox":
-        with pytest.raises((TypeError, ValueError), match=f"stage2_params \\({rule}\\).*{key}"):
+        with pytest.raises(InvalidParameterError, match=f"stage2_params \\({rule}\\).*{key}"):
             flwr_flag.Detox(num_byzantine=1, stage2=rule, stage2_params={key: value})
 
 
-@pytest.mark.parametrize(("rule", "key", "value"), [c for c in CASES if c[2] != "x" or True])
+@pytest.mark.parametrize(("rule", "key", "value"), CASES)
 def test_every_hyperparameter_is_refused_through_run_config(rule, key, value):
     if isinstance(RULES[rule].params[key], (RuleParams, PreSteps)):
         pytest.skip("taken from other tables, not a key of its own")
     config = {"rule": rule, "num-byzantine": 1, f"{rule}.{key.replace('_', '-')}": value}
-    with pytest.raises((TypeError, ValueError), match=key):
+    with pytest.raises(InvalidParameterError, match=key):
         flwr_flag.strategy_from_config(config)
 
 
@@ -127,7 +127,7 @@ def test_every_hyperparameter_is_refused_through_run_config(rule, key, value):
     ],
 )
 def test_strategy_options_are_refused_at_construction(options, message):
-    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
         flwr_flag.Krum(num_byzantine=1, **options)
 
 
@@ -166,7 +166,7 @@ def test_round_state_is_not_a_hyperparameter():
 )
 def test_run_config_types_are_strict(config, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
         flwr_flag.strategy_from_config({"rule": "flag", **config})
 
 
@@ -299,7 +299,7 @@ def test_legacy_resume_continues_the_round_numbering(tmp_path):
     ],
 )
 def test_legacy_flower_options_are_refused_at_construction(options, message):
-    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
         flwr_flag.legacy.Median(num_byzantine=1, **options)
 
 
@@ -317,7 +317,7 @@ def test_client_options_are_refused_before_round_1(key, value, message):
     overflow that did not name the key."""
     from server_app.app import validated
 
-    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
         validated({"rule": "flag", key: value}, 4)
 
 

@@ -80,5 +80,16 @@ def test_zero_updates_are_dropped():
 def test_with_f_zero_nobody_is_outvoted():
     """Before: FA with f = 0 reported its lowest-weight node as outvoted."""
     x = torch.randn(6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    assert aggregate(x, "flag", 0).diagnostics["lowest_weight"] == []
-    assert len(aggregate(x, "flag", 2).diagnostics["lowest_weight"]) == 2
+    assert aggregate(x, "flag", 0).diagnostics["least_influence"] == []
+    assert len(aggregate(x, "flag", 2).diagnostics["least_influence"]) == 2
+
+
+def test_the_least_influence_rows_are_a_sign_flipped_minority():
+    """Before: the IRLS weights named honest rows, since a subspace cannot tell an update
+    from its sign flip; the influence on the projected point can (clip and median)."""
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        mean = torch.randn(200, generator=g, dtype=torch.float64)
+        x = mean + torch.randn(10, 200, generator=g, dtype=torch.float64)
+        x[:2] = -10 * x[:2]
+        assert sorted(aggregate(x, "flag", 2).diagnostics["least_influence"]) == [0, 1]

@@ -17,6 +17,7 @@ from flwr.common.config import flatten_dict
 
 from clients.app import app as client_app
 from flwr_flag.inprocess import InProcessGrid
+from flwr_flag.validation import InvalidParameterError
 from server_app.app import main
 from server_app.plot import plot_runs
 
@@ -132,7 +133,7 @@ def test_a_configuration_mistake_stops_the_run_before_round_1(tmp_path, override
     config = {**DEFAULTS, **FAST, "output-dir": str(tmp_path / "out"), **overrides}
     CountingGrid.pushed = 0
     grid = CountingGrid(client_app, 10, run_config=config)
-    with pytest.raises((TypeError, ValueError), match=re.escape(key)):
+    with pytest.raises(InvalidParameterError, match=re.escape(key)):
         main(grid, Context(1, 0, {}, RecordDict(), config))
     assert CountingGrid.pushed == 0
     assert not (tmp_path / "out").exists()

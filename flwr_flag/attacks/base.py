@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..validation import Param
+from ..validation import InvalidParameterError, Param
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {}
 
@@ -129,13 +129,13 @@ def make_behaviour(
     list the valid names or parameters. ``key(param)`` is how the caller's config names
     a parameter (the mod: ``byzantine.<attack>.<param>``), so that errors name it."""
     if name not in BEHAVIOURS:
-        raise ValueError(f"attack={name!r} is not one of {sorted(BEHAVIOURS)}")
+        raise InvalidParameterError(f"attack={name!r} is not one of {sorted(BEHAVIOURS)}")
     cls = BEHAVIOURS[name]
     owner, key = (f"attack {name}", str) if key is None else ("run config", key)
     accepted = cls.parameters()
     unknown = sorted(key(p) for p in set(params) - set(accepted))
     if unknown:
-        raise ValueError(
+        raise InvalidParameterError(
             f"{owner}: unknown parameter(s) {unknown}; accepted {[key(p) for p in accepted]}"
         )
     for param, value in params.items():

@@ -65,7 +65,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 
 from ..runconfig import section
-from ..validation import Real, check_int
+from ..validation import InvalidParameterError, Real, check_int
 from .base import BEHAVIOURS, AttackContext, Behaviour, make_behaviour
 from .selection import node_list
 from .updates import Arrays, apply_update, flatten, float_names, round_seed, to_record
@@ -95,36 +95,38 @@ class ByzantinePlan:
         """The plan of the node with ``node`` config in a run with ``run`` config."""
         unknown = sorted(k for k in run if k.startswith(PREFIX) and k not in known_keys())
         if unknown:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"byzantine_mod: unknown key(s) {unknown}; known: {', '.join(KEYS)} and "
                 f"{PREFIX}<attack>.<parameter> for the attacks {sorted(BEHAVIOURS)}"
             )
         num_nodes = _int(node, "num-partitions", 1, low=1)
         partition = _int(node, "partition-id", 0, low=0)
         if partition >= num_nodes:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"node config partition-id={partition} is out of range; allowed "
                 f"0 <= partition-id < num-partitions={num_nodes}"
             )
         nodes = node_list("byzantine.nodes", run.get("byzantine.nodes", ""), num_nodes)
         attack = run.get("byzantine.attack", "sign-flip")
         if not isinstance(attack, str):
-            raise ValueError(f"byzantine.attack={attack!r} must be a string")
+            raise InvalidParameterError(f"byzantine.attack={attack!r} must be a string")
         if attack not in BEHAVIOURS:
-            raise ValueError(f"byzantine.attack={attack!r} is not one of {sorted(BEHAVIOURS)}")
+            raise InvalidParameterError(
+                f"byzantine.attack={attack!r} is not one of {sorted(BEHAVIOURS)}"
+            )
         behaviour = make_behaviour(
             attack,
             section(run, f"byzantine.{attack}"),
             key=lambda param: f"byzantine.{attack}.{param.replace('_', '-')}",
         )
         if behaviour.needs:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"byzantine.attack={attack!r} needs {behaviour.needs}, which a mod cannot "
                 "reach; use it in a ClientApp with data access (this project's clients/)"
             )
         flag = node.get("byzantine", partition in nodes)
         if not isinstance(flag, bool):
-            raise ValueError(f"node config byzantine={flag!r} must be true or false")
+            raise InvalidParameterError(f"node config byzantine={flag!r} must be true or false")
         return cls(
             behaviour if flag else None,
             partition,

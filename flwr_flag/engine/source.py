@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..validation import InvalidParameterError
 from .dtypes import difference_into
 from .gram import Gram, choose_reference
 from .threads import gemm_threads, one_thread, torch_threads
@@ -76,13 +77,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         resolved = None
     if resolved is None or resolved.type not in ("cpu", "cuda"):
-        raise ValueError(
+        raise InvalidParameterError(
             f"device={device!r} is not one of 'auto' | 'cpu' | 'cuda' | 'cuda:<index>'"
         )
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available")
+        raise InvalidParameterError(f"device={device!r} was requested but CUDA is not available")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise ValueError(
+        raise InvalidParameterError(
             f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
         )
     return resolved
@@ -113,9 +114,9 @@ class UpdateSource(ABC):
         chunk_size: int | None = None,
     ) -> None:
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype={dtype} must be a floating point dtype")
+            raise InvalidParameterError(f"dtype={dtype} must be a floating point dtype")
         if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} is out of range; allowed >= 1")
+            raise InvalidParameterError(f"chunk_size={chunk_size} is out of range; allowed >= 1")
         self.n = n
         self.p = p
         self.device = resolve_device(device)

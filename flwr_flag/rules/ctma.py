@@ -38,7 +38,7 @@ def trimmed_weights(distances: Tensor, weights: Tensor, trim_fraction: float) ->
     params={
         "base": RuleName(exclude=frozenset({"ctma", "detox"})),
         "base_params": RuleParams(optional=True, rule_key="base"),
-        "trim_fraction": Real(0.0, 1.0, high_open=True, optional=True),
+        "trim_fraction": Real(0.0, 0.5, high_open=True, optional=True),
     },
 )
 def ctma(

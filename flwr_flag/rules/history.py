@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..engine import StackedSource, UpdateSource
 from ..engine.threads import one_thread
-from ..validation import Integer, Param, Real, check_all
+from ..validation import Integer, Param, Real, validate
 
 PARAMS: dict[str, Param] = {
     "max_age": Integer(1),
@@ -95,7 +95,7 @@ class NodeHistory:
         consistency: float | None = 2.0,
         max_nodes: int | None = None,
     ) -> None:
-        check_all("history", PARAMS, locals())
+        validate("history", PARAMS, locals())
         self.max_age, self.decay = max_age, decay
         self.consistency, self.max_nodes = consistency, max_nodes
         self.updates: Tensor | None = None

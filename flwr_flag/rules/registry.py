@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..engine import UpdateSource, as_source
 from ..engine.threads import one_thread
-from ..validation import Param, byzantine_count
+from ..validation import InvalidParameterError, Param, byzantine_count
 from .diagnostics import AggregationResult, Diagnostics, Nested
 from .inputs import Requirement, check_updates, normalized_weights
 
@@ -282,7 +282,7 @@ class RuleName(Param):
     def _check(self, rule: str, name: str, value: object) -> str:
         choices = sorted(set(RULES) - self.exclude)
         if value not in choices:
-            raise ValueError(f"{rule}: {name}={value!r} is not one of {choices}")
+            raise InvalidParameterError(f"{rule}: {name}={value!r} is not one of {choices}")
         return str(value)
 
     def _describe(self) -> str:
@@ -337,7 +337,7 @@ def check_params(
             continue
         if key not in entry.params:
             what = "round state, supplied by the strategy" if key in entry.state else "unknown"
-            raise TypeError(
+            raise InvalidParameterError(
                 f"{label}: hyperparameter {key!r} is {what}; accepted: {sorted(entry.params)}"
             )
         kind = entry.params[key]
@@ -345,7 +345,9 @@ def check_params(
             sibling = given.get(kind.rule_key, entry.defaults[kind.rule_key])
             target = entry.params[kind.rule_key].check(label, kind.rule_key, sibling)
             if value is not None and not isinstance(value, Mapping):
-                raise TypeError(f"{label}: {key}={value!r} must be a mapping of {target}'s params")
+                raise InvalidParameterError(
+                    f"{label}: {key}={value!r} must be a mapping of {target}'s params"
+                )
             out[key] = check_params(target, value or {}, label=f"{label} {key} ({target})")
         else:
             out[key] = kind.check(label, key, value)
@@ -355,16 +357,20 @@ def check_params(
 def check_pre(what: str, steps: object) -> list[PreStep]:
     """A list of pre-aggregator steps, each name registered and its params checked."""
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
-        raise TypeError(f"{what}={steps!r} must be a list of names or (name, params) pairs")
+        raise InvalidParameterError(
+            f"{what}={steps!r} must be a list of names or (name, params) pairs"
+        )
     out: list[PreStep] = []
     for step in steps:
         step_name, params = split_step(step if isinstance(step, str) else tuple(step))
         try:
             get_preaggregator(step_name)
         except ValueError as error:
-            raise ValueError(f"{what}: {error}") from None
+            raise InvalidParameterError(f"{what}: {error}") from None
         if not isinstance(params, Mapping):
-            raise TypeError(f"{what}: params of {step_name!r} must be a mapping, got {params!r}")
+            raise InvalidParameterError(
+                f"{what}: params of {step_name!r} must be a mapping, got {params!r}"
+            )
         checked = check_params(step_name, params, label=f"{what} {step_name}")
         out.append((step_name, checked) if checked else step_name)
     return out
@@ -403,7 +409,7 @@ def get_rule(name: str) -> Rule:
     try:
         return RULES[name]
     except KeyError:
-        raise ValueError(f"rule={name!r} is not one of {sorted(RULES)}") from None
+        raise InvalidParameterError(f"rule={name!r} is not one of {sorted(RULES)}") from None
 
 
 def get_preaggregator(name: str) -> Preaggregator:
@@ -411,7 +417,7 @@ def get_preaggregator(name: str) -> Preaggregator:
     try:
         return PREAGGREGATORS[name]
     except KeyError:
-        raise ValueError(
+        raise InvalidParameterError(
             f"pre-aggregator {name!r} is not one of {sorted(PREAGGREGATORS)}"
         ) from None
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from flwr.common.logger import log
 
+from ..validation import InvalidParameterError
+
 _NAME = re.compile(r"round-(\d{6})\.pt")
 
 
@@ -60,9 +62,9 @@ class CheckpointStore:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2, resume: bool = False) -> None:
         if keep < 2:
-            raise ValueError(f"keep={keep} is out of range; allowed keep >= 2")
+            raise InvalidParameterError(f"keep={keep} is out of range; allowed keep >= 2")
         if not isinstance(directory, (str, os.PathLike)) or not str(directory):
-            raise TypeError(f"checkpoint_dir={directory!r} must be a non-empty path")
+            raise InvalidParameterError(f"checkpoint_dir={directory!r} must be a non-empty path")
         self.directory = Path(directory)
         self.keep = keep
         blocking = next((p for p in (self.directory, *self.directory.parents) if p.exists()), None)

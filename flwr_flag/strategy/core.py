@@ -47,11 +47,12 @@ from ..validation import (
     Device,
     Function,
     Integer,
+    InvalidParameterError,
     Param,
     Real,
     Typed,
     byzantine_count,
-    check_all,
+    validate,
 )
 from .checkpoint import Checkpoint, CheckpointStore
 from .replies import Reply, arrays_mismatch, screen, structural_problem
@@ -203,7 +204,7 @@ class RobustCore:
         history: bool | Mapping[str, Any] | None = None,
         diagnostics: str = "short",
     ) -> None:
-        check_all("strategy", OPTIONS, locals())
+        validate("strategy", OPTIONS, locals())
         self.rule = rule
         self.num_byzantine = ByzantineCount().check("strategy", "num_byzantine", num_byzantine)
         self.rule_params = check_params(rule, rule_params or {})
@@ -211,7 +212,7 @@ class RobustCore:
         self.anchor = anchor
         named = [split_step(step)[0] for step in self.pre]
         if "anchor" in named and anchor is None:
-            raise ValueError(
+            raise InvalidParameterError(
                 "strategy: pre-aggregator 'anchor' scores updates against the server's "
                 "reference update; give the strategy anchor=<function>"
             )
@@ -235,7 +236,7 @@ class RobustCore:
         self.anytime = None if anytime_gamma_min is None else AnyTimeAverage(anytime_gamma_min)
         self.history = None if not history else NodeHistory(**({} if history is True else history))
         if self.history is not None and weighting != "uniform":
-            raise ValueError(
+            raise InvalidParameterError(
                 f"strategy: history weighs each known node by its staleness alone; it takes "
                 f"weighting='uniform', not {weighting!r}"
             )

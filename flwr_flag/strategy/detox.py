@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ..validation import SEED_MAX, Boolean, Integer, check_all
+from ..validation import SEED_MAX, Boolean, Integer, validate
 from .core import RobustCore
 from .robust import RobustStrategy
 
@@ -72,7 +72,7 @@ class DetoxGroups:
         equal_compute: bool = False,
         **options: Any,
     ) -> None:
-        check_all("detox", OPTIONS, locals())
+        validate("detox", OPTIONS, locals())
         super().__init__(num_byzantine, replication=replication, **options)
         self.replication, self.redraw, self.seed = replication, redraw, seed
         self.equal_compute = equal_compute

@@ -18,7 +18,7 @@ from flwr.common.logger import log
 
 from ..rules import RULES, get_rule
 from ..rules.registry import nodes_needed
-from ..validation import Boolean, Function, Integer, Real, Text, describe
+from ..validation import Boolean, Function, Integer, InvalidParameterError, Real, Text, describe
 from .core import OPTIONS, RobustCore
 
 NODE_WAIT = 300.0
@@ -74,7 +74,7 @@ def build_core(
     hyper = get_rule(rule).hyperparameters
     unknown = set(options) - CORE_OPTIONS - base - hyper
     if unknown:
-        raise TypeError(
+        raise InvalidParameterError(
             f"unknown option(s) {sorted(unknown)}; {rule} accepts its hyperparameters "
             f"{sorted(hyper)}, the aggregation options {sorted(CORE_OPTIONS)} and Flower's "
             f"strategy options {sorted(base)}"
@@ -188,18 +188,18 @@ class RobustOptions:
         **options: Any,
     ) -> None:
         if rule is not None and "rule" in type(self).__dict__:
-            raise TypeError(
+            raise InvalidParameterError(
                 f"{type(self).__name__} always runs {type(self).rule!r}; rule={rule!r} is "
                 "for RobustStrategy"
             )
         if rule is None and type(self).rule is None:
-            raise TypeError(
+            raise InvalidParameterError(
                 f"{type(self).__name__} needs rule=..., one of {sorted(RULES)} (or use a "
                 "named strategy, e.g. FlagAggregator); it has no default rule"
             )
         for key in type(self).requires:
             if options.get(key) is None:
-                raise TypeError(
+                raise InvalidParameterError(
                     f"{type(self).__name__} needs {key}=...; see help({type(self).__name__})"
                 )
         self.rule = rule or type(self).rule
@@ -212,7 +212,7 @@ class RobustOptions:
         )
         super().__init__(**flower_options)
         if resume and self.core.checkpoints is None:
-            raise ValueError("strategy: resume=True needs checkpoint_dir")
+            raise InvalidParameterError("strategy: resume=True needs checkpoint_dir")
         self.resume = resume
         if self.core.num_byzantine == 0 and self.rule != "mean":
             log(
@@ -233,7 +233,9 @@ class RobustOptions:
         try:
             return nodes_needed(self.rule, core.num_byzantine, core.pre, core.rule_params)
         except ValueError as error:
-            raise ValueError(f"strategy: num_byzantine={core.num_byzantine}: {error}") from None
+            raise InvalidParameterError(
+                f"strategy: num_byzantine={core.num_byzantine}: {error}"
+            ) from None
 
     def wait_for_nodes(self, connected: Callable[[], int]) -> None:
         """Before round 1: wait up to ``node_wait`` seconds (``None``: for ever, as
