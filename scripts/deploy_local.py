@@ -4,7 +4,7 @@
     python scripts/deploy_local.py --tls              # CA and certificates made here
     python scripts/deploy_local.py --auth             # TLS + registered SuperNodes only
 
-What it does, as on real hosts (README, "Across machines"):
+What it does, as on real hosts (docs/deployment.md):
 
 1. ``flower-superlink`` on 127.0.0.1 (its own port), ``--insecure`` or with TLS
    certificates, optionally ``--enable-supernode-auth``;
