@@ -26,13 +26,13 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from .strategy import named
-from .strategy.detox import DetoxGroups
-from .strategy.metrics import (
+from .strategy.client_metrics import (
     MetricsSummary,
     read_metrics,
     screened_metrics,
     value_problem,
 )
+from .strategy.detox import DetoxGroups
 from .strategy.npy import npy_bytes, npy_view
 from .strategy.options import RobustOptions
 from .strategy.replies import Reply, common_zeros, decoded
@@ -72,7 +72,7 @@ class RobustStrategy(RobustOptions, LegacyFedAvg):
     accepted results' ``(num_examples, metrics)``) are honoured; without them the
     clients' metrics are dropped, as FedAvg does, unless ``diagnostics="full"``: then
     they are screened and averaged as in the Message API
-    (:mod:`~flwr_flag.strategy.metrics`). ``inplace`` is accepted and changes nothing:
+    (:mod:`~flwr_flag.strategy.client_metrics`). ``inplace`` is accepted and changes nothing:
     replies are never modified. Evaluation results go through the same screening, the
     loss included, and each accepted result counts once (or by its capped count)."""
 

@@ -148,6 +148,24 @@ class ByzantineCount(Param):
         return "int >= 0, or a fraction 0 < f < 0.5 of each round's replies"
 
 
+def state_tensor(state: Mapping[str, object], key: str, shape: tuple[int, ...]):
+    """``state[key]`` checked for a resume (``None`` when absent): a finite tensor of
+    ``shape``; a ``ValueError`` naming the key otherwise. Each stateful component
+    checks its own keys with it, as ``torch.optim``'s ``load_state_dict`` does."""
+    import torch
+
+    value = state.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        size = f"the model has {shape[0]} parameters" if len(shape) == 1 else f"expected {shape}"
+        raise ValueError(f"resume: state {key!r} has shape {got}, but {size}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"resume: state {key!r} is not finite")
+    return value
+
+
 def byzantine_count(num_byzantine: int | float, replies: int) -> int:
     """``f`` for a round with ``replies`` replies: the count itself, or the fraction of
     the replies rounded up (with 20 % of 13 replies, 3 are tolerated)."""

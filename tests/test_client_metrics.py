@@ -16,7 +16,7 @@ from test_strategy_runs import Proxy
 
 import flwr_flag
 import flwr_flag.legacy
-from flwr_flag.strategy.metrics import ClientMetrics, aggregate_metrics
+from flwr_flag.strategy.client_metrics import ClientMetrics, aggregate_metrics
 
 
 def evaluate_reply(node_id: int, **metrics) -> Message:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..engine import UpdateSource
-from ..validation import Integer, Real
+from ..validation import Integer, Real, state_tensor
 from .coordinate import coordinate_median
 from .diagnostics import AggregationResult, Rows
 from .registry import Preaggregated, RoundState, preaggregator, round_state, rule
@@ -35,11 +35,14 @@ class PreviousAggregate(RoundState):
     def after_step(self, aggregate: Tensor) -> None:
         self.aggregate = aggregate
 
+    def state_keys(self) -> tuple[str, ...]:
+        return ("previous",)
+
     def state_dict(self) -> dict[str, Tensor]:
         return {} if self.aggregate is None else {"previous": self.aggregate}
 
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        self.aggregate = state.get("previous")
+    def load_state_dict(self, state: Mapping[str, Tensor], size: int) -> None:
+        self.aggregate = state_tensor(state, "previous", (size,))
 
 
 @rule(

@@ -217,6 +217,9 @@ class NodeHistory:
         self.nodes = [self.nodes[i] for i in slots]
         self.rounds = [self.rounds[i] for i in slots]
 
+    def state_keys(self) -> tuple[str, ...]:
+        return STATE_KEYS
+
     def state_dict(self) -> dict[str, Tensor]:
         """The entries in use, their node ids and rounds (``STATE_KEYS``)."""
         k = len(self.nodes)

@@ -138,12 +138,17 @@ class RoundState(ABC):
         """The round's aggregate, after the server step used it."""
         return None
 
+    def state_keys(self) -> tuple[str, ...]:
+        """The keys :meth:`state_dict` may hold."""
+        return ()
+
     def state_dict(self) -> dict[str, Tensor]:
         """What a checkpoint keeps of it."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore what :meth:`state_dict` gave (already checked: finite, model-sized)."""
+    def load_state_dict(self, state: Mapping[str, Tensor], size: int) -> None:
+        """Restore what :meth:`state_dict` gave for a model of ``size`` parameters,
+        checking its own keys (:func:`~flwr_flag.validation.state_tensor`)."""
         return None
 
 

@@ -14,13 +14,12 @@ current model is kept and the reason logged.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from logging import INFO, WARNING
+from logging import WARNING
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,7 +28,6 @@ from flwr.common.logger import log
 
 from ..engine import ArraysSource, NonFiniteUpdateError, UpdateSource, resolve_device
 from ..rules import AggregationResult, aggregate, get_rule
-from ..rules.history import STATE_KEYS as HISTORY_STATE
 from ..rules.history import HistoryRows, NodeHistory
 from ..rules.inputs import InputRangeError
 from ..rules.registry import (
@@ -54,7 +52,8 @@ from ..validation import (
     byzantine_count,
     validate,
 )
-from .checkpoint import Checkpoint, CheckpointStore
+from .checkpoint import CheckpointStore
+from .persistence import Persistence
 from .replies import Reply, arrays_mismatch, screen, structural_problem
 from .round_metrics import VERBOSITY, Metrics, least_aligned, shown, summarize
 from .step import PARAMS as STEP_PARAMS
@@ -115,7 +114,7 @@ class Aggregation(NamedTuple):
     history: HistoryRows | None = None
 
 
-class RobustCore:
+class RobustCore(Persistence):
     r"""One robust aggregation round; the state a server keeps between rounds.
 
     Parameters
@@ -262,131 +261,6 @@ class RobustCore:
             "history": None if self.history is None else self.history.options(),
             "diagnostics": self.diagnostics,
         }
-
-    def settings_record(self) -> dict[str, str]:
-        """What a checkpoint's state depends on, as text: the rule, its options, the
-        pre-aggregators, ``f``, the weighting, the norm bound and the server step (not
-        the device or the chunk size, which change no result)."""
-        recorded = {
-            "rule": self.rule,
-            "rule_params": self.rule_params,
-            "pre": self.pre,
-            "num_byzantine": self.num_byzantine,
-            "server_lr": self.step.lr,
-            "server_momentum": self.step.momentum,
-            "anytime_gamma_min": None if self.anytime is None else self.anytime.gamma_min,
-            "weighting": self.weighting,
-            "max_weight_ratio": self.max_weight_ratio,
-            "max_update_norm": self.max_update_norm,
-            "anchor": self.anchor is not None,
-            "history": None if self.history is None else self.history.options(),
-        }
-        return {k: json.dumps(v, sort_keys=True, default=repr) for k, v in recorded.items()}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The server step's state and the round state's, by key."""
-        state = self.step.state_dict()
-        for provider in self.round_state.values():
-            state.update(provider.state_dict())
-        if self.anytime is not None:
-            state.update(self.anytime.state_dict())
-        if self.history is not None:
-            state.update(self.history.state_dict())
-        return state
-
-    def _state_shapes(self, size: int) -> dict[str, tuple[int, ...]]:
-        """The state keys that apply to these settings, with their shapes."""
-        shapes = dict.fromkeys(self.round_state, (size,))
-        if self.step.momentum > 0:
-            shapes["momentum"] = (size,)
-        if self.anytime is not None:
-            shapes.update({"anytime": (size,), "anytime-t": ()})
-        return shapes
-
-    def load_state_dict(
-        self, state: Mapping[str, torch.Tensor], model: Arrays, drop_stale: bool = False
-    ) -> None:
-        """Restore the state, refusing state of another model than ``model``, and state
-        that does not apply to these settings unless ``drop_stale`` (then it is dropped
-        and logged)."""
-        size = sum(a.size for a in model.values())
-        shapes = self._state_shapes(size)
-        own = HISTORY_STATE if self.history is not None else ()
-        stale = sorted(set(state) - set(shapes) - set(own))
-        if stale and not drop_stale:
-            raise ValueError(f"resume: state {stale} does not belong to {self.rule}")
-        if stale:
-            log(WARNING, "Resuming without state %s: it does not apply to these settings", stale)
-        if self.history is not None:  # it checks its own state
-            self.history.load_state_dict(
-                {k: v.to(self.device) for k, v in state.items() if k in HISTORY_STATE}, size
-            )
-        state = {k: v for k, v in state.items() if k in shapes}
-        for key, value in state.items():
-            if tuple(value.shape) != shapes[key]:
-                raise ValueError(
-                    f"resume: state {key!r} has shape {tuple(value.shape)}, but the model has "
-                    f"{size} parameters"
-                )
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"resume: state {key!r} is not finite")
-        if self.anytime is not None:
-            self.anytime.load_state_dict(state, model)
-        state = {k: v.to(self.device) for k, v in state.items()}
-        self.step.load_state_dict(state)
-        for provider in self.round_state.values():
-            provider.load_state_dict(state)
-
-    def resume(self, initial: Arrays) -> Checkpoint | None:
-        """The newest readable checkpoint, checked against the ``initial`` arrays (names,
-        shapes, dtypes, finite values) and against these settings, with its state
-        loaded; ``None`` if there is none."""
-        if self.checkpoints is None:
-            raise ValueError("resume=True needs checkpoint_dir")
-        checkpoint = self.checkpoints.latest()
-        if checkpoint is None:
-            return None
-        where = (
-            f"resume: checkpoint of round {checkpoint.server_round} in {self.checkpoints.directory}"
-        )
-        mismatch = arrays_mismatch(checkpoint.arrays, initial)
-        if mismatch is not None:
-            raise ValueError(f"{where} does not fit the model: {mismatch}")
-        for name, array in checkpoint.arrays.items():
-            if array.dtype.kind in "fc" and not np.isfinite(array).all():
-                raise ValueError(f"{where}: array '{name}' is not finite")
-        self._check_settings(where, checkpoint.settings)
-        self.load_state_dict(checkpoint.state, initial, drop_stale=self.resume_with_changes)
-        log(
-            INFO,
-            "Resuming after round %d from %s",
-            checkpoint.server_round,
-            self.checkpoints.directory,
-        )
-        return checkpoint
-
-    def _check_settings(self, where: str, recorded: Mapping[str, str] | None) -> None:
-        """Refuse a checkpoint written with other settings (unless
-        ``resume_with_changes``: then log each difference)."""
-        if not recorded:
-            log(WARNING, "%s records no settings (written by an older version)", where)
-            return
-        now = self.settings_record()
-        changed = [
-            f"{key}: {recorded.get(key, 'not recorded')} then, {value} now"
-            for key, value in now.items()
-            if recorded.get(key) != value
-        ]
-        if not changed:
-            return
-        if not self.resume_with_changes:
-            raise ValueError(
-                f"{where} was written with other settings ({'; '.join(changed)}); resume "
-                "with the same ones, or pass resume_with_changes=True (run config "
-                "resume-with-changes = true) to go on with the new ones"
-            )
-        for change in changed:
-            log(WARNING, "Resuming with a changed setting: %s", change)
 
     def round(
         self, server_round: int, reference: Arrays, replies: Sequence[Reply], failures: int

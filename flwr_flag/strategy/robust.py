@@ -13,8 +13,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from .client_metrics import MetricsSummary, read_metrics, screened_metrics
 from .core import NotTrainingError
-from .metrics import MetricsSummary, read_metrics, screened_metrics
 from .npy import array_record, numpy_view
 from .options import RobustOptions
 from .polling import short_polled
@@ -176,7 +176,7 @@ class RobustStrategy(RobustOptions, FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """The replies' evaluation metrics under the training replies' trust model
-        (:mod:`~flwr_flag.strategy.metrics`): a bad reply is rejected with its reason,
+        (:mod:`~flwr_flag.strategy.client_metrics`): a bad reply is rejected with its reason,
         each accepted reply counts once (or by its capped claimed count), medians sit
         beside the means, and ``robust.received`` / ``robust.rejected`` /
         ``robust.rejected-nodes`` / ``robust.failed`` say what came back. ``None``

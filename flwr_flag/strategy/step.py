@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..engine.dtypes import add_update
-from ..validation import Real
+from ..validation import Real, state_tensor
 
 Arrays = OrderedDict[str, np.ndarray]
 
@@ -68,13 +68,18 @@ class ServerStep:
             self.buffer = step
         return out
 
+    def state_keys(self) -> tuple[str, ...]:
+        """The state this step owns: the momentum buffer, when it has momentum (a
+        buffer saved with momentum has no meaning without it)."""
+        return ("momentum",) if self.momentum > 0 else ()
+
     def state_dict(self) -> dict[str, Tensor]:
         return {} if self.buffer is None else {"momentum": self.buffer}
 
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """The momentum buffer, when this step has momentum (a buffer saved with
-        momentum has no meaning without it, and would return if it came back)."""
-        self.buffer = state.get("momentum") if self.momentum > 0 else None
+    def load_state_dict(self, state: Mapping[str, Tensor], size: int) -> None:
+        """The momentum buffer of a ``size``-parameter model, checked."""
+        if self.momentum > 0:
+            self.buffer = state_tensor(state, "momentum", (size,))
 
 
 class AnyTimeAverage:
@@ -112,6 +117,9 @@ class AnyTimeAverage:
         """:math:`x_t`, array by array."""
         return OrderedDict((k, v.numpy()) for k, v in self.x.items())
 
+    def state_keys(self) -> tuple[str, ...]:
+        return ("anytime", "anytime-t")
+
     def state_dict(self) -> dict[str, Tensor]:
         """:math:`x_t` as one float64 vector over all arrays (exact for float32), and
         ``t``."""
@@ -121,11 +129,12 @@ class AnyTimeAverage:
         return {"anytime": flat, "anytime-t": torch.tensor(float(self.t))}
 
     def load_state_dict(self, state: Mapping[str, Tensor], like: Arrays) -> None:
-        """Restore from :meth:`state_dict`, shaped like the model ``like``."""
-        if "anytime" not in state:
+        """Restore from :meth:`state_dict`, checked and shaped like the model ``like``."""
+        flat = state_tensor(state, "anytime", (sum(w.size for w in like.values()),))
+        if flat is None:
             return
-        self.t = int(state["anytime-t"])
-        flat, offset = state["anytime"].cpu(), 0
+        self.t = int(state_tensor(state, "anytime-t", ()))
+        flat, offset = flat.cpu(), 0
         for name, w in like.items():
             piece = flat[offset : offset + w.size].reshape(w.shape)
             self.x[name] = piece.to(torch.from_numpy(np.asarray(w)).dtype)
