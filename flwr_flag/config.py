@@ -12,8 +12,8 @@ Keys, all optional::
     server-lr = 1.0
     server-momentum = 0.0
     device = "auto"               # "cpu", "cuda", "cuda:1"
-    chunk-size = 0                # 0: automatic
-    max-update-norm = 0.0         # 0: no bound
+    chunk-size = "auto"           # "auto" (or ""): the option's default
+    max-update-norm = "none"      # "none": None, no bound
     checkpoint-dir = ""           # "": no checkpoints
     resume = false
     resume-with-changes = false   # resume although settings differ (else refused)
@@ -46,26 +46,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .rules import PREAGGREGATORS, RULES, get_rule
 from .rules.registry import PreStep, PreSteps, RuleName, RuleParams, split_step
 from .runconfig import section
+from .strategy.core import OPTIONS
 from .validation import ByzantineCount, InvalidParameterError
 
 if TYPE_CHECKING:
     from .strategy.robust import RobustStrategy
 
-_CORE = {
-    "server-lr": "server_lr",
-    "server-momentum": "server_momentum",
-    "device": "device",
-    "chunk-size": "chunk_size",
-    "max-update-norm": "max_update_norm",
-    "checkpoint-dir": "checkpoint_dir",
-    "resume": "resume",
-    "resume-with-changes": "resume_with_changes",
-    "node-wait": "node_wait",
-    "max-kept-rounds": "max_kept_rounds",
-    "diagnostics": "diagnostics",
-    "weighting": "weighting",
-    "max-weight-ratio": "max_weight_ratio",
+NOT_IN_CONFIG = {
+    "anchor": "a function: strategy_from_config's argument",
+    "history": "the history.* section",
+    "anytime_gamma_min": "mu2.gamma-min, with optimizer = 'mu2-sgd'",
 }
+"""Aggregation options that are not run-config keys of their own, and where they come from."""
+_CORE = {
+    name.replace("_", "-"): name
+    for name in (*OPTIONS, "node_wait")
+    if name not in NOT_IN_CONFIG
+}
+"""The run-config key of every aggregation option, derived from the declarations."""
 _FLOWER = {
     "fraction-train": "fraction_train",
     "fraction-evaluate": "fraction_evaluate",
@@ -75,14 +73,9 @@ _FLOWER = {
 }
 DEFAULT_GAMMA_MIN = 0.1
 """mu^2-SGD's AnyTime floor when the run config does not set ``mu2.gamma-min``."""
-_UNSET = {
-    "chunk-size": 0,
-    "max-update-norm": 0.0,
-    "checkpoint-dir": "",
-    "weighting": "auto",
-    "max-weight-ratio": "auto",
-    "min-available-nodes": "auto",
-}
+UNSET = ("auto", "")
+"""Run-config values that leave an option at its default (TOML has no ``None``);
+``"none"`` sets it to ``None``."""
 
 
 def pre_steps(config: Mapping[str, Any], key: str, spec: Any) -> list[tuple[str, dict]]:
@@ -147,7 +140,7 @@ def strategy_from_config(
     rule, params, pre, f = rule_from_config(config)
     options: dict[str, Any] = {}
     for key, option in {**_CORE, **_FLOWER}.items():
-        if key in config and config[key] != _UNSET.get(key, object()):
+        if key in config and not (isinstance(config[key], str) and config[key] in UNSET):
             options[option] = None if config[key] == "none" else config[key]
     if config.get("optimizer") == "mu2-sgd" and "anytime_gamma_min" not in options:
         # The clients run mu^2-SGD: the model to evaluate and return is its AnyTime average.

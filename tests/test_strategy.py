@@ -250,7 +250,7 @@ def test_strategy_from_config():
             "bucketing.s": 2,
             "server-lr": 0.5,
             "device": "cpu",
-            "chunk-size": 0,
+            "chunk-size": "auto",
             "fraction-train": 0.5,
         }
     )
@@ -263,6 +263,20 @@ def test_strategy_from_config():
     assert strategy.fraction_train == 0.5
     with pytest.raises(ValueError, match="pre: 'nmm' is not one of"):
         flwr_flag.strategy_from_config({"rule": "mean", "pre": "nmm"})
+    with pytest.raises(ValueError, match=r"chunk_size=0 is out of range; allowed 1 <= chunk_size"):
+        flwr_flag.strategy_from_config({"rule": "mean", "chunk-size": 0})
+
+
+def test_every_aggregation_option_but_three_is_a_run_config_key():
+    """Before: the keys were a hand-written table beside the declarations (_CORE)."""
+    from flwr_flag.config import _CORE, NOT_IN_CONFIG
+    from flwr_flag.strategy.core import OPTIONS
+
+    assert set(_CORE.values()) | set(NOT_IN_CONFIG) == {*OPTIONS, "node_wait"}
+    strategy = flwr_flag.strategy_from_config(
+        {"rule": "median", "num-byzantine": 1, "max-update-norm": 5.0, "diagnostics": "full"}
+    )
+    assert strategy.core.max_update_norm == 5.0 and strategy.core.diagnostics == "full"
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['nope'\]"):
         flwr_flag.strategy_from_config({"rule": "krum", "krum.nope": 1})
 
