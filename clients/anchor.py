@@ -61,8 +61,10 @@ def make_anchor(
     settings: ClientSettings, per_class: int, by_class: bool = False
 ) -> Callable[[Arrays], Arrays | list[Arrays]]:
     """The server's local training on its ``per_class`` trusted samples per class, from
-    the arrays it is given; round ``t`` trains with seed ``seed + t``. ``by_class``:
-    one training per class, on that class's samples alone (the per-class scoring of
+    the arrays it is given; its ``t``-th call (round ``t``) trains with seed
+    ``seed + t``, and ``anchor.at_round(arrays, t)`` does the same for round ``t`` (what
+    an attacker who knows the server's data computes). ``by_class``: one training per
+    class, on that class's samples alone (the per-class scoring of
     :mod:`flwr_flag.rules.anchor`: ``K`` trainings of ``per_class`` samples each)."""
     data = trusted_samples(
         load_train(settings.dataset, settings.seed, settings.data_files), per_class, settings.seed
@@ -80,9 +82,13 @@ def make_anchor(
         local_train(model, samples, settings, lambda y: y, seed)
         return get_arrays(model)
 
-    def anchor(arrays: Arrays) -> Arrays | list[Arrays]:
-        seed = settings.seed + next(rounds)
+    def at_round(arrays: Arrays, server_round: int) -> Arrays | list[Arrays]:
+        seed = settings.seed + server_round
         models = [trained(arrays, samples, seed) for samples in sets if len(samples.y)]
         return models if by_class else models[0]
 
+    def anchor(arrays: Arrays) -> Arrays | list[Arrays]:
+        return at_round(arrays, next(rounds))
+
+    anchor.at_round = at_round
     return anchor

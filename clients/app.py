@@ -231,6 +231,18 @@ class Node:
             )
             return shared(known, make)
 
+        def anchor_reference() -> np.ndarray:
+            def make() -> np.ndarray:
+                from .anchor import anchor_from_config  # the server's own recipe
+
+                trained = anchor_from_config(run_config, s).at_round(self.sent, self.server_round)
+                models = trained if isinstance(trained, list) else [trained]
+                own = flatten(self.sent, self.names)
+                return np.mean([flatten(m, self.names) - own for m in models], axis=0)
+
+            known = ("anchor", self.server_round, digest(*self.sent.values()))
+            return shared((*known, tuple(sorted(run_config.items()))), make)
+
         return AttackContext(
             rng,
             self.server_round,
@@ -240,6 +252,7 @@ class Node:
             honest_update_for,
             population_samples,
             run_config,
+            anchor_reference if run_config.get("anchor-per-class", 0) else None,
         )
 
 

@@ -59,9 +59,7 @@ NOT_IN_CONFIG = {
 }
 """Aggregation options that are not run-config keys of their own, and where they come from."""
 _CORE = {
-    name.replace("_", "-"): name
-    for name in (*OPTIONS, "node_wait")
-    if name not in NOT_IN_CONFIG
+    name.replace("_", "-"): name for name in (*OPTIONS, "node_wait") if name not in NOT_IN_CONFIG
 }
 """The run-config key of every aggregation option, derived from the declarations."""
 _FLOWER = {

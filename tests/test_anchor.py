@@ -263,3 +263,40 @@ def test_the_apps_anchor_trains_once_per_class_when_asked():
     assert isinstance(one(model), OrderedDict)
     moves = [np.concatenate([(t[k] - model[k]).ravel() for k in model]) for t in trained]
     assert len({round(float(np.linalg.norm(m)), 6) for m in moves}) == 10  # ten trainings
+
+
+def test_anchor_drift_with_full_knowledge_keeps_the_exact_cosine_with_the_reference():
+    from flwr_flag.attacks import AttackContext, make_behaviour
+
+    rng = np.random.default_rng(3)
+    g0 = rng.normal(size=80)
+    context = AttackContext(
+        rng, 1, 15, 3, lambda k: rng.normal(size=(k, 80)), lambda pid: g0, None, {"seed": 1},
+        anchor_reference=lambda: g0,
+    )  # fmt: skip
+    sent = make_behaviour("anchor-drift", {"angle": 30.0, "knowledge": "reference"}).update(
+        g0, context
+    )
+    cosine = sent @ g0 / (np.linalg.norm(sent) * np.linalg.norm(g0))
+    assert cosine == pytest.approx(np.cos(np.deg2rad(30.0)), abs=1e-9)
+    own = make_behaviour("anchor-drift", {"angle": 30.0}).update(g0, context)
+    assert own @ g0 / (np.linalg.norm(own) * np.linalg.norm(g0)) < cosine - 0.05
+
+
+@pytest.mark.app
+def test_an_attacker_replicates_the_servers_anchor_of_a_round():
+    """Full knowledge is exact: the server's t-th anchor call equals at_round(t)."""
+    from clients.anchor import anchor_from_config
+    from clients.config import ClientSettings
+    from clients.models import build_model, get_arrays
+
+    config = {"dataset": "digits", "model": "mlp", "local-epochs": 1, "seed": 0}
+    settings = ClientSettings.from_config(config, {"partition-id": 0, "num-partitions": 1})
+    model = get_arrays(build_model("mlp", (1, 8, 8), 10, 0))
+    server = anchor_from_config({"anchor-per-class": 2}, settings)
+    attacker = anchor_from_config({"anchor-per-class": 2}, settings)
+    rounds = [server(model) for _ in range(3)]
+    for t, trained in enumerate(rounds, start=1):
+        replica = attacker.at_round(model, t)
+        assert all(np.array_equal(trained[k], replica[k]) for k in model)
+    assert not np.array_equal(rounds[0]["1.weight"], rounds[1]["1.weight"])  # seeds differ

@@ -21,7 +21,9 @@ What the attacker knows: that the server uses an anchor, and an estimate
 own honest updates (bootstrap resamples of its partition: what a node can compute);
 ``"population"`` uses honest nodes' updates of the round where a simulation can reach
 them (the reference is trained on the same distribution, so this is near full
-knowledge of :math:`g_0`'s direction).
+knowledge of :math:`g_0`'s direction); ``"reference"`` is full knowledge: the server's
+own reference of the round, computed as the server does (the mean over classes for the
+per-class anchor), so the per-round cosine is exactly :math:`\cos\theta`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class AnchorDrift(Behaviour):
     name = "anchor-drift"
     params: ClassVar[Mapping[str, Param]] = {
         "angle": Real(0.0, 90.0, low_open=True, high_open=True),
-        "knowledge": Choice(choices=("own", "population")),
+        "knowledge": Choice(choices=("own", "population", "reference")),
         "samples": Integer(2),
     }
 
@@ -52,6 +54,8 @@ class AnchorDrift(Behaviour):
 
     def reference(self, context: AttackContext) -> np.ndarray:
         """The colluders' estimate of the server's reference update."""
+        if self.knowledge == "reference" and context.anchor_reference is not None:
+            return context.anchor_reference()
         if self.knowledge == "population" and context.population_samples is not None:
             return context.population_samples(self.samples).mean(axis=0)
         return context.honest_samples(self.samples).mean(axis=0)

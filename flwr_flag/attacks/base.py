@@ -65,7 +65,10 @@ class AttackContext:
     one machine; ``population_samples(k)``, where reachable, the updates of ``k`` honest
     nodes drawn at random for the round (the same for every colluder).
     ``run_config`` is the run's config as the node received it: where it names the
-    server's rule and options, the colluders know them.
+    server's rule and options, the colluders know them. ``anchor_reference()``, where
+    reachable, is the server's trust-anchor update of the round, computed as the server
+    does (in a simulation: the same trusted samples, the same seed): full knowledge of
+    the anchor.
     """
 
     rng: np.random.Generator
@@ -76,6 +79,7 @@ class AttackContext:
     honest_update_for: Callable[[int], np.ndarray]
     population_samples: Callable[[int], np.ndarray] | None = None
     run_config: Mapping[str, Any] = field(default_factory=dict)
+    anchor_reference: Callable[[], np.ndarray] | None = None
 
 
 class Behaviour:
