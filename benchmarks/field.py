@@ -130,14 +130,21 @@ ATTACKS = (
     "flag-flip",
     "ctma-inside",
     "anchor-drift",
+    "anchor-drift-full",
     "consistent",
     "sleeper",
 )
 RULE_AWARE = ("alie-tuned", "ipm-tuned", "fang-krum", "fang-trim", "flag-flip", "ctma-inside")
-MECHANISM_AWARE = ("anchor-drift", "consistent", "sleeper")
+MECHANISM_AWARE = ("anchor-drift", "anchor-drift-full", "consistent", "sleeper")
 """Attacks built against the trust anchor (:mod:`flwr_flag.attacks.anchored`) and
 per-node history (:mod:`flwr_flag.attacks.persistent`; their colluders estimate the
-honest updates from the population's)."""
+honest updates from the population's). ``anchor-drift-full`` knows the server's
+reference of each round exactly (the same trusted samples and seed); it runs against
+the anchored rules only."""
+ATTACK_SETTINGS = {
+    "anchor-drift-full": {"attack": "anchor-drift", "anchor-drift.knowledge": "reference"},
+}
+"""Attacks of the study that are another attack with other settings."""
 TRAINING = {
     "model": "mlp",
     "local-epochs": 2,
@@ -201,6 +208,7 @@ def run_config(cell: Cell) -> dict[str, Any]:
         config[f"{cell.attack}.rule"] = PEERS[cell.rule]
     if cell.attack in ("consistent", "sleeper"):
         config[f"{cell.attack}.knowledge"] = "population"
+    config.update(ATTACK_SETTINGS.get(cell.attack, {}))
     config.update(OURS.get(cell.rule, {}))
     config.update(json.loads(cell.variant or "{}"))
     return config
@@ -239,6 +247,8 @@ def cannot_run(cell: Cell) -> str | None:
     """Why the rule cannot run with a round's replies (``None``: it can)."""
     from flwr_flag.validation import byzantine_count
 
+    if cell.attack == "anchor-drift-full" and cell.rule not in ANCHORED:
+        return "no trust anchor to know"
     regime = REGIMES[cell.regime]
     config = run_config(cell)
     rule = PEERS.get(cell.rule) or config["rule"]
