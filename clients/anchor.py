@@ -17,12 +17,13 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from flwr_flag.validation import Boolean, Integer
+from flwr_flag.validation import Boolean, Integer, Real
 
 from .config import ClientSettings
 from .data import Split, load_train
@@ -32,15 +33,25 @@ from .train import local_train
 Arrays = OrderedDict[str, np.ndarray]
 
 
-def trusted_samples(train: Split, per_class: int, seed: int) -> Split:
+def trusted_samples(
+    train: Split, per_class: int, seed: int, classes: int = 0, label_noise: float = 0.0
+) -> Split:
     """``per_class`` samples of each class of ``train`` (all of a class that has
-    fewer), drawn with ``seed``."""
+    fewer), drawn with ``seed``. To measure what a skewed or noisy trusted set costs:
+    ``classes > 0`` keeps the first ``classes`` classes only, and ``label_noise`` gives
+    that fraction of the samples a label drawn at random from the other classes."""
     rng = np.random.default_rng(seed)
     labels = train.y.numpy()
-    chosen = [
-        rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(train.num_classes)
-    ]
-    return train.subset(torch.from_numpy(np.sort(np.concatenate(chosen))))
+    kept = range(classes or train.num_classes)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in kept]
+    trusted = train.subset(torch.from_numpy(np.sort(np.concatenate(chosen))))
+    if label_noise > 0:
+        y = trusted.y.clone()
+        flipped = rng.random(len(y)) < label_noise
+        shift = rng.integers(1, train.num_classes, int(flipped.sum()))
+        y[flipped] = (y[flipped] + torch.from_numpy(shift)) % train.num_classes
+        trusted = replace(trusted, y=y)
+    return trusted
 
 
 def anchor_from_config(
@@ -54,21 +65,31 @@ def anchor_from_config(
     by_class = Boolean().check(
         "run config", "anchor-by-class", config.get("anchor-by-class", False)
     )
-    return make_anchor(settings, per_class, by_class) if per_class else None
+    classes = Integer(0).check("run config", "anchor-classes", config.get("anchor-classes", 0))
+    noise = Real(0.0, 1.0, high_open=True).check(
+        "run config", "anchor-label-noise", config.get("anchor-label-noise", 0.0)
+    )
+    if not per_class:
+        return None
+    return make_anchor(settings, per_class, by_class, classes, noise)
 
 
 def make_anchor(
-    settings: ClientSettings, per_class: int, by_class: bool = False
+    settings: ClientSettings,
+    per_class: int,
+    by_class: bool = False,
+    classes: int = 0,
+    label_noise: float = 0.0,
 ) -> Callable[[Arrays], Arrays | list[Arrays]]:
     """The server's local training on its ``per_class`` trusted samples per class, from
     the arrays it is given; its ``t``-th call (round ``t``) trains with seed
     ``seed + t``, and ``anchor.at_round(arrays, t)`` does the same for round ``t`` (what
     an attacker who knows the server's data computes). ``by_class``: one training per
     class, on that class's samples alone (the per-class scoring of
-    :mod:`flwr_flag.rules.anchor`: ``K`` trainings of ``per_class`` samples each)."""
-    data = trusted_samples(
-        load_train(settings.dataset, settings.seed, settings.data_files), per_class, settings.seed
-    )
+    :mod:`flwr_flag.rules.anchor`: ``K`` trainings of ``per_class`` samples each).
+    ``classes``, ``label_noise``: :func:`trusted_samples`'s skew and noise."""
+    train = load_train(settings.dataset, settings.seed, settings.data_files)
+    data = trusted_samples(train, per_class, settings.seed, classes, label_noise)
     model = build_model(settings.model, tuple(data.x.shape[1:]), data.num_classes, settings.seed)
     rounds = itertools.count(1)
     sets = (

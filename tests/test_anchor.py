@@ -300,3 +300,18 @@ def test_an_attacker_replicates_the_servers_anchor_of_a_round():
         replica = attacker.at_round(model, t)
         assert all(np.array_equal(trained[k], replica[k]) for k in model)
     assert not np.array_equal(rounds[0]["1.weight"], rounds[1]["1.weight"])  # seeds differ
+
+
+@pytest.mark.app
+def test_a_trusted_set_can_be_made_skewed_or_noisy_for_the_study():
+    from clients.anchor import trusted_samples
+    from clients.data import load_train
+
+    train = load_train("digits", 0, None)
+    clean = trusted_samples(train, 10, 0)
+    skewed = trusted_samples(train, 10, 0, classes=4)
+    noisy = trusted_samples(train, 10, 0, label_noise=0.3)
+    assert sorted(set(clean.y.tolist())) == list(range(10)) and len(clean.y) == 100
+    assert sorted(set(skewed.y.tolist())) == [0, 1, 2, 3] and len(skewed.y) == 40
+    changed = noisy.y != clean.y
+    assert torch.equal(noisy.x, clean.x) and 0.2 < float(changed.float().mean()) < 0.4
