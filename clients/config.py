@@ -42,7 +42,7 @@ from flwr_flag.validation import (
 
 from . import label_flip  # noqa: F401  (registers "label-flip")
 from .augment import PIPELINES
-from .data import DATASETS, PARTITIONINGS, check_data_options
+from .data import DATA_OPTIONS
 from .models import MODELS
 
 OPTIMIZERS = ("sgd", "mu2-sgd")
@@ -50,9 +50,9 @@ MU2_GAMMA_MIN = Real(0.0, 1.0, low_open=True)
 """The AnyTime average's floor (run config ``mu2.gamma-min``, or the server's)."""
 
 SETTINGS: dict[str, tuple[str, Param]] = {
-    "dataset": ("dataset", Choice(choices=(*DATASETS, "parquet"))),
-    "partitioning": ("partitioning", Choice(choices=PARTITIONINGS)),
-    "dirichlet-alpha": ("alpha", Real(0.0, low_open=True)),
+    "dataset": ("dataset", DATA_OPTIONS["dataset"]),
+    "partitioning": ("partitioning", DATA_OPTIONS["partitioning"]),
+    "dirichlet-alpha": ("alpha", DATA_OPTIONS["dirichlet-alpha"]),
     "data-dir": ("data_dir", Text()),
     "seed": ("seed", Integer(0, SEED_MAX)),
     "model": ("model", Choice(choices=MODELS)),
@@ -146,7 +146,6 @@ class ClientSettings:
             byzantine_nodes=byzantine,
             behaviour=behaviour if is_byzantine else Behaviour(),
         )
-        check_data_options(settings.dataset, settings.partitioning, settings.alpha)
         if settings.local_epochs == 0 and settings.local_steps == 0:
             raise InvalidParameterError(
                 "client: local-epochs and local-steps are both 0; set one >= 1"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flwr_flag.validation import InvalidParameterError
+from flwr_flag.validation import Choice, Param, Real, validate
 
 DATASETS = {
     "digits": None,
@@ -80,16 +80,18 @@ class Split:
         return replace(self, x=self.x[index], y=self.y[index])
 
 
+DATA_OPTIONS: dict[str, Param] = {
+    "dataset": Choice(choices=(*DATASETS, "parquet")),
+    "partitioning": Choice(choices=PARTITIONINGS),
+    "dirichlet-alpha": Real(0.0, low_open=True),
+}
+"""The data options' kinds, declared once: the run config's checks use them too."""
+
+
 def check_data_options(name: str, partitioning: str, alpha: float) -> None:
     """Fail early on an unknown data set or partitioning, or alpha <= 0."""
-    if name not in DATASETS and name != "parquet":
-        raise InvalidParameterError(f"dataset={name!r} is not one of {[*DATASETS, 'parquet']}")
-    if partitioning not in PARTITIONINGS:
-        raise InvalidParameterError(
-            f"partitioning={partitioning!r} is not one of {list(PARTITIONINGS)}"
-        )
-    if not alpha > 0:
-        raise InvalidParameterError(f"dirichlet-alpha={alpha} is out of range; allowed alpha > 0")
+    given = {"dataset": name, "partitioning": partitioning, "dirichlet-alpha": alpha}
+    validate("data", DATA_OPTIONS, given)
 
 
 def dirichlet_indices(

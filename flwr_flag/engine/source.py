@@ -33,10 +33,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..validation import InvalidParameterError
+from ..validation import Integer, InvalidParameterError
 from .dtypes import difference_into
 from .gram import Gram, choose_reference
 from .threads import gemm_threads, one_thread, torch_threads
+
+CHUNK_SIZE = Integer(1, optional=True)
+"""Columns per chunk: the kind the strategies' ``chunk_size`` option is declared with."""
 
 DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 """Default elements per ``(n, chunk)`` block: 16 MiB of float32 on a CPU (cache-sized
@@ -115,8 +118,7 @@ class UpdateSource(ABC):
     ) -> None:
         if not dtype.is_floating_point:
             raise InvalidParameterError(f"dtype={dtype} must be a floating point dtype")
-        if chunk_size is not None and chunk_size < 1:
-            raise InvalidParameterError(f"chunk_size={chunk_size} is out of range; allowed >= 1")
+        CHUNK_SIZE.check("updates", "chunk_size", chunk_size)
         self.n = n
         self.p = p
         self.device = resolve_device(device)

@@ -27,6 +27,7 @@ import torch
 from flwr.common.logger import log
 
 from ..engine import ArraysSource, NonFiniteUpdateError, UpdateSource, resolve_device
+from ..engine.source import CHUNK_SIZE
 from ..rules import AggregationResult, aggregate, get_rule
 from ..rules.history import HistoryRows, NodeHistory
 from ..rules.inputs import InputRangeError
@@ -66,7 +67,7 @@ OPTIONS: dict[str, Param] = {
     "server_lr": STEP_PARAMS["lr"],
     "server_momentum": STEP_PARAMS["momentum"],
     "device": Device(),
-    "chunk_size": Integer(1, optional=True),
+    "chunk_size": CHUNK_SIZE,
     "max_update_norm": Real(0.0, low_open=True, optional=True),
     "checkpoint_dir": Typed(kind=(str, os.PathLike), optional=True),
     "resume": Boolean(),
