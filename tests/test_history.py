@@ -233,3 +233,28 @@ def test_a_sleepers_honest_past_buys_it_nothing_against_history():
         naive = drift("consistent", seed, after=6)
         sleeper = drift("sleeper", seed, {"rounds": 6}, after=6)
         assert 0 < sleeper <= naive * 1.05
+
+
+def test_the_legacy_api_keeps_the_history_by_node_id_too():
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from test_strategy_runs import Proxy, manager_of
+
+    import flwr_flag.legacy
+
+    strategy = flwr_flag.legacy.TrimmedMean(
+        num_byzantine=0.2, device="cpu", history=True, min_available_clients=3
+    )
+    strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(4, np.float32)]), manager_of(3))
+
+    def results(ids):
+        return [
+            (
+                Proxy(i),
+                FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.full(4, i, "f")]), 1, {}),
+            )
+            for i in ids
+        ]
+
+    strategy.aggregate_fit(1, results(range(1, 9)), [])
+    _, metrics = strategy.aggregate_fit(2, results([9, 10]), [])
+    assert metrics["robust.history.known"] == 10 and metrics["robust.f"] == 2
