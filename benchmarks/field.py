@@ -1,7 +1,7 @@
 """Field study: heterogeneous data, sampled clients, attackers who know the rule.
 
 Every cell is a real federated training run (this project's ClientApp and strategies,
-in-process as in :mod:`robustness`): bundled digits (standardised), the MLP, 30 rounds
+in-process, :mod:`benchmarks.harness`): bundled digits (standardised), the MLP, 30 rounds
 of 2 local epochs (SGD lr 0.1, momentum 0.9), centralized test accuracy. Regimes:
 
 * ``iid``, ``dir1``, ``dir0.5``, ``dir0.1``: 15 nodes, all sampled, 3 Byzantine
@@ -24,8 +24,8 @@ The headline per regime is each rule's worst case over the attacks beside its cl
 accuracy. Cells are appended to ``--out/cells.jsonl`` and a rerun skips them
 (resumable); ``--quick`` runs one field cell per rule family.
 
-    python benchmarks/field.py --workers 2
-    python benchmarks/field.py --report-only
+    python -m benchmarks.field --workers 2
+    python -m benchmarks.field --report-only
 """
 
 from __future__ import annotations
@@ -34,15 +34,13 @@ import argparse
 import json
 import random
 import statistics
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import robustness  # the cell trainer and the process pool
+from benchmarks import harness
 
-RESULTS = robustness.ROOT / "benchmarks" / "results"
+RESULTS = harness.RESULTS
 
 
 @dataclass(frozen=True)
@@ -188,7 +186,7 @@ class Cell:
 
 def run_config(cell: Cell) -> dict[str, Any]:
     regime = REGIMES[cell.regime]
-    config = robustness.app_config()
+    config = harness.app_config()
     config.update(TRAINING)
     config.update(
         {
@@ -215,28 +213,19 @@ def run_config(cell: Cell) -> dict[str, Any]:
 
 
 def strategy_for(cell: Cell, config: dict[str, Any]):
-    from flwr.serverapp import strategy as flower
-
     from clients.anchor import anchor_from_config
     from clients.config import ClientSettings
     from flwr_flag import strategy_from_config
 
     regime = REGIMES[cell.regime]
-    common = {
-        "fraction_train": regime.sampled / regime.nodes,
-        "min_train_nodes": regime.sampled,
-        "fraction_evaluate": 0.0,
-        "min_available_nodes": regime.nodes,
-    }
-    f = regime.expected_f
-    peers = {
-        "flower Krum": lambda: flower.Krum(num_malicious_nodes=f, **common),
-        "flower FedMedian": lambda: flower.FedMedian(**common),
-        "flower FedTrimmedAvg": lambda: flower.FedTrimmedAvg(beta=f / regime.sampled, **common),
-        "flower Bulyan": lambda: flower.Bulyan(num_malicious_nodes=f, **common),
-    }
-    if cell.rule in peers:
-        return peers[cell.rule]()
+    if cell.rule in PEERS:
+        common = {
+            "fraction_train": regime.sampled / regime.nodes,
+            "min_train_nodes": regime.sampled,
+            "fraction_evaluate": 0.0,
+            "min_available_nodes": regime.nodes,
+        }
+        return harness.flower_peer(cell.rule, regime.expected_f, regime.sampled, **common)
     settings = ClientSettings.from_config(
         config, {"partition-id": 0, "num-partitions": regime.nodes}
     )
@@ -253,7 +242,7 @@ def cannot_run(cell: Cell) -> str | None:
     config = run_config(cell)
     rule = PEERS.get(cell.rule) or config["rule"]
     f = byzantine_count(regime.num_byzantine, regime.sampled)
-    return robustness.cannot_run_rule({**config, "rule": rule}, regime.sampled, f)
+    return harness.cannot_run_rule({**config, "rule": rule}, regime.sampled, f)
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -262,14 +251,14 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     nodes = REGIMES[cell.regime].nodes
     return {
         **asdict(cell),
-        **robustness.train(config, nodes, strategy_for(cell, config), cell.rounds, cell.seed),
+        **harness.train(config, nodes, strategy_for(cell, config), cell.rounds, cell.seed),
     }
 
 
 def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
-    store, done, todo = robustness.pending(cells, out, cannot_run)
+    store, done, todo = harness.pending(cells, out, cannot_run)
     print(f"{len(todo)} cells to train ({len(cells) - len(todo)} done or n/a)", flush=True)
-    for cell, row in robustness.train_cells(todo, run_cell, store, workers, len(cells)):
+    for cell, row in harness.train_cells(todo, run_cell, store, workers, len(cells)):
         done[cell.key] = row
     return {c.key: done[c.key] for c in cells if c.key in done}
 
@@ -475,7 +464,9 @@ def report(rows, rules, attacks, regimes, seeds, rounds, path: Path) -> Path:
         "against the trust anchor (`flwr_flag/attacks/anchored.py`). The anchored rules "
         "(`FLTrust (k/class)`, `... + anchor`) give the server k trusted samples per class "
         "of the training split (`clients/anchor.py`). `worst case`: the attack with "
-        "the lowest mean. Regenerate: `python benchmarks/field.py --report-only`.",
+        "the lowest mean. Regenerate: `python -m benchmarks.field --report-only` "
+        f"(this page: commit {harness.commit()}). Reading: "
+        "`benchmarks/results/README.md`.",
         "",
     ]
     if seconds:
@@ -537,7 +528,7 @@ def main(argv: list[str] | None = None) -> Path:
         for rule in args.rules
     ]
     if args.report_only:
-        done = robustness.load(out / "cells.jsonl", Cell)
+        done = harness.load(out / "cells.jsonl", Cell)
         rows = [done[c.key] for c in cells if c.key in done]
     else:
         rows = list(run(cells, out, args.workers).values())

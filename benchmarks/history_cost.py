@@ -12,8 +12,8 @@ Seconds are the median of ``--repeats`` rounds, in one process, on the same mach
 and load; the ratio is history / fresh. The cache's memory is ``k p`` values of the
 updates' dtype (printed), besides this round's ``m p`` staging rows.
 
-    python benchmarks/history_cost.py
-    python benchmarks/history_cost.py --p 100000 --repeats 3
+    python -m benchmarks.history_cost
+    python -m benchmarks.history_cost --p 100000 --repeats 3
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> Path:
     lines = [
         "# What per-node history costs a round",
         "",
-        f"`python benchmarks/history_cost.py` at commit {commit or 'unknown'}: p = {args.p:,}, "
+        f"`python -m benchmarks.history_cost` at commit {commit or 'unknown'}: p = {args.p:,}, "
         f"{args.nodes} nodes known, {args.sampled} sampled per round with history; "
         f"seconds per `RobustCore.round`, median of {args.repeats}, CPU, one process. "
         "Goal: history / fresh <= 1.3.",
