@@ -40,4 +40,4 @@ $(BIN)/.bench: $(BIN)/.installed
 	touch $@
 
 bench: $(BIN)/.bench
-	$(BIN)/python benchmarks/aggregation_speed.py
+	$(BIN)/python -m benchmarks.aggregation_speed

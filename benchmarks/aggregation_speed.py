@@ -15,9 +15,9 @@ It prints and writes a markdown table per (n, p) with median seconds, the peak e
 memory of each call (host RSS on CPU, allocator peak on CUDA), the ratio to the Gram
 floor and the ratio to the matching peer (< 1 means we are faster).
 
-    python benchmarks/aggregation_speed.py                 # n in 16 32 64, p in 1M 4M
-    python benchmarks/aggregation_speed.py --device cuda
-    python benchmarks/aggregation_speed.py --n 16 --p 1000000 --repeats 1
+    python -m benchmarks.aggregation_speed                 # n in 16 32 64, p in 1M 4M
+    python -m benchmarks.aggregation_speed --device cuda
+    python -m benchmarks.aggregation_speed --n 16 --p 1000000 --repeats 1
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ import io
 import itertools
 import logging
 import math
-import os
 import platform
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import PeakMemory
 from flwr_flag.engine import ArraysSource, StackedSource
 from flwr_flag.rules import RULES, aggregate
 from flwr_flag.rules.registry import ROUND_STATE
@@ -57,45 +56,6 @@ PEERS = {
 }
 
 
-class PeakMemory:
-    """Peak extra memory of a call: host RSS sampled every 2 ms, or the CUDA peak."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            self._base = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - self._base)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self._rss() - self._base)
-
-
 def measure(
     call: Callable[[], object], setup: Callable[[], object], device: torch.device, repeats: int
 ) -> tuple[float, float]:
@@ -103,7 +63,7 @@ def measure(
     times, peaks = [], []
     for _ in range(repeats):
         args = setup()
-        with PeakMemory(device) as memory:
+        with PeakMemory(device.type) as memory:
             start = time.perf_counter()
             call(*args) if args is not None else call()
             if device.type == "cuda":

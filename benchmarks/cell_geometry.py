@@ -18,7 +18,7 @@ One cell costs what :func:`papers.run_cell` costs (O(n p) more per round). Rows 
 ``benchmarks/results/papers/geometry/<cell>-<rounds>-rounds.jsonl``; the summary is
 their mean per block of rounds::
 
-    python benchmarks/cell_geometry.py --paper ctma --rule "median + CTMA" \\
+    python -m benchmarks.cell_geometry --paper ctma --rule "median + CTMA" \\
         --setting "label-flip, mu2-sgd" --seed 2 [--rounds 600] [--block 100] \\
         [--run-config "mu2.beta-min=1e-4 mu2.gamma-min=1e-4"]
 
@@ -32,17 +32,13 @@ import argparse
 import json
 import re
 import statistics
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import papers
-import robustness
-
+from benchmarks import harness, papers
 from flwr_flag.runconfig import parse_overrides
 
 COLUMNS = ("t", "gap", "spread", "honest_step", "byzantine_step", "cos")
@@ -97,7 +93,7 @@ def trace(cell: papers.Cell, dataset: str, model: str) -> tuple[list[dict], list
         return out
 
     strategy.configure_train, strategy.aggregate_train = sending, observed
-    result = robustness.train(config, cell.nodes, strategy, cell.rounds, cell.seed)
+    result = harness.train(config, cell.nodes, strategy, cell.rounds, cell.seed)
     return rows, result["accuracy"]
 
 

@@ -11,8 +11,8 @@ report, ``detox_scaling_<device>.md`` and ``.png``, gives the seconds, DETOX's s
 per n (the verdict per n: faster or not) and each rule's log-log slope of seconds
 against n (1: linear, 2: quadratic).
 
-    python benchmarks/detox_scaling.py                 # n = 45 99 201 501
-    python benchmarks/detox_scaling.py --n 45 99 --p 100000
+    python -m benchmarks.detox_scaling                 # n = 45 99 201 501
+    python -m benchmarks.detox_scaling --n 45 99 --p 100000
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.harness import RESULTS, ROOT
 
 
 def one(name: str, n: int, p: int, device: str, repeats: int) -> dict:
     """Time ``name`` at ``n`` in this process (the child's side)."""
-    import aggregation_speed as speed
     import torch
+
+    from benchmarks import aggregation_speed as speed
 
     x, f, groups = speed.detox_case(n, p, torch.device(device))
     speed.time_detox_case(name, x, f, groups, 1)  # first call: allocations, kernels
@@ -62,7 +61,7 @@ NEARLY_LINEAR = 1.25
 def lines(rows: list[dict], device: str) -> list[str]:
     """The seconds per rule and n, DETOX's speed-up over each flat peer with the verdict
     per n, each rule's log-log slope, and the two claims' verdicts."""
-    from aggregation_speed import DETOX_BUDGET, DETOX_VERSUS
+    from benchmarks.aggregation_speed import DETOX_BUDGET, DETOX_VERSUS
 
     seconds = {(r["rule"], r["n"]): r["seconds"] for r in rows}
     sizes = sorted({r["n"] for r in rows})
@@ -150,7 +149,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from aggregation_speed import DETOX_VERSUS
+
+    from benchmarks.aggregation_speed import DETOX_VERSUS
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for name in DETOX_VERSUS:
@@ -169,7 +169,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def measure(sizes: list[int], p: int, device: str, repeats: int, out: Path) -> list[dict]:
     """Every (rule, n) row at ``p``, each timed in a fresh process; rows go to ``out``
     as they finish and a rerun skips those already there."""
-    from aggregation_speed import DETOX_BUDGET, DETOX_VERSUS
+    from benchmarks.aggregation_speed import DETOX_BUDGET, DETOX_VERSUS
 
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
@@ -178,9 +178,10 @@ def measure(sizes: list[int], p: int, device: str, repeats: int, out: Path) -> l
         for name in [*DETOX_VERSUS, *DETOX_BUDGET]:
             if (name, n, p) in done:
                 continue
-            command = [sys.executable, __file__, "--one", name, str(n), "--p", str(p)]
+            command = [sys.executable, "-m", "benchmarks.detox_scaling", "--one", name, str(n),
+                       "--p", str(p)]  # fmt: skip
             command += ["--device", device, "--repeats", str(repeats)]
-            result = subprocess.run(command, check=True, capture_output=True, text=True)
+            result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
             row = json.loads(result.stdout.strip().splitlines()[-1])
             print(row, flush=True)
             rows.append(row)

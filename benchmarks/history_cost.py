@@ -12,25 +12,26 @@ Seconds are the median of ``--repeats`` rounds, in one process, on the same mach
 and load; the ratio is history / fresh. The cache's memory is ``k p`` values of the
 updates' dtype (printed), besides this round's ``m p`` staging rows.
 
-    python benchmarks/history_cost.py
-    python benchmarks/history_cost.py --p 100000 --repeats 3
+    python -m benchmarks.history_cost
+    python -m benchmarks.history_cost --p 100000 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import subprocess
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import harness
 from flwr_flag.strategy.core import RobustCore
 from flwr_flag.strategy.replies import Reply
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = harness.RESULTS
 RULES = ("flag", "ctma", "trimmed-mean", "geomed", "centered-clipping", "krum")
 
 
@@ -88,15 +89,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--rules", nargs="*", default=list(RULES))
     parser.add_argument("--out", type=Path, default=RESULTS / "history_cost_cpu.md")
     args = parser.parse_args(argv)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = harness.commit()
     lines = [
         "# What per-node history costs a round",
         "",
-        f"`python benchmarks/history_cost.py` at commit {commit or 'unknown'}: p = {args.p:,}, "
+        f"`python -m benchmarks.history_cost` at commit {commit}: p = {args.p:,}, "
         f"{args.nodes} nodes known, {args.sampled} sampled per round with history; "
-        f"seconds per `RobustCore.round`, median of {args.repeats}, CPU, one process. "
+        f"seconds per `RobustCore.round`, median of {args.repeats}, CPU, one process, "
+        f"load average {os.getloadavg()[0]:.1f} at the start on {os.cpu_count()} cores "
+        "(both columns run under the same load; the ratio is the measure). "
         "Goal: history / fresh <= 1.3.",
         "",
         f"| rule | {args.nodes} fresh replies s | {args.sampled} replies + history s "

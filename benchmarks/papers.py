@@ -3,7 +3,7 @@
 The papers' data sets (CIFAR-10, MNIST) need a download; by default each protocol runs
 on the bundled digits with the small CNN (``--dataset cifar10 --model resnet18`` takes
 the papers' own, where the hub is reachable). Every cell is real federated training of
-this project's ClientApp and strategies, in-process (:func:`robustness.train`).
+this project's ClientApp and strategies, in-process (:func:`benchmarks.harness.train`).
 
 * ``fa`` (Almasi et al.; hamidralmasi/FlagAggregator ``run_exp.sh``,
   ``run_exp_augmented.sh``): 15 workers; none, or f in {1, 2, 3} workers sending
@@ -35,7 +35,7 @@ Cells go to ``benchmarks/results/papers/cells.jsonl`` (a rerun skips finished on
 the report is ``benchmarks/results/papers.md``. ``--quick`` runs each protocol's
 smallest cells (one seed, a few rounds; ``papers-quick``): a smoke run, not evidence.
 
-    python benchmarks/papers.py [--paper fa|ctma|tuning|detox] [--quick] [--seeds 0 1 2]
+    python -m benchmarks.papers [--paper fa|ctma|tuning|detox] [--quick] [--seeds 0 1 2]
         [--settings "alie, mu2-sgd" ...] [--workers 2] [--report]
 """
 
@@ -47,16 +47,13 @@ import functools
 import json
 import math
 import statistics
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import detox_scaling
-import robustness
+from benchmarks import detox_scaling, harness, robustness
 
-RESULTS = robustness.ROOT / "benchmarks" / "results"
+RESULTS = harness.RESULTS
 PAPERS = ("fa", "ctma", "tuning", "detox")
 
 
@@ -224,14 +221,14 @@ def run_cell(cell: Cell, dataset: str, model: str) -> dict[str, Any]:
     from flwr_flag import strategy_from_config
 
     config = cell_config(cell, dataset, model)
-    needs = robustness.cannot_run_rule(config, cell.nodes, cell.f)
+    needs = harness.cannot_run_rule(config, cell.nodes, cell.f)
     if needs is not None:
         return {**asdict(cell), "key": cell.key, "accuracy": [], "na": needs}
     strategy = strategy_from_config(config)
     return {
         **asdict(cell),
         "key": cell.key,
-        **robustness.train(config, cell.nodes, strategy, cell.rounds, cell.seed),
+        **harness.train(config, cell.nodes, strategy, cell.rounds, cell.seed),
     }
 
 
@@ -504,95 +501,6 @@ def verdicts(rows: list[dict[str, Any]], paper: str) -> list[str]:
     return lines
 
 
-READING = {
-    "fa": [
-        "- The setup: 15 nodes, digits and the small CNN, 20 rounds of 2 local epochs; "
-        "seeds 0-2. `random` sends uniform noise; `augmented` has no attacker, 3 honest "
-        "nodes train on heavily warped digits.",
-        "- Rounds to target: FA in every form is level with Bulyan, median, MeaMed and "
-        "trimmed mean (90 % in 4.3-5.0 rounds, 95 % in 5.7-6.7, whatever the attack), "
-        "not ahead of them: the paper's advantage in rounds does not show on this task. "
-        "Only Krum (which keeps one update) is slower: 95 % not reached within 20 rounds "
-        "by 1-2 of 3 seeds. Bytes are rounds times 0.73 MB for every rule.",
-    ],
-    "ctma": [
-        "- The setup: 17 nodes, 8 Byzantine, one local step (batch 32) per round for 600 "
-        "rounds (both clean rows gain < 1 point over the last 100), each gradient's norm "
-        "clipped to 2.0 (their code's defaults). mu^2-SGD's rows are the server's "
-        "AnyTime average x_t, the paper's model. The colluders of IPM and ALIE estimate "
-        "the honest update with the honest nodes' optimizer and state. Trimmed mean is "
-        "not a base here: at f = 8 of 17 it is the coordinate median.",
-        "- IPM (epsilon 0.5) by 8 of 17 no longer defeats the plain mean (81.7 ± 1.0 % "
-        "with mu^2-SGD, 86.9 ± 1.2 % with momentum, seeds 0-2; 10 % in the old run). The "
-        "old colluders estimated mu from plain local-SGD steps, 11.5 times the honest "
-        "nodes' -lr d_t, so the mean was (9 - 8 x 0.5 x 11.5) / 17 mu = -2.2 mu: ascent. "
-        "Estimated the way honest nodes make their updates, ||mu_hat|| = 0.9-1.3 ||mu|| "
-        "(rounds 1-50 of mean + CTMA, seeds 0-2, both optimizers, `papers-geometry.md`; "
-        "cos 0.76-0.95 on seed 0), so the mean is about (9 - 4 x 1.1) / 17 mu = 0.27 mu: "
-        "descent at about a quarter of the clean speed. "
-        "600 attacked rounds are worth about 160 clean ones (the clean curves below at "
-        "200 rounds: 83-90 %). Under IPM the plain mean beats every robust variant here "
-        "(the best: mean + NNM, 74.9 and 80.6 %).",
-        "- CTMA under IPM falls below its base (seeds 0-2; mu^2-SGD: mean 81.7 -> 53.3, "
-        "median 67.5 -> 53.7 %; momentum: 86.9 -> 55.9, 75.2 -> 55.9 %): it keeps the "
-        "n - f = 9 updates nearest the base's output, and that output (about 0.27 mu) "
-        "lies nearer the 8 colluders' -0.5 mu_hat than the honest one-batch updates, "
-        "which spread 1.2-1.5 ||mu|| around mu: in rounds 1-50 (seed 0) CTMA kept 6-8 of "
-        "the 8 colluders among its 9, and over seeds 0-2 its output lies t = 0.79-0.90 "
-        "of the way from the honest mean to the colluders' (`papers-geometry.md`), its "
-        "step against the honest one (cos -0.27 to -0.61). NNM first (each row "
-        "replaced by the mean of its 9 nearest) lifts median and geomed under CTMA to "
-        "67-71 % (± 6-12 over seeds), still below the median + NNM without CTMA (73.1 and 78.9 %).",
-        "- Label flip with mu^2-SGD collapses on one seed in three: on seed 2 every rule "
-        "ends at 3-57 % (every CTMA variant at 3-43 %; below 10 % the model has learnt "
-        "the flipped labels), while with momentum, on the same data and colluders, NNM "
-        "or CTMA keep 94.7-96.9 % (mean + NNM 69.4 %). Hence the worst seed in the "
-        "table. `papers-geometry.md` (median + CTMA) shows how: at f = 8 of 17 a rule of "
-        "order or distance keeps its output near the honest mean h only while the "
-        "colluders' mean b is far from h beside the honest spread. With momentum "
-        "||b - h|| / spread grows from 1.0 to 1.9 as training settles, and the output's "
-        "place t between h (0) and b (1) falls from 0.37 to 0.07 (per 100 rounds). With "
-        "mu^2-SGD the ratio stays at 1.0-1.3: on seed 0 t stays at 0.30-0.39 (93.1 %); "
-        "on seed 2 it passes 0.5 after round 300 (0.49, 0.61, 0.65), the model moves "
-        "toward the flipped labels, the honest steps grow (0.056 -> 0.085) and accuracy "
-        "falls from 81 % at round 300 to 3 %. Without an attacker the two optimizers' "
-        "honest spreads are alike (0.099 and 0.084 in rounds 501-600); under attack the "
-        "mu^2-SGD iterate does not settle (honest step 0.05-0.085 against 0.017). The "
-        "floors beta_t, gamma_t >= 0.01 are not the cause: at 1e-4 (the paper's 1/t and "
-        "2/(t+1) throughout) the ratio stays at 1.0-1.2 and seed 2 still falls (81 % at "
-        "round 400, 22 % at 600; seeds 0 and 1 end at 86.7 and 90.6 %).",
-        "- Aggregation time: at this 6,090-parameter model every variant costs a few "
-        "ms, mostly fixed overhead, so the speed verdict is noise; at 1M parameters "
-        "(`aggregation_speed_cpu.md`, n = 16) CTMA takes 21 ms and NNM + median 156 ms.",
-    ],
-    "tuning": [
-        "- The setup: the ctma protocol's 17 nodes and 600 one-step rounds; the learning "
-        "rate over two decades for mu^2-SGD (x_t) and SGD on worker momentum 0.9; "
-        "without an attacker (plain mean) and under sign flip by 8 of 17 (median after "
-        "NNM, under CTMA). Rows are learning rates, columns condition and optimizer.",
-        "- Over two decades of learning rate (seeds 0-2) mu^2-SGD's accuracy moves more "
-        "than momentum's, not less: 71.8-97.8 % against 76.7-98.3 % without an attacker, "
-        "24.2-85.1 % against 41.9-91.9 % under sign flip. mu^2-SGD is the less stable at "
-        "large rates (lr 1: 82.7 ± 22.6 % clean, 24.2 % under sign flip; lr 0.3 under "
-        "sign flip: one seed of three collapsed) and the slower at small ones; momentum "
-        "keeps 91-92 % from lr 0.1 to 1 under attack.",
-    ],
-    "detox": [
-        "- The setup: groups of r = 3, every member trains on a partition-sized shard "
-        "(equal per-node compute); 20 rounds at n = 15 and 60 at n = 45 (a third of the "
-        "data per node: at 20 rounds they were at 86-90 %).",
-        "- At n = 45, run to convergence, DETOX(Multi-Krum) is ahead of every flat rule "
-        "under every attack (96.0-96.6 % against 91.6-95.6 %); at 20 rounds the two "
-        "had looked level (86-90 %). DETOX(Bulyan) and DETOX(median) cannot run at "
-        "these n and f: the n/3 group winners are too few for their second stage.",
-        "- The speed claims are timed at 1M parameters (the table above): at this "
-        "6,090-parameter model every aggregation is 6-16 ms of fixed overhead.",
-    ],
-}
-"""Fixed notes printed under each paper's verdicts: the setup, and what the table
-cannot show."""
-
-
 def report(
     rows: list[dict[str, Any]],
     papers: list[str],
@@ -601,9 +509,12 @@ def report(
     extra: dict[str, list[str]],
 ) -> Path:
     """The report: per paper its table, its verdicts, the ``extra`` lines measured
-    outside the cells (FA's rounds to target, DETOX at scale) and the fixed notes."""
+    outside the cells (FA's rounds to target, DETOX at scale); what they mean is
+    written by hand in ``benchmarks/results/README.md``."""
     lines = [
         "# The seed papers' protocols on this code",
+        "",
+        f"Made by `python -m benchmarks.papers` at commit {harness.commit()}.",
         "",
         "Final test accuracy in % (mean ± std over the seeds run, and the worst seed; "
         "each seed's row is in `papers/cells.jsonl`) and, in parentheses, the mean "
@@ -616,7 +527,7 @@ def report(
     for paper in papers:
         lines += [f"## {paper}", "", *table(rows, paper), "", *verdicts(rows, paper)]
         lines += [*([""] if extra.get(paper) else []), *extra.get(paper, []), ""]
-        lines += [*([] if quick else READING[paper]), *([] if quick else [""])]
+        lines += [f"Reading: `benchmarks/results/README.md`, {paper}.", ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -657,7 +568,7 @@ def main(argv: list[str] | None = None) -> Path:
     # one seed of every cell first, so that a partial run covers the whole protocol
     todo = sorted((c for c in cells if c.key not in done), key=lambda c: c.seed)
     run_one = functools.partial(run_cell, dataset=args.dataset, model=args.model)
-    for cell, row in robustness.train_cells(todo, run_one, store, args.workers, len(cells)):
+    for cell, row in harness.train_cells(todo, run_one, store, args.workers, len(cells)):
         done[cell.key] = row
     # The report covers every paper's current protocol, over every seed in the store, in
     # protocol order (cells finish in any order); rows of superseded protocols (other

@@ -22,28 +22,33 @@ per column in bold), ``robustness-heatmap.png`` and ``robustness-curves.png`` (a
 per round under the hardest attacks): in ``benchmarks/results/`` for the default grid,
 in ``--out`` otherwise. ``--quick`` is a small grid for a first look.
 
-    python benchmarks/robustness.py            # the default grid
-    python benchmarks/robustness.py --quick
+    python -m benchmarks.robustness            # the default grid
+    python -m benchmarks.robustness --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
-import sys
-import time
-import tomllib
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the app's clients/: not an installed package
-RESULTS = ROOT / "benchmarks" / "results" / "robustness"
+from benchmarks import harness
+from benchmarks.harness import (
+    app_config,
+    cannot_run_rule,
+    flower_cannot_run,
+    flower_peer,
+    load,
+    pending,
+    train,
+    train_cells,
+)
+
+RESULTS = harness.RESULTS / "robustness"
 NODES = 15
 
 OURS = {
@@ -120,17 +125,6 @@ class Cell:
         return int(self.fraction * NODES)
 
 
-def app_config() -> dict[str, Any]:
-    """The app's run config as ``flwr run`` reads it from pyproject (flattened keys)."""
-    from flwr.common.config import flatten_dict
-
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
-    # A study records the accuracy whatever happens: a rule that keeps the model in every
-    # round (Bulyan when the attackers drop out) scores the untrained model, not an error.
-    return {**config, "max-kept-rounds": "none"}
-
-
 def run_config(cell: Cell) -> dict[str, Any]:
     config = app_config()
     config.update(TRAINING)
@@ -161,109 +155,21 @@ def run_config(cell: Cell) -> dict[str, Any]:
 
 
 def strategy_for(cell: Cell, config: dict[str, Any]):
-    from flwr.serverapp import strategy as flower
-
     from flwr_flag import strategy_from_config
 
-    common = {"fraction_evaluate": 0.0, "min_available_nodes": NODES}
-    if cell.rule == "flower Krum":
-        return flower.Krum(num_malicious_nodes=cell.f, **common)
-    if cell.rule == "flower FedMedian":
-        return flower.FedMedian(**common)
-    if cell.rule == "flower FedTrimmedAvg":
-        return flower.FedTrimmedAvg(beta=cell.f / NODES, **common)
-    if cell.rule == "flower Bulyan":
-        return flower.Bulyan(num_malicious_nodes=cell.f, **common)
+    if cell.rule in PEERS:
+        common = {"fraction_evaluate": 0.0, "min_available_nodes": NODES}
+        return flower_peer(cell.rule, cell.f, NODES, **common)
     return strategy_from_config(config)
-
-
-FLOWER_NEEDS = {"flower Bulyan": (4, 3), "flower Krum": (2, 3)}
 
 
 def cannot_run(cell: Cell) -> str | None:
     """Why the rule cannot run at this ``f`` with ``NODES`` nodes (``None``: it can):
     such a cell is reported ``n/a``, not trained."""
-    from flwr_flag.rules import Requirement
-
     if cell.rule in PEERS:
-        if cell.rule not in FLOWER_NEEDS:
-            return None
-        requirement = Requirement(*FLOWER_NEEDS[cell.rule])
-        if NODES < requirement.minimum(cell.f):
-            return f"needs n >= {requirement.factor}f+{requirement.offset}"
-        return None
+        return flower_cannot_run(cell.rule, NODES, cell.f)
     rule, extra = OURS[cell.rule]
     return cannot_run_rule({**run_config(cell), "rule": rule, **extra}, NODES, cell.f)
-
-
-def cannot_run_rule(config: dict[str, Any], nodes: int, f: int) -> str | None:
-    """Why the strategy ``config`` describes cannot run with ``f`` of ``nodes`` replies
-    (the registry's answer, :meth:`flwr_flag.rules.registry.Rule.why_not`), or ``None``."""
-    from flwr_flag.config import rule_from_config
-    from flwr_flag.rules import get_rule
-
-    rule, params, pre, _ = rule_from_config(config)
-    return get_rule(rule).why_not(nodes, f, params, pre)
-
-
-def train(config: dict[str, Any], nodes: int, strategy, rounds: int, seed: int) -> dict[str, Any]:
-    """Real federated training in-process: this project's ClientApp on ``nodes`` nodes
-    with ``config``, ``strategy`` for ``rounds`` rounds, the model of ``config["model"]``
-    evaluated on ``config["dataset"]``'s test set after every round (a non-finite model
-    scores 0 and marks the run diverged). Returns the accuracy per round, ``diverged``,
-    wall seconds and the mean seconds of ``aggregate_train``."""
-    import torch
-    from flwr.app import ArrayRecord, MetricRecord
-
-    from clients.app import app as client_app
-    from clients.config import ClientSettings
-    from clients.data import load_test
-    from clients.models import build_model, set_arrays
-    from clients.train import evaluate
-    from flwr_flag.inprocess import InProcessGrid
-
-    start = time.perf_counter()
-    torch.set_num_threads(1)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    settings = ClientSettings.from_config(config, {"partition-id": 0, "num-partitions": nodes})
-    test = load_test(settings.dataset, seed, settings.data_files)
-    shape = tuple(test.x.shape[1:])
-    model = build_model(settings.model, shape, test.num_classes, seed)
-    accuracy: dict[int, float] = {}
-    diverged: list[int] = []
-    aggregation: list[float] = []
-
-    def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        values = {k: v.numpy() for k, v in arrays.items()}
-        finite = all(
-            torch.isfinite(torch.from_numpy(v.astype("float64"))).all() for v in values.values()
-        )
-        if finite:
-            set_arrays(model, values)
-            accuracy[server_round] = evaluate(model, test)[1]
-        else:  # a peer emitted a non-finite model: it predicts nothing useful
-            accuracy[server_round] = 0.0
-            diverged.append(server_round)
-        return MetricRecord({"accuracy": accuracy[server_round]})
-
-    aggregate_train = strategy.aggregate_train
-
-    def timed(server_round, replies):
-        began = time.perf_counter()
-        out = aggregate_train(server_round, replies)
-        aggregation.append(time.perf_counter() - began)
-        return out
-
-    strategy.aggregate_train = timed
-    grid = InProcessGrid(client_app, nodes, run_config=config)
-    initial = ArrayRecord(build_model(settings.model, shape, test.num_classes, seed).state_dict())
-    strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, evaluate_fn=central)
-    return {
-        "accuracy": [accuracy[r] for r in sorted(accuracy)],
-        "diverged": bool(diverged),
-        "seconds": time.perf_counter() - start,
-        "aggregation_seconds": statistics.mean(aggregation) if aggregation else 0.0,
-    }
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -289,33 +195,6 @@ def grid_cells(rules, attacks, fractions, partitionings, seeds, rounds) -> list[
     ]
 
 
-def load(path: Path, cell_type: type = Cell) -> dict[str, dict[str, Any]]:
-    """The finished rows of ``path`` by their cell's key (fields a row lacks take the
-    cell type's defaults)."""
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    fields = cell_type.__dataclass_fields__
-    return {cell_type(**{k: r[k] for k in fields if k in r}).key: r for r in rows}
-
-
-def pending(
-    cells: list, out: Path, cannot_run: Callable[[Any], str | None]
-) -> tuple[Path, dict[str, dict[str, Any]], list]:
-    """The store under ``out``, the rows done, and the cells still to train: a cell that
-    ``cannot_run`` says cannot run is recorded ``n/a`` with the reason, never trained."""
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "cells.jsonl"
-    done = load(store, type(cells[0])) if cells else {}
-    for cell in cells:
-        reason = None if cell.key in done else cannot_run(cell)
-        if reason is not None:
-            done[cell.key] = {**asdict(cell), "accuracy": [], "na": reason}
-            with open(store, "a") as handle:
-                handle.write(json.dumps(done[cell.key]) + "\n")
-    return store, done, [c for c in cells if c.key not in done]
-
-
 def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]:
     store, done, todo = pending(cells, out, cannot_run)
     estimate = sum(SECONDS_PER_CELL * (2 if c.attack in COLLUDING else 1) for c in todo)
@@ -327,27 +206,6 @@ def run(cells: list[Cell], out: Path, workers: int) -> dict[str, dict[str, Any]]
     for cell, row in train_cells(todo, run_cell, store, workers, len(cells)):
         done[cell.key] = row
     return {c.key: done[c.key] for c in cells}
-
-
-def train_cells(
-    todo: list, run_one: Callable[[Any], dict], store: Path, workers: int, total: int
-) -> Iterator[tuple[Any, dict]]:
-    """``(cell, run_one(cell))`` for every cell of ``todo``, trained on ``workers``
-    processes; each row is appended to ``store`` as it finishes (a rerun skips it), under
-    a progress bar over ``total`` cells with its ETA."""
-    from tqdm import tqdm
-
-    with (
-        ProcessPoolExecutor(workers) as pool,
-        tqdm(total=total, initial=total - len(todo), desc="cells") as bar,
-    ):
-        futures = {pool.submit(run_one, c): c for c in todo}
-        for future in as_completed(futures):
-            row = future.result()
-            with open(store, "a") as handle:
-                handle.write(json.dumps(row, default=str) + "\n")
-            bar.update()
-            yield futures[future], row
 
 
 @dataclass(frozen=True)
@@ -416,18 +274,6 @@ def summary_table(
     return lines
 
 
-NOTES = [
-    "## Reading the table",
-    "",
-    "- `nan`: the attackers' replies are rejected, and each rejected node counts as one of "
-    "the f, so the rules run with f - 3 = 0 on the 12 replies left (Bulyan at n = 4f + 3 "
-    "kept the model every round before this, 11 %).",
-    "- Flower's FedMedian does not check replies: one NaN reply makes its model non-finite.",
-    "- Krum keeps a single reply (ours and Flower's select the same one): on Dirichlet "
-    "partitions that is one client's class mix.",
-    "- `heavy-augment` has no attacker: f honest nodes train on warped digits.",
-    "",
-]
 CLAIMED = ("FA", "CTMA(mean)", "CTMA(median)", "CTMA(geomed)", "CTMA(FA)")
 PEERS_COMPARED = ("flower Krum", "flower FedMedian")
 
@@ -506,6 +352,8 @@ def report(
     lines = [
         "# Robustness study",
         "",
+        f"Made by `python -m benchmarks.robustness` at commit {harness.commit()}.",
+        "",
         f"{NODES} nodes, bundled digits (standardised), small CNN, {rounds} rounds of "
         f"{TRAINING['local-epochs']} local epochs (SGD lr {TRAINING['lr']}, momentum "
         f"{TRAINING['momentum']}), seeds {list(seeds)}; final test accuracy in %, mean ± std "
@@ -552,7 +400,7 @@ def report(
         lines += [f"Begun but not shown (not one seed complete): {', '.join(partial)}.", ""]
     if 0.2 in fractions:
         lines += claims(rows, attacks, partitionings, 0.2)
-    lines += NOTES
+    lines += ["Reading: `benchmarks/results/README.md`.", ""]
     path = out / "robustness.md"  # figures beside it: robustness-*.png
     path.write_text("\n".join(lines))
     fraction = fractions[len(fractions) // 2]
@@ -665,7 +513,7 @@ def main(argv: list[str] | None = None) -> Path:
         args.rules, args.attacks, args.fractions, args.partitionings, args.seeds, args.rounds
     )
     if args.report_only:
-        done = load(out / "cells.jsonl")
+        done = load(out / "cells.jsonl", Cell)
         rows = [done[c.key] for c in cells if c.key in done]
     else:
         rows = list(run(cells, out, args.workers).values())

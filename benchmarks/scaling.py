@@ -15,9 +15,9 @@ skips those done); the report covers every n there: ``scaling_<device>.md`` and
 ``--device cuda`` our strategies aggregate on the GPU (Flower's stay on the host) and each
 cell also reports the CUDA allocator's peak.
 
-    python benchmarks/scaling.py                      # n = 10 50 100 200 500
-    python benchmarks/scaling.py --clients 10 50 --strategies Mean "flower FedAvg"
-    python benchmarks/scaling.py --device cuda
+    python -m benchmarks.scaling                      # n = 10 50 100 200 500
+    python -m benchmarks.scaling --clients 10 50 --strategies Mean "flower FedAvg"
+    python -m benchmarks.scaling --device cuda
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.harness import RESULTS, ROOT, PeakMemory
+
 SHAPES = {"conv": (256, 256, 3, 3), "fc1": (256, 1024), "fc2": (1024, 151), "bias": (1104,)}
 STRATEGIES = (
     "flower FedAvg",
@@ -57,12 +55,6 @@ def build(name: str, f: int, device: str = "cpu"):
         cls = getattr(flower, name.split()[1])
         return cls(num_malicious_nodes=f) if name.endswith("Krum") else cls()
     return getattr(flwr_flag, name)(num_byzantine=f, device=device)
-
-
-def resident_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
 
 
 def model_arrays(model: str) -> dict:
@@ -135,45 +127,25 @@ def measure(name: str, n: int, repeats: int, model: str = "1m", device: str = "c
     call(ArrayRecord({k: Array(v) for k, v in tiny.items()}), replies(client_updates(tiny)))
     sent = ArrayRecord({k: Array(v) for k, v in weights.items()})
     cuda = device == "cuda"
-    before = resident_mib()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with PeakSampler() as sampler:  # the first real call: memory freed by none before it
+    with PeakMemory() as memory:  # the first real call: memory freed by none before it
         call(sent, batches[0])
     times = [call(sent, batch) for batch in batches[1:]]
     result = {"strategy": name, "n": n, "seconds": statistics.median(times),
-              "extra_mib": max(sampler.peak - before, 0.0),
+              "extra_mib": max(memory.peak, 0) / 2**20,
               "model_mib": sum(v.nbytes for v in weights.values()) / 2**20}  # fmt: skip
     if cuda:
         result["gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
-class PeakSampler:
-    """The resident set's maximum, sampled every millisecond on a thread."""
-
-    def __enter__(self) -> PeakSampler:
-        self.peak, self._done = resident_mib(), threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.001):
-            self.peak = max(self.peak, resident_mib())
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self.peak = max(self.peak, resident_mib())
-
-
 def run(
     name: str, n: int, repeats: int, timeout: float, model: str = "1m", device: str = "cpu"
 ) -> dict:
     """``measure`` in a fresh process (its peak memory is its own)."""
-    command = [sys.executable, __file__, "--one", name, str(n), "--repeats", str(repeats),
-               "--model", model, "--device", device]  # fmt: skip
+    command = [sys.executable, "-m", "benchmarks.scaling", "--one", name, str(n),
+               "--repeats", str(repeats), "--model", model, "--device", device]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -263,7 +235,6 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--model", default="1m", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     if args.one:
         one = measure(args.one[0], int(args.one[1]), args.repeats, args.model, args.device)
         print(json.dumps(one))

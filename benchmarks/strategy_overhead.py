@@ -19,9 +19,9 @@ Two measurements:
 The report names the commit it ran on; where an idle ratio is worse than the one in the
 committed report, both are printed.
 
-    python benchmarks/strategy_overhead.py
-    python benchmarks/strategy_overhead.py --load 0 1 2
-    python benchmarks/strategy_overhead.py --device cuda   # ours aggregate on the GPU
+    python -m benchmarks.strategy_overhead
+    python -m benchmarks.strategy_overhead --load 0 1 2
+    python -m benchmarks.strategy_overhead --device cuda   # ours aggregate on the GPU
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the app's clients/
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 

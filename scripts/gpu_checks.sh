@@ -28,10 +28,10 @@ step() {  # step NAME SECONDS COMMAND...: run it with a limit, log it, note its 
 
 # The limits add up to 570 s, under the tool's 600 s a call.
 step tests 100 python3 -m pytest -q -m gpu -p no:cacheprovider
-step aggregation_speed 170 python3 benchmarks/aggregation_speed.py --device cuda \
+step aggregation_speed 170 python3 -m benchmarks.aggregation_speed --device cuda \
   --n 16 64 --p 4000000 --detox-n 30 --out "$OUT/aggregation_speed_cuda.md"
-step strategy_overhead 150 python3 benchmarks/strategy_overhead.py --device cuda --repeats 3
-step scaling 150 python3 benchmarks/scaling.py --device cuda --clients 100 500 --repeats 2 \
+step strategy_overhead 150 python3 -m benchmarks.strategy_overhead --device cuda --repeats 3
+step scaling 150 python3 -m benchmarks.scaling --device cuda --clients 100 500 --repeats 2 \
   --strategies "flower FedAvg" Mean Krum FlagAggregator CTMA Median
 cp benchmarks/results/*cuda* "$OUT"/ 2>/dev/null
 tail -n 3 "$OUT"/*.log

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import papers
+from benchmarks import papers
 
 ROWS = {
     "fa": ["| FA (default output) |", "| median |", "| mean |"],
@@ -101,7 +98,7 @@ def test_tuning_claim_compares_the_spread_over_the_learning_rates(mu2_spread, ho
 
 
 def test_detox_scaling_times_each_rule_in_its_own_process_and_fits_the_slopes(tmp_path):
-    import detox_scaling
+    from benchmarks import detox_scaling
 
     out = tmp_path / "scaling.jsonl"
     args = ["--n", "15", "30", "--p", "2000", "--repeats", "1", "--out", str(out)]
@@ -141,7 +138,7 @@ def test_reference_curves_read_the_clean_rows_at_even_rounds():
 
 
 def test_geometry_places_the_plain_mean_at_f_over_n_and_the_honest_mean_at_zero():
-    import cell_geometry
+    from benchmarks import cell_geometry
 
     rng = np.random.default_rng(0)
     replies = rng.normal(size=(17, 50))
@@ -163,7 +160,7 @@ def test_geometry_places_the_plain_mean_at_f_over_n_and_the_honest_mean_at_zero(
 
 
 def test_geometry_of_a_trained_cell(tmp_path):
-    import cell_geometry
+    from benchmarks import cell_geometry
 
     out = tmp_path / "geometry"
     args = ["--quick", "--setting", "label-flip, mu2-sgd", "--out", str(out), "--block", "2"]

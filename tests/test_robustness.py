@@ -4,11 +4,8 @@ heatmap and reaches the converged reference; a rule that cannot run is ``n/a``."
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import robustness
+from benchmarks import robustness
 
 
 def test_smallest_quick_cell(tmp_path):
@@ -44,7 +41,7 @@ def test_a_rule_that_cannot_run_is_na_not_an_accuracy(tmp_path):
 def test_the_field_studys_quick_grid_trains_a_many_client_cell_under_a_rule_aware_attack(
     tmp_path,
 ):
-    import field
+    from benchmarks import field
 
     assert field.QUICK["regimes"] == ["many"] and "ipm-tuned" in field.QUICK["attacks"]
     assert set(field.QUICK["rules"]) & set(field.ANCHORED)  # one anchor cell at least
