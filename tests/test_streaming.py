@@ -174,3 +174,40 @@ def test_a_checked_arrays_source_subsets_to_its_clients_alone():
     torch.testing.assert_close(
         picked.combine(torch.eye(2, dtype=torch.float64)), stacked(clients, base)[[4, 1]]
     )
+
+
+class CountingSource(StackedSource):
+    """Counts the chunks read, to tell a free answer from another pass."""
+
+    reads = 0
+
+    def _fetch(self, start: int, stop: int) -> torch.Tensor:
+        self.reads += 1
+        return super()._fetch(start, stop)
+
+
+SPAN_AND_MAP = [
+    ("flag", []),
+    ("ctma", ["nnm"]),
+    ("krum", []),
+    ("median", []),
+    ("trimmed-mean", []),
+    ("geomed", []),
+]
+
+
+@pytest.mark.parametrize(("rule", "pre"), SPAN_AND_MAP)
+def test_the_rows_inner_products_with_the_aggregate_cost_no_pass(rule, pre):
+    """Before: the round's limited nodes took one more pass over the replies."""
+    from flwr_flag.rules import aggregate
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 3000, generator=g, dtype=torch.float64) + 1
+    source = CountingSource(x, chunk_size=500)
+    vector = aggregate(source, rule, 2, pre=pre).vector
+    before = source.reads
+    torch.testing.assert_close(source.inner_with(vector), x @ vector)
+    assert source.reads == before
+    other = torch.randn(3000, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(source.inner_with(other), x @ other)
+    assert source.reads > before  # not the last output: one pass

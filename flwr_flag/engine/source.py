@@ -128,6 +128,10 @@ class UpdateSource(ABC):
         self._verified_upto = 0
         self._sq_norms = torch.zeros(n, dtype=torch.float64, device=self.device)
         self._gram: Gram | None = None
+        self._output: tuple[Tensor, Tensor, str] | None = None
+        """The last output pass: its vector, and its coefficients (``"c"``: the vector is
+        ``X^T c``) or the rows' inner products with it (``"inner"``), for
+        :meth:`inner_with`."""
 
     def _threads(
         self, gemm_rows: int | None = None, columns: int | None = None
@@ -252,20 +256,44 @@ class UpdateSource(ABC):
 
     def combine(self, coefficients: Tensor) -> Tensor:
         """``X^T c`` for ``c`` of shape ``(n,)``, or ``(k, n)`` for ``k`` outputs at once."""
-        coefficients = coefficients.to(self.device, self.dtype)
         out = torch.empty((*coefficients.shape[:-1], self.p), dtype=self.dtype, device=self.device)
+        on_device = coefficients.to(self.device, self.dtype)
         with self._threads():
             for cols, chunk in self.chunks():
-                out[..., cols] = coefficients @ chunk
+                out[..., cols] = on_device @ chunk
+        return self._record(out, coefficients)
+
+    def _record(self, out: Tensor, coefficients: Tensor) -> Tensor:
+        """Remember that ``out = X^T c`` (one output), for :meth:`inner_with`."""
+        if coefficients.ndim == 1:
+            self._output = (out, coefficients.detach().to("cpu", torch.float64), "c")
         return out
 
     def map_columns(self, function: Callable[[Tensor], Tensor]) -> Tensor:
-        """Apply a coordinate-wise ``(n, c) -> (c,)`` function chunk by chunk."""
+        """Apply a coordinate-wise ``(n, c) -> (c,)`` function chunk by chunk; the rows'
+        inner products with the result come with the pass (for :meth:`inner_with`)."""
         out = torch.empty(self.p, dtype=self.dtype, device=self.device)
+        inner = torch.zeros(self.n, dtype=torch.float64, device=self.device)
         with self._threads():
             for cols, chunk in self.chunks():
                 out[cols] = function(chunk)
+                inner += (chunk @ out[cols]).double()
+        self._output = (out, inner.cpu(), "inner")
         return out
+
+    def inner_with(self, vector: Tensor) -> Tensor:
+        r""":math:`\langle g_i, v\rangle` for every row (float64, host). Free when ``v``
+        is this source's last output: from the Gram when it was ``X^T c`` (``G c``), or
+        from the output pass itself (:meth:`map_columns`); otherwise one pass."""
+        if self._output is not None and self._output[0] is vector:
+            _, recorded, kind = self._output
+            if kind == "inner":
+                return recorded
+            if self._gram is not None:
+                return self._gram.raw() @ recorded
+        v = vector.to(torch.float64)
+        distances = self.sq_distances_to(vector)
+        return (self.sq_norms() + float(v @ v) - distances) / 2
 
     def sq_distances_to(self, point: Tensor) -> Tensor:
         """``||g_i - point||^2`` for every row, as an ``(n,)`` float64 host tensor."""
@@ -372,11 +400,13 @@ class ArraysSource(UpdateSource):
         if coefficients.ndim == 1 and self._verified_upto >= self.p:
             nonzero = torch.nonzero(coefficients.cpu()).flatten().tolist()
             if not nonzero:
-                return torch.zeros(self.p, dtype=self.dtype, device=self.device)
+                out = torch.zeros(self.p, dtype=self.dtype, device=self.device)
+                return self._record(out, coefficients)
             if len(nonzero) <= self.n // 2:
-                return self._rows(nonzero).combine(coefficients.cpu()[nonzero])
+                out = self._rows(nonzero).combine(coefficients.cpu()[nonzero])
+                return self._record(out, coefficients)
         if coefficients.ndim == 1 and self.host_passes:
-            return self._host_combine(coefficients)
+            return self._record(self._host_combine(coefficients), coefficients)
         return super().combine(coefficients)
 
     def _host_combine(self, coefficients: Tensor) -> Tensor:
@@ -456,15 +486,19 @@ class ArraysSource(UpdateSource):
             return super().map_columns(function)
         check = self._verified_upto < self.p
         out = np.empty(self.p, dtype=self._host_dtype)
-        sq_norms = np.zeros(self.n)
+        sq_norms, inner = np.zeros(self.n), np.zeros(self.n)
         with self._threads():
             for start, rows in self._host_blocks(max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)):
                 if check:
                     sq_norms += np.einsum("ij,ij->i", rows, rows)
-                out[start : start + rows.shape[1]] = function(torch.from_numpy(rows)).numpy()
+                piece = out[start : start + rows.shape[1]]
+                piece[:] = function(torch.from_numpy(rows)).numpy()
+                inner += rows @ piece
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
-        return torch.from_numpy(out)
+        result = torch.from_numpy(out)
+        self._output = (result, torch.from_numpy(inner), "inner")
+        return result
 
     def _host_blocks(self, width: int, extra_rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, block)``: the updates' columns ``start:start + w`` (``w <= width``,
@@ -547,6 +581,14 @@ class RowSubset(UpdateSource):
     def _fetch(self, start: int, stop: int) -> Tensor:
         return self.parent._load(start, stop).index_select(0, self._device_rows)
 
+    def combine(self, coefficients: Tensor) -> Tensor:
+        """The parent's output pass over its rows, zero outside this subset."""
+        if coefficients.ndim != 1:
+            return super().combine(coefficients)
+        full = torch.zeros(self.parent.n, dtype=torch.float64)
+        full[self.rows.cpu()] = coefficients.to("cpu", torch.float64)
+        return self._record(self.parent.combine(full), coefficients)
+
     def gram(self) -> Gram:
         if self._gram is None:
             self._gram = self.parent.gram().subset(self.rows)
@@ -600,6 +642,13 @@ class MixedRows(UpdateSource):
         for k in range(1, index.shape[1]):
             out.addcmul_(weights[:, k : k + 1], chunk.index_select(0, index[:, k]))
         return out
+
+    def combine(self, coefficients: Tensor) -> Tensor:
+        """``(P X)^T c = X^T (P^T c)``: the parent's output pass, no mixing per chunk."""
+        if coefficients.ndim != 1:
+            return super().combine(coefficients)
+        mixed = self.matrix.T @ coefficients.to("cpu", torch.float64)
+        return self._record(self.parent.combine(mixed), coefficients)
 
     def gram(self) -> Gram:
         if self._gram is None:

@@ -54,13 +54,13 @@ def least_aligned(source: UpdateSource, aggregate: torch.Tensor, f: int) -> list
     its mechanism (an update the round went against, or ignored). Under an attack that
     points away from the honest updates they are the attackers; an attack inside the
     honest spread is by design indistinguishable, and the list is then a sample. Cost:
-    one pass, :meth:`~flwr_flag.engine.UpdateSource.sq_distances_to`."""
+    nothing more when the aggregate came from the rows' Gram or from a coordinate-wise
+    pass (:meth:`~flwr_flag.engine.UpdateSource.inner_with`), else one pass."""
     if f <= 0:
         return []
     a = aggregate.to(torch.float64)
-    sq_norms = source.sq_norms().double()
-    inner = (sq_norms + float(a @ a) - source.sq_distances_to(aggregate).double().cpu()) / 2
-    cosine = inner / (sq_norms.sqrt() * float(a.norm())).clamp_min(1e-300)
+    inner = source.inner_with(aggregate).double().cpu()
+    cosine = inner / (source.sq_norms().double().sqrt() * float(a.norm())).clamp_min(1e-300)
     return torch.argsort(cosine, stable=True)[:f].tolist()
 
 
