@@ -491,9 +491,10 @@ class ArraysSource(UpdateSource):
             for start, rows in self._host_blocks(max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)):
                 if check:
                     sq_norms += np.einsum("ij,ij->i", rows, rows)
-                piece = out[start : start + rows.shape[1]]
-                piece[:] = function(torch.from_numpy(rows)).numpy()
-                inner += rows @ piece
+                block = torch.from_numpy(rows)
+                piece = function(block)
+                out[start : start + rows.shape[1]] = piece.numpy()
+                inner += torch.mv(block, piece).double().numpy()  # torch's: this pass's threads
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         result = torch.from_numpy(out)
