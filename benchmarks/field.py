@@ -300,6 +300,15 @@ def worst_case(rows, rule: str, attacks, regime: str) -> tuple[str, float] | Non
     return worst, scored[worst]
 
 
+def most_robust(rows, rules, attacks, regime: str) -> tuple[str, tuple[str, float]] | None:
+    """The rule of ``rules`` with the highest worst case, and that worst case."""
+    scored = {r: w for r in rules if (w := worst_case(rows, r, attacks, regime))}
+    if not scored:
+        return None
+    top = max(scored, key=lambda r: scored[r][1])
+    return top, scored[top]
+
+
 def headline(rows, rules, attacks, regime: str) -> list[str]:
     """Per rule: clean, worst over the attacks (which), and the gap to clean FedAvg."""
     fedavg = finals(rows, "mean (FedAvg)", "none", regime)
@@ -340,11 +349,8 @@ def mechanisms(rows, attacks, regimes) -> list[str]:
         return f"{clean:.1f} / {worst[1]:.1f} ({worst[0]})"
 
     def best(names, regime: str) -> str:
-        scored = {r: w for r in names if (w := worst_case(rows, r, attacks, regime))}
-        if not scored:
-            return "n/a"
-        top = max(scored, key=lambda r: scored[r][1])
-        return f"{top}: {cell(top, regime)}"
+        top = most_robust(rows, names, attacks, regime)
+        return "n/a" if top is None else f"{top[0]}: {cell(top[0], regime)}"
 
     lines = [
         "| clean / worst case | " + " | ".join(regimes) + " |",
@@ -424,11 +430,8 @@ def by_regime(rows, rules, attacks, regimes) -> list[str]:
         return "" if value is None else f"{value:.1f}"
 
     def best(names, regime: str) -> str:
-        worst = {r: w for r in names if (w := worst_case(rows, r, attacks, regime))}
-        if not worst:
-            return ""
-        top = max(worst, key=lambda r: worst[r][1])
-        return f"{worst[top][1]:.1f} ({top}; {worst[top][0]})"
+        top = most_robust(rows, names, attacks, regime)
+        return "" if top is None else f"{top[1][1]:.1f} ({top[0]}; {top[1][0]})"
 
     for regime in regimes:
         flagships = []
