@@ -211,3 +211,16 @@ def test_the_rows_inner_products_with_the_aggregate_cost_no_pass(rule, pre):
     other = torch.randn(3000, generator=g, dtype=torch.float64)
     torch.testing.assert_close(source.inner_with(other), x @ other)
     assert source.reads > before  # not the last output: one pass
+
+
+def test_the_host_output_pass_takes_the_inner_products_when_asked():
+    """A mean has no Gram: with track_inner its one pass also gives <g_i, mean>."""
+    from flwr_flag.rules import aggregate
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 5000, generator=g, dtype=torch.float64)
+    source = ArraysSource([[row.numpy()] for row in x], device="cpu", dtype=torch.float64)
+    source.track_inner = True
+    vector = aggregate(source, "mean", 2).vector
+    assert source._output[0] is vector and source._output[2] == "inner"
+    torch.testing.assert_close(source.inner_with(vector), x @ vector)

@@ -392,6 +392,10 @@ class ArraysSource(UpdateSource):
         self.host_passes = self.device.type == "cpu"
         """Whether the host passes run (on a CPU device). Off, the generic chunked
         passes run, the code a GPU runs: the differential tests run it on the CPU."""
+        self.track_inner = False
+        """The host output pass also takes the rows' inner products with its result (a
+        matrix-vector product per piece, in cache), so that :meth:`inner_with` needs no
+        pass where there is no Gram (the mean). Set by a caller that will ask."""
 
     def combine(self, coefficients: Tensor) -> Tensor:
         """``X^T c``; once every row has passed the first-pass check, only the rows with a
@@ -406,7 +410,8 @@ class ArraysSource(UpdateSource):
                 out = self._rows(nonzero).combine(coefficients.cpu()[nonzero])
                 return self._record(out, coefficients)
         if coefficients.ndim == 1 and self.host_passes:
-            return self._record(self._host_combine(coefficients), coefficients)
+            out = self._host_combine(coefficients)
+            return out if self.track_inner else self._record(out, coefficients)
         return super().combine(coefficients)
 
     def _host_combine(self, coefficients: Tensor) -> Tensor:
@@ -419,19 +424,25 @@ class ArraysSource(UpdateSource):
         weights = coefficients.to(torch.float64).cpu().tolist()
         out = torch.empty(self.p, dtype=self.dtype)
         sq_norms = torch.zeros(self.n, dtype=torch.float64)
-        scratch = torch.empty(COMBINE_PIECE, dtype=self.dtype)
+        inner = torch.zeros(self.n, dtype=torch.float64)
+        scratch = torch.empty(self.n if self.track_inner else 1, COMBINE_PIECE, dtype=self.dtype)
         with self._threads():
             for layer, a, b in self._host_pieces(COMBINE_PIECE):
                 lo = int(self._offsets[layer])
-                acc, piece = out[lo + a : lo + b], scratch[: b - a]
+                acc = out[lo + a : lo + b]
                 acc.zero_()
                 for i in range(self.n):
+                    piece = scratch[i if self.track_inner else 0, : b - a]
                     self._update_into(piece.numpy(), i, layer, a, b)
                     if check:
                         sq_norms[i] += torch.dot(piece, piece)
                     acc.add_(piece, alpha=weights[i])
+                if self.track_inner:
+                    inner += torch.mv(scratch[:, : b - a], acc).double()
         if check:
             self._verify(0, self.p, sq_norms)
+        if self.track_inner:
+            self._output = (out, inner, "inner")
         return out
 
     def _gram_pass(

@@ -421,6 +421,7 @@ class RobustCore(Persistence):
                 return Aggregation(None, live, f, why)
             chosen = [replies[i] for i in live]
             source = self._source(reference, chosen)
+            source.track_inner = f > 0 and self.history is None  # for the limited nodes
             try:
                 bad = self._too_large(source)
                 if not bad:
