@@ -411,7 +411,8 @@ class ArraysSource(UpdateSource):
                 return self._record(out, coefficients)
         if coefficients.ndim == 1 and self.host_passes:
             out = self._host_combine(coefficients)
-            return out if self.track_inner else self._record(out, coefficients)
+            recorded = self._output is not None and self._output[0] is out
+            return out if recorded else self._record(out, coefficients)
         return super().combine(coefficients)
 
     def _host_combine(self, coefficients: Tensor) -> Tensor:
@@ -421,27 +422,28 @@ class ArraysSource(UpdateSource):
         whole cost, the pass FedAvg makes). Raises :class:`NonFiniteUpdateError` as the
         first pass does."""
         check = self._verified_upto < self.p
+        track = self.track_inner and self._gram is None  # with a Gram, G c is free
         weights = coefficients.to(torch.float64).cpu().tolist()
         out = torch.empty(self.p, dtype=self.dtype)
         sq_norms = torch.zeros(self.n, dtype=torch.float64)
         inner = torch.zeros(self.n, dtype=torch.float64)
-        scratch = torch.empty(self.n if self.track_inner else 1, COMBINE_PIECE, dtype=self.dtype)
+        scratch = torch.empty(self.n if track else 1, COMBINE_PIECE, dtype=self.dtype)
         with self._threads():
             for layer, a, b in self._host_pieces(COMBINE_PIECE):
                 lo = int(self._offsets[layer])
                 acc = out[lo + a : lo + b]
                 acc.zero_()
                 for i in range(self.n):
-                    piece = scratch[i if self.track_inner else 0, : b - a]
+                    piece = scratch[i if track else 0, : b - a]
                     self._update_into(piece.numpy(), i, layer, a, b)
                     if check:
                         sq_norms[i] += torch.dot(piece, piece)
                     acc.add_(piece, alpha=weights[i])
-                if self.track_inner:
+                if track:
                     inner += torch.mv(scratch[:, : b - a], acc).double()
         if check:
             self._verify(0, self.p, sq_norms)
-        if self.track_inner:
+        if track:
             self._output = (out, inner, "inner")
         return out
 
@@ -505,11 +507,13 @@ class ArraysSource(UpdateSource):
                 block = torch.from_numpy(rows)
                 piece = function(block)
                 out[start : start + rows.shape[1]] = piece.numpy()
-                inner += torch.mv(block, piece).double().numpy()  # torch's: this pass's threads
+                if self.track_inner:  # torch's product: this pass's threads
+                    inner += torch.mv(block, piece).double().numpy()
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         result = torch.from_numpy(out)
-        self._output = (result, torch.from_numpy(inner), "inner")
+        if self.track_inner:
+            self._output = (result, torch.from_numpy(inner), "inner")
         return result
 
     def _host_blocks(self, width: int, extra_rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
