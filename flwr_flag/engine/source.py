@@ -291,9 +291,8 @@ class UpdateSource(ABC):
                 return recorded
             if self._gram is not None:
                 return self._gram.raw() @ recorded
-        v = vector.to(torch.float64)
-        distances = self.sq_distances_to(vector)
-        return (self.sq_norms() + float(v @ v) - distances) / 2
+        sq_norm = float(torch.linalg.vector_norm(vector, dtype=torch.float64)) ** 2
+        return (self.sq_norms() + sq_norm - self.sq_distances_to(vector)) / 2
 
     def sq_distances_to(self, point: Tensor) -> Tensor:
         """``||g_i - point||^2`` for every row, as an ``(n,)`` float64 host tensor."""

@@ -58,9 +58,9 @@ def least_aligned(source: UpdateSource, aggregate: torch.Tensor, f: int) -> list
     pass (:meth:`~flwr_flag.engine.UpdateSource.inner_with`), else one pass."""
     if f <= 0:
         return []
-    a = aggregate.to(torch.float64)
+    norm = float(torch.linalg.vector_norm(aggregate, dtype=torch.float64))  # no float64 copy
     inner = source.inner_with(aggregate).double().cpu()
-    cosine = inner / (source.sq_norms().double().sqrt() * float(a.norm())).clamp_min(1e-300)
+    cosine = inner / (source.sq_norms().double().sqrt() * norm).clamp_min(1e-300)
     return torch.argsort(cosine, stable=True)[:f].tolist()
 
 
