@@ -83,9 +83,23 @@ OURS_BASE: dict[str, dict[str, Any]] = {
 }
 OURS: dict[str, dict[str, Any]] = {
     **OURS_BASE,
-    # The server's trust anchor: k trusted samples per class (clients/anchor.py).
+    # The server's trust anchor: k trusted samples per class (clients/anchor.py). FLTrust
+    # scales every row to the reference's norm; the anchor's default only scales down.
     **{
-        f"FLTrust ({k}/class)": {"rule": "mean", "weighting": "uniform", "anchor-per-class": k}
+        f"FLTrust ({k}/class)": {
+            "rule": "mean",
+            "weighting": "uniform",
+            "anchor-per-class": k,
+            "anchor.rescale": "reference",
+        }
+        for k in (2, 5, 10)
+    },
+    **{
+        f"mean + anchor ({k}/class)": {
+            "rule": "mean",
+            "weighting": "uniform",
+            "anchor-per-class": k,
+        }
         for k in (2, 5, 10)
     },
     # One reference per class (label skew), each node scored by the classes explaining it.
@@ -510,15 +524,15 @@ def anchor_goals(rows, attacks, regimes) -> list[str]:
                 continue
             said = f"worst {worst[1]:.1f} ({worst[0]})"
             checks = []
-            if rule.startswith("FLTrust (10") or "+ anchor" in rule:
+            if "(10/class)" in rule:
                 checks.append(
                     f"{said} >= honest-only FedAvg {honest:.1f} - 2: "
                     f"{verdict(worst[1] >= honest - 2)}; clean {clean:.1f} >= clean FedAvg "
                     f"{fedavg:.1f} - 1.5: {verdict(clean >= fedavg - 1.5)}"
                 )
-            if rule.startswith("FLTrust (2") and regime == "dir0.1":
+            if "(2/class)" in rule and regime == "dir0.1":
                 checks.append(f"{said} >= 85: {verdict(worst[1] >= 85)}")
-            if "+ anchor" in rule and peers:
+            if rule.startswith(FLAGSHIPS) and peers:
                 checks.append(
                     f"{said} >= the best Flower built-in's worst {max(peers):.1f}: "
                     f"{verdict(worst[1] >= max(peers))}"

@@ -145,6 +145,8 @@ def strategy_from_config(
         options["anytime_gamma_min"] = config.get("mu2.gamma-min", DEFAULT_GAMMA_MIN)
     if anchor is not None:
         options["anchor"] = anchor
+        if all(name != "anchor" for name, _ in pre):  # first, as the strategy would put it
+            pre = [("anchor", section(config, "anchor")), *pre]
     history = section(config, "history")
     if history.get("max_age", 0) != 0:
         options["history"] = {k: None if v == "none" else v for k, v in history.items()}

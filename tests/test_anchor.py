@@ -18,10 +18,12 @@ from flwr_flag.rules.inputs import InputRangeError
 from flwr_flag.strategy.replies import Reply
 
 
-def fltrust_by_hand(x: torch.Tensor, g0: torch.Tensor) -> torch.Tensor:
-    """Cao et al.'s formula, written out: ReLU cosine trust, rows rescaled to ||g0||."""
+def fltrust_by_hand(x: torch.Tensor, g0: torch.Tensor, clip: bool = False) -> torch.Tensor:
+    """Cao et al.'s formula, written out: ReLU cosine trust, rows rescaled to ||g0||
+    (``clip``: only rows longer than ||g0|| scaled down to it)."""
     trust = [max(float(row @ g0 / (row.norm() * g0.norm())), 0.0) for row in x]
-    rescaled = [row * (g0.norm() / row.norm()) for row in x]
+    scales = [float(g0.norm() / row.norm()) for row in x]
+    rescaled = [row * (min(s, 1.0) if clip else s) for row, s in zip(x, scales, strict=True)]
     return sum(t * r for t, r in zip(trust, rescaled, strict=True)) / sum(trust)
 
 
@@ -34,10 +36,12 @@ def problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, g0
 
 
-def test_the_mean_after_the_anchor_is_fltrust():
+@pytest.mark.parametrize("rescale", ["reference", "clip"])
+def test_the_mean_after_the_anchor_is_fltrust(rescale):
     x, g0 = problem()
-    out = aggregate(x, "mean", 0, pre=[("anchor", {"reference": g0})])
-    torch.testing.assert_close(out.vector, fltrust_by_hand(x, g0))
+    x[2] *= 0.05  # shorter than the reference: clipping keeps its length
+    out = aggregate(x, "mean", 0, pre=[("anchor", {"reference": g0, "rescale": rescale})])
+    torch.testing.assert_close(out.vector, fltrust_by_hand(x, g0, clip=rescale == "clip"))
     anchor = out.diagnostics["pre"]["anchor"]
     assert anchor["distrusted"] == [0] and anchor["trust"][0] == 0.0
     assert float(out.vector.norm()) <= float(g0.norm()) + 1e-9  # rescaled rows: no blow-up
@@ -315,3 +319,15 @@ def test_a_trusted_set_can_be_made_skewed_or_noisy_for_the_study():
     assert sorted(set(skewed.y.tolist())) == [0, 1, 2, 3] and len(skewed.y) == 40
     changed = noisy.y != clean.y
     assert torch.equal(noisy.x, clean.x) and 0.2 < float(changed.float().mean()) < 0.4
+
+
+def test_the_run_configs_anchor_section_sets_the_step_and_a_bad_value_stops_the_build():
+    from flwr_flag.config import strategy_from_config
+    from flwr_flag.validation import InvalidParameterError
+
+    built = strategy_from_config({"rule": "flag", "anchor.rescale": "reference"}, toward_ones)
+    assert built.core.pre[0] == ("anchor", {"rescale": "reference"})
+    assert flwr_flag.FLTrust(anchor=toward_ones).core.pre == [("anchor", {"rescale": "reference"})]
+    refused = r"anchor: rescale='shrink' is not one of \['reference', 'clip'\]"
+    with pytest.raises(InvalidParameterError, match=refused):
+        strategy_from_config({"rule": "mean", "anchor.rescale": "shrink"}, toward_ones)

@@ -166,8 +166,9 @@ class RobustCore(Persistence):
         ``anchor(arrays) -> arrays``, the model after the server's own local training on
         its trusted data from the round's global model ``arrays`` (same names, shapes
         and dtypes). Each round its update :math:`g_0` scores every reply, which is
-        rescaled to :math:`\|g_0\|` and weighted by its clipped cosine with it, before
-        the rule (the ``anchor`` pre-aggregator runs first). An anchor that returns a
+        scaled down to :math:`\|g_0\|` if longer and weighted by its clipped cosine
+        with it, before the rule (the ``anchor`` pre-aggregator runs first; its
+        ``rescale`` param). An anchor that returns a
         sequence of arrays, the server's training on each class's samples alone, gives
         the per-class scoring for label skew (an honest node holding a few classes is
         explained by theirs). ``None``: off.
@@ -391,8 +392,8 @@ class RobustCore(Persistence):
         except NonFiniteUpdateError:
             g0 = torch.full((len(models), size) if per_class else (size,), math.nan)
         return [
-            ("anchor", {"reference": g0}) if split_step(step)[0] == "anchor" else step
-            for step in self.pre
+            (name, {**params, "reference": g0}) if name == "anchor" else (name, params)
+            for name, params in map(split_step, self.pre)
         ]
 
     def _aggregate(

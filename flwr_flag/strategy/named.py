@@ -105,10 +105,12 @@ class FLTrust(RobustStrategy):
     to the server's reference update (:mod:`flwr_flag.rules.anchor`). It needs
     ``anchor``, the server's local training on its trusted data; each valid reply
     counts once before its trust. Every other strategy takes ``anchor`` too, and then
-    runs its rule on the scored rows."""
+    runs its rule on the scored rows. FLTrust scales every row to the reference's norm,
+    as the paper does; the ``anchor`` step's default only scales longer rows down."""
 
     rule = "mean"
     requires = ("anchor",)
+    defaults: ClassVar[Mapping[str, Any]] = {"pre": [("anchor", {"rescale": "reference"})]}
 
 
 class MDA(RobustStrategy):
