@@ -58,10 +58,10 @@ def least_aligned(source: UpdateSource, aggregate: torch.Tensor, f: int) -> list
     pass (:meth:`~flwr_flag.engine.UpdateSource.inner_with`), else one pass."""
     if f <= 0:
         return []
-    norm = float(torch.linalg.vector_norm(aggregate, dtype=torch.float64))  # no float64 copy
     inner = source.inner_with(aggregate).double().cpu()
-    cosine = inner / (source.sq_norms().double().sqrt() * norm).clamp_min(1e-300)
-    return torch.argsort(cosine, stable=True)[:f].tolist()
+    # :math:`\|a\|` is common to every cosine: the order needs only each row's norm.
+    alignment = inner / source.sq_norms().double().sqrt().clamp_min(1e-300)
+    return torch.argsort(alignment, stable=True)[:f].tolist()
 
 
 def summarize(diagnostics: Mapping[str, Any], node_ids: Sequence[int]) -> Metrics:
