@@ -10,6 +10,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_strategy_runs import run
 
 import flwr_flag
@@ -83,6 +85,28 @@ def test_the_cap_keeps_this_rounds_nodes_and_drops_the_stalest():
         assert history.updates.shape[0] <= 4
     assert sorted(history.nodes) == [5, 6, 15, 16]
     assert history.rows_for([1, 2, 3], 7) == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    schedule=st.lists(st.sets(st.integers(1, 12), min_size=1, max_size=6), max_size=12),
+    max_age=st.integers(1, 5),
+    max_nodes=st.one_of(st.none(), st.integers(1, 8)),
+)
+def test_the_row_count_announced_before_a_round_is_the_count_it_hands_on(
+    schedule, max_age, max_nodes
+):
+    history = NodeHistory(max_age=max_age, max_nodes=max_nodes)
+    for t, sampled in enumerate(schedule, start=1):
+        nodes = sorted(sampled)
+        announced = history.rows_for(nodes, t)
+        rows = history.rows(StackedSource(torch.randn(len(nodes), P)), nodes, t)
+        assert len(rows.node_ids) == announced
+        assert set(nodes) <= set(rows.node_ids)
+        ages = [t - r for r in history.rounds]
+        assert max(ages) <= max_age
+        if max_nodes is not None:
+            assert announced <= max(max_nodes, len(nodes))
 
 
 def test_a_non_finite_update_leaves_the_history_as_it_was():

@@ -219,8 +219,9 @@ def test_the_host_output_pass_takes_the_inner_products_when_asked():
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(7, 5000, generator=g, dtype=torch.float64)
-    source = ArraysSource([[row.numpy()] for row in x], device="cpu", dtype=torch.float64)
-    source.track_inner = True
+    source = ArraysSource(
+        [[row.numpy()] for row in x], device="cpu", dtype=torch.float64, track_inner=True
+    )
     vector = aggregate(source, "mean", 2).vector
     assert source._output[0] is vector and source._output[2] == "inner"
     torch.testing.assert_close(source.inner_with(vector), x @ vector)

@@ -362,12 +362,17 @@ class ArraysSource(UpdateSource):
         same number of arrays with the same shapes.
     base : sequence of array-likes, optional
         Reference arrays subtracted from every client (same shapes).
+    track_inner : bool
+        The host output pass also takes the rows' inner products with its result (a
+        matrix-vector product per piece, in cache), so that :meth:`inner_with` needs no
+        pass where there is no Gram (the mean), for a caller that will ask.
     """
 
     def __init__(
         self,
         clients: Sequence[Sequence[np.ndarray]],
         base: Sequence[np.ndarray] | None = None,
+        track_inner: bool = False,
         **kwargs,
     ) -> None:
         if len(clients) == 0:
@@ -391,10 +396,7 @@ class ArraysSource(UpdateSource):
         self.host_passes = self.device.type == "cpu"
         """Whether the host passes run (on a CPU device). Off, the generic chunked
         passes run, the code a GPU runs: the differential tests run it on the CPU."""
-        self.track_inner = False
-        """The host output pass also takes the rows' inner products with its result (a
-        matrix-vector product per piece, in cache), so that :meth:`inner_with` needs no
-        pass where there is no Gram (the mean). Set by a caller that will ask."""
+        self.track_inner = track_inner
 
     def combine(self, coefficients: Tensor) -> Tensor:
         """``X^T c``; once every row has passed the first-pass check, only the rows with a

@@ -108,15 +108,9 @@ class NodeHistory:
 
     def rows_for(self, node_ids: Sequence[int], server_round: int) -> int:
         """How many rows :meth:`rows` will hand on for these nodes in this round."""
-        known = {
-            j
-            for j, t in zip(self.nodes, self.rounds, strict=True)
-            if server_round - t <= self.max_age
-        }
-        kept = len(known - set(node_ids))
-        if self.max_nodes is not None:
-            kept = min(kept, max(self.max_nodes - len(node_ids), 0))
-        return len(node_ids) + kept
+        fresh = set(node_ids)
+        kept = self._kept(fresh, server_round)
+        return len(fresh) + sum(self.nodes[i] not in fresh for i in kept)
 
     def forget(self, node_ids: Sequence[int]) -> None:
         """Drop these nodes' entries (nodes caught sending what no honest node sends)."""
@@ -139,9 +133,8 @@ class NodeHistory:
                 fresh[:, columns] = chunk
             if self.updates is not None:  # resumed on another device, or with another dtype
                 self.updates = self.updates.to(source.device, source.dtype)
-            self._age_out(server_round)
+            self._keep(self._kept(set(node_ids), server_round))
             clipped = self._bound(fresh, node_ids)
-            self._cap(set(node_ids))
             self._store(fresh, node_ids, server_round)
         ages = torch.tensor([server_round - t for t in self.rounds], dtype=torch.float64)
         return HistoryRows(
@@ -192,20 +185,17 @@ class NodeHistory:
         for target in targets:
             self.rounds[target] = server_round
 
-    def _age_out(self, server_round: int) -> None:
-        self._keep([i for i, t in enumerate(self.rounds) if server_round - t <= self.max_age])
-
-    def _cap(self, fresh: set[int]) -> None:
-        """Drop the stalest entries of nodes not in ``fresh`` until the cache holds at
-        most ``max(max_nodes, len(fresh))`` rows once ``fresh`` is in it."""
-        if self.max_nodes is None:
-            return
-        others = [i for i, j in enumerate(self.nodes) if j not in fresh]
-        room = max(self.max_nodes - len(fresh), 0)
+    def _kept(self, fresh: set[int], server_round: int) -> list[int]:
+        """The entries a round with the ``fresh`` nodes keeps (ascending): those at most
+        ``max_age`` rounds old and then, with ``max_nodes``, the newest entries of other
+        nodes that fit beside ``fresh`` in ``max(max_nodes, len(fresh))`` rows."""
+        live = [i for i, t in enumerate(self.rounds) if server_round - t <= self.max_age]
+        others = [i for i in live if self.nodes[i] not in fresh]
+        room = len(others) if self.max_nodes is None else max(self.max_nodes - len(fresh), 0)
         if len(others) <= room:
-            return
+            return live
         newest = sorted(others, key=lambda i: (self.rounds[i], -self.nodes[i]), reverse=True)
-        self._keep(sorted([i for i, j in enumerate(self.nodes) if j in fresh] + newest[:room]))
+        return sorted([i for i in live if self.nodes[i] in fresh] + newest[:room])
 
     def _keep(self, slots: list[int]) -> None:
         """Keep the entries in ``slots`` (ascending), compacted to the front in order."""

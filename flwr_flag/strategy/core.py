@@ -421,8 +421,8 @@ class RobustCore(Persistence):
             if why is not None:
                 return Aggregation(None, live, f, why)
             chosen = [replies[i] for i in live]
-            source = self._source(reference, chosen)
-            source.track_inner = f > 0 and self.history is None  # for the limited nodes
+            # The limited nodes' inner products come with the output pass.
+            source = self._source(reference, chosen, track_inner=f > 0 and self.history is None)
             try:
                 bad = self._too_large(source)
                 if not bad:
@@ -448,13 +448,16 @@ class RobustCore(Persistence):
                 self.history.forget([replies[live[i]].node_id for i in bad])
             live = [r for i, r in enumerate(live) if i not in bad]
 
-    def _source(self, reference: Arrays, chosen: list[Reply]) -> UpdateSource:
+    def _source(
+        self, reference: Arrays, chosen: list[Reply], track_inner: bool = False
+    ) -> UpdateSource:
         """The updates ``w_i - w`` of ``chosen``, streamed from their arrays; float64
         models are aggregated in float64, as Flower's FedAvg does."""
         wide = any(a.dtype == np.float64 for a in reference.values())
         return ArraysSource(
             [[r.arrays[k] for k in reference] for r in chosen],
             base=list(reference.values()),
+            track_inner=track_inner,
             device=self.device,
             dtype=torch.float64 if wide else torch.float32,
             chunk_size=self.chunk_size,
