@@ -314,23 +314,24 @@ def run_config_of(args: argparse.Namespace) -> str:
 
 
 def too_few_nodes(nodes: int, run_config: str) -> str | None:
-    """Why ``nodes`` SuperNodes cannot run the rule that the project's config with
-    ``run_config`` describes, or None. Round 1 would otherwise wait for nodes that never
-    come (the ServerApp cannot know that no more will connect; this script does)."""
+    """Why ``nodes`` SuperNodes cannot run the strategy that the project's config with
+    ``run_config`` describes, or None: the most of the minimum node counts it gives
+    Flower, which its rule's need raises. Round 1 would otherwise wait for nodes that
+    never come (the ServerApp cannot know that no more will connect; this script does)."""
     from flwr.common.config import get_fused_config_from_dir
 
-    from flwr_flag.config import rule_from_config
-    from flwr_flag.rules.registry import nodes_needed
+    from flwr_flag.config import strategy_from_config
     from flwr_flag.runconfig import parse_overrides
+    from flwr_flag.strategy.options import NODE_MINIMA
 
-    config = get_fused_config_from_dir(ROOT, parse_overrides(run_config))
-    rule, params, pre, f = rule_from_config(config)
-    needed = max(2, nodes_needed(rule, f, pre, params))
+    strategy = strategy_from_config(get_fused_config_from_dir(ROOT, parse_overrides(run_config)))
+    needed = max(getattr(strategy, key) for key in NODE_MINIMA if hasattr(strategy, key))
     if nodes >= needed:
         return None
     return (
-        f"--nodes {nodes}: rule={rule!r} with num-byzantine={f} needs at least {needed} "
-        "nodes; start more (--nodes) or assume fewer Byzantine ones (--byzantine)"
+        f"--nodes {nodes}: rule={strategy.rule!r} with num-byzantine="
+        f"{strategy.core.num_byzantine} needs at least {needed} nodes; start more (--nodes) "
+        "or assume fewer Byzantine ones (--byzantine)"
     )
 
 

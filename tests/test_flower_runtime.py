@@ -207,6 +207,8 @@ def test_deploy_local_finds_enough_nodes_from_the_run_config():
     assert too_few_nodes(2, "num-byzantine=0 model='mlp'") is None
     assert too_few_nodes(3, "num-byzantine=1") is None
     assert "needs at least 5" in too_few_nodes(4, "num-byzantine=1 rule='krum'")
+    # Flower's own minimum, from the run config, is waited for too.
+    assert "needs at least 6" in too_few_nodes(4, "num-byzantine=1 min-train-nodes=6")
 
 
 def test_private_keys_are_never_written_through_a_planted_link(tmp_path):
