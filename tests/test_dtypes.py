@@ -15,7 +15,7 @@ from test_strategy import FixedGrid
 from test_strategy_runs import Proxy, manager_of
 
 import flwr_flag.legacy
-from flwr_flag.engine import ArraysSource
+from flwr_flag.engine import ArraysSource, threads
 from flwr_flag.engine.dtypes import add_update, difference_into
 from flwr_flag.rules import RULES, aggregate
 from flwr_flag.strategy import STRATEGIES
@@ -102,11 +102,15 @@ def source(clients, model, host: bool) -> ArraysSource:
     return made
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("rule", ALL_RULES)
-def test_the_host_passes_and_the_generic_passes_agree_on_every_dtype(rule):
+def test_the_host_passes_and_the_generic_passes_agree_on_every_dtype(rule, workers, monkeypatch):
     """The code a GPU runs (the generic chunked passes), run on the CPU, against the
-    host passes: same inputs in every dtype, same result within float tolerance. With
-    a chunk smaller than an array, chunks cross array boundaries."""
+    host passes, on one worker and split between three (every piece a range of its
+    own): same inputs in every dtype, same result within float tolerance. With a chunk
+    smaller than an array, chunks cross array boundaries."""
+    monkeypatch.setattr(threads, "MIN_WORK", 1)
+    monkeypatch.setattr(threads, "host_workers", lambda: workers)
     clients = replies_of(MODEL, 11)
     host = aggregate(source(clients, MODEL, True), rule, 2).vector
     generic_source = source(clients, MODEL, False)

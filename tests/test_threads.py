@@ -52,3 +52,44 @@ def test_the_policy_inside_a_pass(three_threads):
     assert gemm_threads(101, -(-2 * GEMM_WORK // 101**2)) == 2
     with one_thread():  # a rule's algebra runs on one thread; its Gram pass may use 3
         assert gemm_threads(1000, 16384) == 3
+
+
+def test_a_pass_split_between_workers_runs_each_on_one_thread_and_restores_the_setting(
+    three_threads, monkeypatch
+):
+    """The host pass's workers (threads.split_run) each walk a range of pieces on one
+    intra-op thread; afterwards the caller's setting is what it was, in this thread and
+    in a thread started later (which inherits the process's setting)."""
+    import threading
+
+    from flwr_flag.engine import threads
+
+    seen, calls = [], []
+    original = threads.split_run
+
+    def spy(task, items, sizes):
+        def watched(part):
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return task(part)
+
+        calls.append((len(items), []))
+        return original(lambda part: calls[-1][1].append(len(part)) or watched(part), items, sizes)
+
+    monkeypatch.setattr(threads, "MIN_WORK", 1)
+    monkeypatch.setattr(threads, "host_workers", lambda: 3)
+    monkeypatch.setattr("flwr_flag.engine.source.split_run", spy)
+    source = ArraysSource(clients(11), device="cpu")
+    serial = ArraysSource(clients(11), device="cpu")
+    serial.host_passes = False
+    torch.testing.assert_close(
+        aggregate(source, "flag", 2).vector, aggregate(serial, "flag", 2).vector
+    )
+    assert seen and all(count == 1 for _, count in seen)
+    assert all(name.startswith("flwr-flag-pass") for name, _ in seen)
+    assert all(len(parts) >= 2 and sum(parts) == items for items, parts in calls)
+    assert torch.get_num_threads() == 3
+    later = []
+    started = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    started.start()
+    started.join()
+    assert later == [3]

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from torch import Tensor
 from ..validation import Integer, InvalidParameterError
 from .dtypes import difference_into
 from .gram import Gram, choose_reference
-from .threads import gemm_threads, one_thread, torch_threads
+from .threads import gemm_threads, one_thread, split_run, torch_threads
 
 CHUNK_SIZE = Integer(1, optional=True)
 """Columns per chunk: the kind the strategies' ``chunk_size`` option is declared with."""
@@ -418,19 +419,21 @@ class ArraysSource(UpdateSource):
 
     def _host_combine(self, coefficients: Tensor) -> Tensor:
         """``X^T c`` on the host, client by client over cache-sized pieces of each array
-        (``COMBINE_PIECE`` elements): every reply is read once and no ``(n, chunk)``
-        block is assembled; when it is the first pass, the check comes with it (a mean's
-        whole cost, the pass FedAvg makes). Raises :class:`NonFiniteUpdateError` as the
-        first pass does."""
+        (``COMBINE_PIECE`` elements), the pieces split between the workers
+        (:func:`.split_run`): every reply is read once and no ``(n, chunk)`` block is
+        assembled; when it is the first pass, the check comes with it (a mean's whole
+        cost, the pass FedAvg makes). Raises :class:`NonFiniteUpdateError` as the first
+        pass does."""
         check = self._verified_upto < self.p
         track = self.track_inner and self._gram is None  # with a Gram, G c is free
         weights = coefficients.to(torch.float64).cpu().tolist()
         out = torch.empty(self.p, dtype=self.dtype)
-        sq_norms = torch.zeros(self.n, dtype=torch.float64)
-        inner = torch.zeros(self.n, dtype=torch.float64)
-        scratch = torch.empty(self.n if track else 1, COMBINE_PIECE, dtype=self.dtype)
-        with self._threads():
-            for layer, a, b in self._host_pieces(COMBINE_PIECE):
+
+        def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[Tensor, Tensor]:
+            sq_norms = torch.zeros(self.n, dtype=torch.float64)
+            inner = torch.zeros(self.n, dtype=torch.float64)
+            scratch = torch.empty(self.n if track else 1, COMBINE_PIECE, dtype=self.dtype)
+            for layer, a, b in pieces:
                 lo = int(self._offsets[layer])
                 acc = out[lo + a : lo + b]
                 acc.zero_()
@@ -442,6 +445,10 @@ class ArraysSource(UpdateSource):
                     acc.add_(piece, alpha=weights[i])
                 if track:
                     inner += torch.mv(scratch[:, : b - a], acc).double()
+            return sq_norms, inner
+
+        with self._threads():
+            sq_norms, inner = _summed(self._split(walk, COMBINE_PIECE))
         if check:
             self._verify(0, self.p, sq_norms)
         if track:
@@ -453,38 +460,33 @@ class ArraysSource(UpdateSource):
     ) -> tuple[Gram, int | None]:
         """On the host, the Gram pass runs over cache-sized blocks assembled with numpy
         (one read of every reply, no ``(n, chunk)`` buffer streamed through memory
-        three times); elsewhere, and with extra ``points`` rows, the generic pass."""
+        three times), split between the workers after the first block has chosen the
+        reference row; elsewhere, and with extra ``points`` rows, the generic pass."""
         if points is not None or not self.host_passes:
             return super()._gram_pass(points, reference, decide=decide)
         n = self.n
-        acc = np.zeros((n + 1, n + 1))
-        sq_norms = np.zeros(n)
         check = self._verified_upto < self.p
-        # Ten clients' blocks are too small to share between threads (engine/threads.py).
-        with self._threads(gemm_rows=n + 1, columns=GRAM_COLUMNS):
-            for _, rows in self._host_blocks(GRAM_COLUMNS, extra_rows=1):
-                # The origin product gives the Gram around the origin and the first block's
-                # choice of reference; around a row, the check's norms come from the rows
-                # themselves (n w flops, not another n^2 w product).
-                product = _host_gram(rows[:n]) if reference is None or decide else None
+
+        def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+            acc, sq_norms = np.zeros((n + 1, n + 1)), np.zeros(n)
+            for _, rows in self._host_blocks(pieces, GRAM_COLUMNS, extra_rows=1):
                 if check:
-                    sq_norms += (
-                        product.diagonal()
-                        if product is not None
-                        else np.einsum("ij,ij->i", rows[:n], rows[:n])
-                    )
-                if decide:
-                    first = torch.from_numpy(product).double()
-                    reference, decide = (
-                        choose_reference(_origin_gram(first), self.dtype, None),
-                        False,
-                    )
+                    sq_norms += np.einsum("ij,ij->i", rows[:n], rows[:n])
                 if reference is None:
-                    acc[:n, :n] += product
+                    acc[:n, :n] += _host_gram(rows[:n])
                 else:  # rows hold x_i - r and the last row r: one product gives C, u, |r|^2
                     rows[n] = rows[reference]
                     rows[:n] -= rows[n]
                     acc += _host_gram(rows)
+            return acc, sq_norms
+
+        pieces = list(self._host_pieces(GRAM_COLUMNS))
+        with self._threads():
+            if decide:  # the origin product of the first block chooses the reference
+                for _, rows in self._host_blocks(pieces[:1], GRAM_COLUMNS):
+                    first = torch.from_numpy(_host_gram(rows)).double()
+                    reference = choose_reference(_origin_gram(first), self.dtype, None)
+            acc, sq_norms = _summed(self._split(walk, GRAM_COLUMNS, pieces))
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         acc = torch.from_numpy((acc + acc.T) / 2)  # exactly symmetric: d(i, j) == d(j, i)
@@ -494,22 +496,28 @@ class ArraysSource(UpdateSource):
     def map_columns(self, function: Callable[[Tensor], Tensor]) -> Tensor:
         """On the host, the coordinate-wise function runs on cache-sized blocks of
         columns assembled straight from the replies (each reply read once, the
-        subtraction of the base fused in, the check's norms taken on the block);
-        elsewhere, the generic chunked pass."""
+        subtraction of the base fused in, the check's norms taken on the block), split
+        between the workers; elsewhere, the generic chunked pass."""
         if not self.host_passes:
             return super().map_columns(function)
         check = self._verified_upto < self.p
         out = np.empty(self.p, dtype=self._host_dtype)
-        sq_norms, inner = np.zeros(self.n), np.zeros(self.n)
-        with self._threads():
-            for start, rows in self._host_blocks(max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)):
+        width = max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)
+
+        def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+            sq_norms, inner = np.zeros(self.n), np.zeros(self.n)
+            for start, rows in self._host_blocks(pieces, width):
                 if check:
                     sq_norms += np.einsum("ij,ij->i", rows, rows)
                 block = torch.from_numpy(rows)
                 piece = function(block)
                 out[start : start + rows.shape[1]] = piece.numpy()
-                if self.track_inner:  # torch's product: this pass's threads
+                if self.track_inner:
                     inner += torch.mv(block, piece).double().numpy()
+            return sq_norms, inner
+
+        with self._threads():
+            sq_norms, inner = _summed(self._split(walk, width))
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         result = torch.from_numpy(out)
@@ -517,12 +525,26 @@ class ArraysSource(UpdateSource):
             self._output = (result, torch.from_numpy(inner), "inner")
         return result
 
-    def _host_blocks(self, width: int, extra_rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, block)``: the updates' columns ``start:start + w`` (``w <= width``,
-        never crossing an array) as the first ``n`` rows of a reused ``(n + extra_rows,
-        w)`` host block; the extra rows are the caller's scratch."""
+    def _split(
+        self,
+        walk: Callable[[Sequence[tuple[int, int, int]]], Any],
+        width: int,
+        pieces: list[tuple[int, int, int]] | None = None,
+    ) -> list[Any]:
+        """``walk`` over the pieces of ``width`` (default: all of them), split between
+        the host workers (:func:`.split_run`), their results in order."""
+        pieces = list(self._host_pieces(width)) if pieces is None else pieces
+        return split_run(walk, pieces, [(b - a) * self.n for _, a, b in pieces])
+
+    def _host_blocks(
+        self, pieces: Iterable[tuple[int, int, int]], width: int, extra_rows: int = 0
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, block)``: for each piece (of at most ``width`` elements, never
+        crossing an array), the updates' columns ``start:start + w`` as the first ``n``
+        rows of a reused ``(n + extra_rows, width)`` host block; the extra rows are the
+        caller's scratch."""
         block = np.empty((self.n + extra_rows, width), dtype=self._host_dtype)
-        for layer, a, b in self._host_pieces(width):
+        for layer, a, b in pieces:
             rows = block[:, : b - a]
             for i in range(self.n):
                 self._update_into(rows[i], i, layer, a, b)
@@ -671,6 +693,14 @@ class MixedRows(UpdateSource):
         if self._gram is None:
             self._gram = self.parent.gram().mix(self.matrix)
         return self._gram
+
+
+def _summed(parts: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """The workers' partial sums, added in their ranges' order."""
+    first, second = parts[0]
+    for a, b in parts[1:]:
+        first, second = first + a, second + b
+    return first, second
 
 
 def _host_gram(rows: np.ndarray) -> np.ndarray:

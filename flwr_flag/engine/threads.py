@@ -10,26 +10,41 @@ while numpy's single-threaded loops did not move.
 
 The policy, per pass:
 
-* element-wise passes (the output combination, the coordinate-wise rules' blocks) are
-  memory-bound and cut into cache-sized pieces, and a rule's ``n x n`` algebra between
-  passes (eigenproblems, Weiszfeld steps on the Gram matrix) is microseconds of work per
-  operation: one thread, no barrier at all (:func:`one_thread`);
-* the Gram pass's products are compute-bound: a block of ``w`` columns for ``m`` rows
-  costs :math:`m^2 w` multiply-adds, so it gets one thread per :data:`GEMM_WORK` of
-  them, at most the caller's setting (:func:`gemm_threads`): ten clients' blocks run on
-  one thread, a hundred clients' on all of them, where a barrier per block is amortised
-  over milliseconds of work.
+* no torch operation of a pass runs on more than one intra-op thread, and a rule's
+  ``n x n`` algebra between passes (eigenproblems, Weiszfeld steps on the Gram matrix)
+  is microseconds of work per operation: one thread, no barrier at all
+  (:func:`one_thread`);
+* the host passes over the replies (the Gram pass, the output combination, the
+  coordinate-wise blocks) are parallel at the coarsest grain instead: their pieces are
+  cut into one contiguous range per worker (:func:`split_run`), each worker walks its
+  range alone on one thread, and the pass meets at one barrier, at its end. When
+  another process holds a core, the worker there runs at the scheduler's share of it
+  and the pass takes at most what one thread would have taken alone, where a barrier
+  per operation would have waited a time slice thousands of times. Workers: the cores
+  this process may run on, at most the caller's torch setting (:func:`host_workers`);
+* the generic chunked passes' Gram products (a GPU's, and the CPU's without replies
+  to walk) get one thread per :data:`GEMM_WORK` multiply-adds of a block, at most the
+  caller's setting (:func:`gemm_threads`).
 
 Torch's thread count is process-wide: every change here is undone when the pass ends,
-so the user's ``torch.set_num_threads`` is what it was (tested).
+so the user's ``torch.set_num_threads`` is what it was (tested). The workers are this
+module's own threads, set to one intra-op thread each when they start, which happens
+inside a pass's :func:`one_thread` (so the setting that threads inherit is restored by
+the pass's end).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar
 
 import torch
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 GEMM_WORK = 1 << 26
 """Multiply-adds of a Gram block per thread (about 5-10 ms of one core): below it, a
@@ -69,3 +84,46 @@ def gemm_threads(rows: int, columns: int) -> int:
     :data:`GEMM_WORK` multiply-adds, between 1 and the caller's setting."""
     available = _CALLERS[-1] if _CALLERS else torch.get_num_threads()
     return max(1, min(available, rows * rows * columns // GEMM_WORK))
+
+
+MIN_WORK = 1 << 20
+"""Elements a worker of a host pass gets at least (about a millisecond of one core's
+memory traffic): a model smaller than that runs on one worker, the caller's thread."""
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def host_workers() -> int:
+    """Workers of a host pass: the cores this process may run on (its CPU affinity), at
+    most the caller's torch setting (``torch.set_num_threads(1)`` makes every pass
+    serial)."""
+    available = _CALLERS[-1] if _CALLERS else torch.get_num_threads()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(available, affinity or 1))
+
+
+def split_run(
+    task: Callable[[Sequence[Item]], Result], items: Sequence[Item], sizes: Sequence[int]
+) -> list[Result]:
+    """``task`` on contiguous ranges of ``items``, one per worker and balanced by the
+    items' ``sizes`` (elements), the ranges' results in order; the calling thread runs
+    a single range itself. Call it inside :func:`one_thread`."""
+    workers = min(host_workers(), max(1, sum(sizes) // MIN_WORK), len(items))
+    if workers <= 1:
+        return [task(items)]
+    share, ranges, start, done = sum(sizes) / workers, [], 0, 0
+    for end, size in enumerate(sizes, start=1):
+        done += size
+        if done >= share * (len(ranges) + 1) and len(ranges) < workers - 1:
+            ranges.append(items[start:end])
+            start = end
+    ranges.append(items[start:])
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(
+            max_workers=os.cpu_count(),
+            thread_name_prefix="flwr-flag-pass",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
+    return list(_POOL.map(task, [r for r in ranges if r]))
