@@ -47,9 +47,11 @@ DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 for the memory-bound passes), 128 MiB on a GPU (fewer kernel launches)."""
 COMBINE_PIECE = 1 << 17
 """Elements of one client's piece in the host's combine pass (512 KiB of float32: it
-stays in cache between the subtraction, the squared norm and the weighted sum). The pass
-runs on torch's kernels, which split pieces this large over the threads where numpy's
-run on one (timings: ``benchmarks/strategy_overhead.py``)."""
+stays in cache between the subtraction, the squared norm and the weighted sum)."""
+TRACK_ROWS = 32
+"""At most this many rows keep their pieces in the combine pass for the inner products
+with its result (``track_inner``: ``n`` pieces per worker, 16 MiB of float32 here);
+above it, :meth:`UpdateSource.inner_with` takes one pass of its own."""
 GRAM_COLUMNS = 16384
 """Columns of a Gram-pass block on the host. Wide blocks keep the per-row assembly's
 Python loop short and the products large; wider ones double the block (``4 n`` bytes a
@@ -366,7 +368,8 @@ class ArraysSource(UpdateSource):
     track_inner : bool
         The host output pass also takes the rows' inner products with its result (a
         matrix-vector product per piece, in cache), so that :meth:`inner_with` needs no
-        pass where there is no Gram (the mean), for a caller that will ask.
+        pass where there is no Gram (the mean), for a caller that will ask; with more
+        than ``TRACK_ROWS`` rows it takes its own pass.
     """
 
     def __init__(
@@ -425,7 +428,8 @@ class ArraysSource(UpdateSource):
         cost, the pass FedAvg makes). Raises :class:`NonFiniteUpdateError` as the first
         pass does."""
         check = self._verified_upto < self.p
-        track = self.track_inner and self._gram is None  # with a Gram, G c is free
+        # With a Gram, G c is free; with many rows, their pieces would leave the cache.
+        track = self.track_inner and self._gram is None and self.n <= TRACK_ROWS
         weights = coefficients.to(torch.float64).cpu().tolist()
         out = torch.empty(self.p, dtype=self.dtype)
 
