@@ -101,7 +101,7 @@ def trust_scores(source: UpdateSource, reference: Tensor) -> tuple[Tensor, Tenso
     return trust.clamp(0.0, 1.0), norms[:n], float(norms[n:].mean())
 
 
-RESCALES = ("reference", "clip")
+RESCALES = ("reference", "clip", "median")
 
 
 @preaggregator(
@@ -142,7 +142,9 @@ def anchor(
     if float(trusted.sum()) <= 0:
         raise InputRangeError("anchor: no update has a positive cosine with the reference")
     scale = reference_norm / norms.clamp_min(1e-300)
-    if rescale == "clip":
+    if rescale == "median":
+        scale = (norms.median() / norms.clamp_min(1e-300)).clamp_max(1.0)
+    elif rescale == "clip":
         scale = scale.clamp_max(1.0)
     scale = torch.where(trust > 0, scale, 0.0)
     diagnostics = {
