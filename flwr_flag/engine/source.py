@@ -53,13 +53,18 @@ TRACK_ROWS = 32
 with its result (``track_inner``: ``n`` pieces per worker, 16 MiB of float32 here);
 above it, :meth:`UpdateSource.inner_with` takes one pass of its own."""
 GRAM_COLUMNS = 16384
-"""Columns of a Gram-pass block on the host. Wide blocks keep the per-row assembly's
-Python loop short and the products large; wider ones double the block (``4 n`` bytes a
-column) for little more (timings: ``benchmarks/scaling.py``)."""
-MAP_PIECE = 1 << 18
-"""Elements of one ``(n, columns)`` block of the host's coordinate-wise pass (1 MiB of
-float32: the block stays in cache while a selection makes many passes over it), but
-never fewer than ``MAP_MIN_COLUMNS`` columns (many clients: fewer, larger pieces)."""
+"""Columns of a Gram-pass block on the host at least. Wide blocks keep the per-row
+assembly's Python loop short and the products large."""
+GRAM_ELEMENTS = 1 << 20
+"""Elements of a Gram-pass block (4 MiB of float32) when ``GRAM_COLUMNS`` columns make a
+smaller one (few clients): the workers of a split pass hold the interpreter's lock
+between operations, and blocks this large keep them from waiting on each other (ten
+clients of ResNet-18 on two workers: 0.09 s a pass with them, 0.14 s with 16,384
+columns)."""
+MAP_PIECE = 1 << 20
+"""Elements of one ``(n, columns)`` block of the host's coordinate-wise pass (4 MiB of
+float32: large for the same reason as ``GRAM_ELEMENTS``), but never fewer than
+``MAP_MIN_COLUMNS`` columns (many clients: fewer, larger pieces)."""
 MAP_MIN_COLUMNS = 1024
 
 
@@ -433,8 +438,10 @@ class ArraysSource(UpdateSource):
         weights = coefficients.to(torch.float64).cpu().tolist()
         out = torch.empty(self.p, dtype=self.dtype)
 
-        def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[Tensor, Tensor]:
-            sq_norms = torch.zeros(self.n, dtype=torch.float64)
+        def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, Tensor]:
+            # Per-piece scalars stay Python floats (numpy's dot): a torch scalar op per
+            # client and piece cost a tenth of the pass.
+            sq_norms = np.zeros(self.n)
             inner = torch.zeros(self.n, dtype=torch.float64)
             scratch = torch.empty(self.n if track else 1, COMBINE_PIECE, dtype=self.dtype)
             for layer, a, b in pieces:
@@ -443,9 +450,10 @@ class ArraysSource(UpdateSource):
                 acc.zero_()
                 for i in range(self.n):
                     piece = scratch[i if track else 0, : b - a]
-                    self._update_into(piece.numpy(), i, layer, a, b)
+                    host = piece.numpy()
+                    self._update_into(host, i, layer, a, b)
                     if check:
-                        sq_norms[i] += torch.dot(piece, piece)
+                        sq_norms[i] += float(np.dot(host, host))
                     acc.add_(piece, alpha=weights[i])
                 if track:
                     inner += torch.mv(scratch[:, : b - a], acc).double()
@@ -454,7 +462,7 @@ class ArraysSource(UpdateSource):
         with self._threads():
             sq_norms, inner = _summed(self._split(walk, COMBINE_PIECE))
         if check:
-            self._verify(0, self.p, sq_norms)
+            self._verify(0, self.p, torch.from_numpy(sq_norms))
         if track:
             self._output = (out, inner, "inner")
         return out
@@ -470,10 +478,11 @@ class ArraysSource(UpdateSource):
             return super()._gram_pass(points, reference, decide=decide)
         n = self.n
         check = self._verified_upto < self.p
+        width = max(GRAM_COLUMNS, GRAM_ELEMENTS // (n + 1))
 
         def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
             acc, sq_norms = np.zeros((n + 1, n + 1)), np.zeros(n)
-            for _, rows in self._host_blocks(pieces, GRAM_COLUMNS, extra_rows=1):
+            for _, rows in self._host_blocks(pieces, width, extra_rows=1):
                 if check:
                     sq_norms += np.einsum("ij,ij->i", rows[:n], rows[:n])
                 if reference is None:
@@ -484,13 +493,13 @@ class ArraysSource(UpdateSource):
                     acc += _host_gram(rows)
             return acc, sq_norms
 
-        pieces = list(self._host_pieces(GRAM_COLUMNS))
+        pieces = list(self._host_pieces(width))
         with self._threads():
             if decide:  # the origin product of the first block chooses the reference
-                for _, rows in self._host_blocks(pieces[:1], GRAM_COLUMNS):
+                for _, rows in self._host_blocks(pieces[:1], width):
                     first = torch.from_numpy(_host_gram(rows)).double()
                     reference = choose_reference(_origin_gram(first), self.dtype, None)
-            acc, sq_norms = _summed(self._split(walk, GRAM_COLUMNS, pieces))
+            acc, sq_norms = _summed(self._split(walk, width, pieces))
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         acc = torch.from_numpy((acc + acc.T) / 2)  # exactly symmetric: d(i, j) == d(j, i)

@@ -35,8 +35,12 @@ from torch import Tensor
 
 NETWORK_MAX_ROWS = 24
 """Largest ``n`` that the sorting network handles; numpy's sort is faster above it."""
-NETWORK_BLOCK = 1 << 14
-"""Columns per compare-exchange block (``n`` rows of 64 KiB each stay in cache)."""
+NETWORK_BLOCK = 1 << 16
+"""Columns per compare-exchange block (``n`` rows of 256 KiB each, in the core's L2
+for ten clients). Fewer, longer compare-exchanges also keep the workers of a split
+host pass from waiting on each other for the interpreter's lock between them: ten
+clients of ResNet-18 on two workers took 0.20 s a median with this block, 0.25 s with
+16,384 columns (one worker: 0.27 s and 0.26 s)."""
 
 
 @lru_cache(maxsize=64)
