@@ -15,12 +15,12 @@ The policy, per pass:
   is microseconds of work per operation: one thread, no barrier at all
   (:func:`one_thread`);
 * the host passes over the replies (the Gram pass, the output combination, the
-  coordinate-wise blocks) are parallel at the coarsest grain instead: their pieces are
-  cut into one contiguous range per worker (:func:`split_run`), each worker walks its
-  range alone on one thread, and the pass meets at one barrier, at its end. When
-  another process holds a core, the worker there runs at the scheduler's share of it
-  and the pass takes at most what one thread would have taken alone, where a barrier
-  per operation would have waited a time slice thousands of times. Workers: the cores
+  coordinate-wise blocks) are parallel at a coarse grain instead: their pieces are cut
+  into a few contiguous ranges per worker (:func:`split_run`), each worker walks a
+  range alone on one thread and then takes the next, and the pass meets at one
+  barrier, at its end. When another process holds a core, the worker there runs at
+  the scheduler's share of it and takes fewer ranges, where a barrier per operation
+  would have waited a time slice thousands of times. Workers: the cores
   this process may run on, at most the caller's torch setting (:func:`host_workers`);
 * the generic chunked passes' Gram products (a GPU's, and the CPU's without replies
   to walk) get one thread per :data:`GEMM_WORK` multiply-adds of a block, at most the
@@ -87,10 +87,15 @@ def gemm_threads(rows: int, columns: int) -> int:
 
 
 MIN_WORK = 1 << 20
-"""Elements a worker of a host pass gets at least (about a millisecond of one core's
-memory traffic): a model smaller than that runs on one worker, the caller's thread."""
+"""Elements a range of a host pass gets at least (about a millisecond of one core's
+memory traffic): a model smaller than that runs as one range, in the caller's thread."""
+RANGES_PER_WORKER = 4
+"""Ranges a split pass is cut into per worker. A worker that finishes its range takes
+the next one, so a worker slowed by another process on its core does less of the pass:
+beside one busy process on two cores, a pass takes about two thirds of its one-thread
+time instead of all of it (the slow worker's half)."""
 
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 def host_workers() -> int:
@@ -105,25 +110,26 @@ def host_workers() -> int:
 def split_run(
     task: Callable[[Sequence[Item]], Result], items: Sequence[Item], sizes: Sequence[int]
 ) -> list[Result]:
-    """``task`` on contiguous ranges of ``items``, one per worker and balanced by the
-    items' ``sizes`` (elements), the ranges' results in order; the calling thread runs
-    a single range itself. Call it inside :func:`one_thread`."""
-    workers = min(host_workers(), max(1, sum(sizes) // MIN_WORK), len(items))
-    if workers <= 1:
+    """``task`` on contiguous ranges of ``items`` balanced by the items' ``sizes``
+    (elements), ``RANGES_PER_WORKER`` per worker, each range taken by the next free
+    worker; the ranges' results in order. The calling thread runs a single range
+    itself. Call it inside :func:`one_thread`."""
+    workers = host_workers()
+    count = min(workers * RANGES_PER_WORKER, max(1, sum(sizes) // MIN_WORK), len(items))
+    if workers <= 1 or count <= 1:
         return [task(items)]
-    share, ranges, start, done = sum(sizes) / workers, [], 0, 0
+    share, ranges, start, done = sum(sizes) / count, [], 0, 0
     for end, size in enumerate(sizes, start=1):
         done += size
-        if done >= share * (len(ranges) + 1) and len(ranges) < workers - 1:
+        if done >= share * (len(ranges) + 1) and len(ranges) < count - 1:
             ranges.append(items[start:end])
             start = end
     ranges.append(items[start:])
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(
-            max_workers=os.cpu_count(),
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(
+            max_workers=workers,
             thread_name_prefix="flwr-flag-pass",
             initializer=torch.set_num_threads,
             initargs=(1,),
         )
-    return list(_POOL.map(task, [r for r in ranges if r]))
+    return list(_POOLS[workers].map(task, [r for r in ranges if r]))
