@@ -137,5 +137,5 @@ class AnyTimeAverage:
         flat, offset = flat.cpu(), 0
         for name, w in like.items():
             piece = flat[offset : offset + w.size].reshape(w.shape)
-            self.x[name] = piece.to(torch.from_numpy(np.asarray(w)).dtype)
+            self.x[name] = torch.from_numpy(piece.numpy().astype(np.asarray(w).dtype))
             offset += w.size
