@@ -31,6 +31,7 @@ accuracy. Cells are appended to ``--out/cells.jsonl`` and a rerun skips them
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import statistics
@@ -84,7 +85,8 @@ OURS_BASE: dict[str, dict[str, Any]] = {
 OURS: dict[str, dict[str, Any]] = {
     **OURS_BASE,
     # The server's trust anchor: k trusted samples per class (clients/anchor.py). FLTrust
-    # scales every row to the reference's norm; the anchor's default only scales down.
+    # scales every row to the reference's norm; the anchor's default bounds rows by the
+    # round's median norm.
     **{
         f"FLTrust ({k}/class)": {
             "rule": "mean",
@@ -550,7 +552,53 @@ def full_table(rows, rules, attacks, regime: str) -> list[str]:
     return lines
 
 
-def report(rows, rules, attacks, regimes, seeds, rounds, path: Path) -> Path:
+RESCALE_STORE = RESULTS / "field" / "rescale" / "cells.jsonl"
+"""Cells of the anchored rules run with another ``anchor.rescale`` than the default
+(``--variant '{"anchor.rescale": "clip"}' --out benchmarks/results/field/rescale``)."""
+
+
+def rescaling(rows, others, attacks, regimes) -> list[str]:
+    """Clean / worst case of each anchored rule per ``rescale`` of the anchor step
+    (:mod:`flwr_flag.rules.anchor`): the default's from ``rows``, the others' from
+    ``others`` (:data:`RESCALE_STORE`); the mean's ``reference`` is FLTrust."""
+    from flwr_flag.rules.anchor import RESCALES, anchor
+
+    default = inspect.signature(anchor).parameters["rescale"].default
+    lines = [
+        "## The anchor's rescaling",
+        "",
+        f"Clean / worst case (the attack), default `{default}`; the other rows ran from "
+        "the `field/rescale` store.",
+        "",
+        "| rule | rescale | " + " | ".join(regimes) + " |",
+        "|---|---|" + "---|" * len(regimes),
+    ]
+    for rule in ANCHORED:
+        if rule.startswith("FLTrust"):
+            continue
+        for mode in RESCALES:
+            if mode == default:
+                picked = rows
+            elif mode == "reference" and rule.startswith("mean + anchor"):
+                fltrust = rule.replace("mean + anchor", "FLTrust")
+                picked = [{**r, "rule": rule} for r in rows if r["rule"] == fltrust]
+            else:
+                variant = json.dumps({"anchor.rescale": mode})
+                picked = [{**r, "variant": ""} for r in others if r.get("variant") == variant]
+            cells = []
+            for regime in regimes:
+                clean = mean_of(picked, rule, "none", regime)
+                worst = worst_case(picked, rule, attacks, regime)
+                cells.append(
+                    "n/a"
+                    if clean is None or worst is None
+                    else f"{clean:.1f} / {worst[1]:.1f} ({worst[0]})"
+                )
+            lines.append(f"| {rule} | {mode} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def report(rows, rules, attacks, regimes, seeds, rounds, path: Path, others=()) -> Path:
     seconds = [r["seconds"] for r in rows if "seconds" in r]
     lines = [
         "# Field study: heterogeneous data, sampled clients, rule-aware attackers",
@@ -584,6 +632,7 @@ def report(rows, rules, attacks, regimes, seeds, rounds, path: Path) -> Path:
         "",
         *mechanisms(rows, attacks, regimes),
         "",
+        *(rescaling(rows, others, attacks, regimes) if others else []),
     ]
     for regime in regimes:
         r = REGIMES[regime]
@@ -638,7 +687,10 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         rows = list(run(cells, out, args.workers).values())
     path = out / "field.md" if args.out or args.quick else RESULTS / "field.md"
-    report(rows, args.rules, args.attacks, args.regimes, args.seeds, args.rounds, path)
+    others = []
+    if path == RESULTS / "field.md" and RESCALE_STORE.exists():
+        others = list(harness.load(RESCALE_STORE, Cell).values())
+    report(rows, args.rules, args.attacks, args.regimes, args.seeds, args.rounds, path, others)
     print(path.read_text())
     return path
 

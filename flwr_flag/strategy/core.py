@@ -166,8 +166,8 @@ class RobustCore(Persistence):
         ``anchor(arrays) -> arrays``, the model after the server's own local training on
         its trusted data from the round's global model ``arrays`` (same names, shapes
         and dtypes). Each round its update :math:`g_0` scores every reply, which is
-        scaled down to :math:`\|g_0\|` if longer and weighted by its clipped cosine
-        with it, before the rule (the ``anchor`` pre-aggregator runs first; its
+        weighted by its clipped cosine with it and scaled down to the round's median
+        norm if longer, before the rule (the ``anchor`` pre-aggregator runs first; its
         ``rescale`` param). An anchor that returns a
         sequence of arrays, the server's training on each class's samples alone, gives
         the per-class scoring for label skew (an honest node holding a few classes is

@@ -106,7 +106,8 @@ class FLTrust(RobustStrategy):
     ``anchor``, the server's local training on its trusted data; each valid reply
     counts once before its trust. Every other strategy takes ``anchor`` too, and then
     runs its rule on the scored rows. FLTrust scales every row to the reference's norm,
-    as the paper does; the ``anchor`` step's default only scales longer rows down."""
+    as the paper does; the ``anchor`` step's default scales rows longer than the
+    round's median norm down to it."""
 
     rule = "mean"
     requires = ("anchor",)
