@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +96,31 @@ def test_a_pass_split_between_workers_runs_each_on_one_thread_and_restores_the_s
     started.start()
     started.join()
     assert later == [3]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_process_forked_after_a_split_pass_runs_its_own(monkeypatch):
+    """A forked child inherits the parent's pool objects but none of their threads: a
+    pass there must start its own workers, not wait for ever on the parent's."""
+    from flwr_flag.engine import threads
+
+    monkeypatch.setattr(threads, "MIN_WORK", 1)
+    monkeypatch.setattr(threads, "host_workers", lambda: 2)
+    expected = aggregate(ArraysSource(clients(11), device="cpu"), "median", 2).vector
+    assert threads._POOLS  # the parent's pool exists
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            got = aggregate(ArraysSource(clients(11), device="cpu"), "median", 2).vector
+            os.write(write, b"1" if torch.equal(got, expected) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.waitpid(child, os.WNOHANG) == (0, 0):
+        time.sleep(0.05)
+    else:
+        if time.monotonic() >= deadline:
+            os.kill(child, 9)
+    assert os.read(read, 1) == b"1"

@@ -96,6 +96,8 @@ beside one busy process on two cores, a pass takes about two thirds of its one-t
 time instead of all of it (the slow worker's half)."""
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pools' threads
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def host_workers() -> int:
