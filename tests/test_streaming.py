@@ -228,3 +228,7 @@ def test_the_host_output_pass_takes_the_inner_products_when_asked(n):
     vector = aggregate(source, "mean", 2).vector
     assert source._output[0] is vector and (source._output[2] == "inner") == (n <= TRACK_ROWS)
     torch.testing.assert_close(source.inner_with(vector), x @ vector)
+    other = vector.clone()  # not the last output: a pass of its own, host or generic
+    torch.testing.assert_close(source.inner_with(other), x @ other)
+    source.host_passes = False
+    torch.testing.assert_close(source.inner_with(other), x @ other)

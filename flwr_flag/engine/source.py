@@ -299,8 +299,16 @@ class UpdateSource(ABC):
                 return recorded
             if self._gram is not None:
                 return self._gram.raw() @ recorded
-        sq_norm = float(torch.linalg.vector_norm(vector, dtype=torch.float64)) ** 2
-        return (self.sq_norms() + sq_norm - self.sq_distances_to(vector)) / 2
+        return self._inner_pass(vector)
+
+    def _inner_pass(self, vector: Tensor) -> Tensor:
+        """:math:`X v` in one pass, float64 on the host."""
+        vector = vector.to(self.device, self.dtype)
+        inner = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        with self._threads():
+            for cols, chunk in self.chunks():
+                inner += (chunk @ vector[cols]).double()
+        return inner.cpu()
 
     def sq_distances_to(self, point: Tensor) -> Tensor:
         """``||g_i - point||^2`` for every row, as an ``(n,)`` float64 host tensor."""
@@ -537,6 +545,29 @@ class ArraysSource(UpdateSource):
         if self.track_inner:
             self._output = (result, torch.from_numpy(inner), "inner")
         return result
+
+    def _inner_pass(self, vector: Tensor) -> Tensor:
+        """On the host, :math:`X v` over blocks assembled straight from the replies,
+        split between the workers; elsewhere, the generic pass."""
+        if not self.host_passes:
+            return super()._inner_pass(vector)
+        check = self._verified_upto < self.p
+        v = vector.to("cpu", self.dtype).numpy()
+        width = max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)
+
+        def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+            inner, sq_norms = np.zeros(self.n), np.zeros(self.n)
+            for start, rows in self._host_blocks(pieces, width):
+                if check:
+                    sq_norms += np.einsum("ij,ij->i", rows, rows)
+                inner += rows @ v[start : start + rows.shape[1]]
+            return inner, sq_norms
+
+        with self._threads():
+            inner, sq_norms = _summed(self._split(walk, width))
+        if check:
+            self._verify(0, self.p, torch.from_numpy(sq_norms))
+        return torch.from_numpy(inner)
 
     def _split(
         self,
