@@ -521,26 +521,17 @@ class ArraysSource(UpdateSource):
         between the workers; elsewhere, the generic chunked pass."""
         if not self.host_passes:
             return super().map_columns(function)
-        check = self._verified_upto < self.p
         out = np.empty(self.p, dtype=self._host_dtype)
-        width = max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)
 
-        def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
-            sq_norms, inner = np.zeros(self.n), np.zeros(self.n)
-            for start, rows in self._host_blocks(pieces, width):
-                if check:
-                    sq_norms += np.einsum("ij,ij->i", rows, rows)
-                block = torch.from_numpy(rows)
-                piece = function(block)
-                out[start : start + rows.shape[1]] = piece.numpy()
-                if self.track_inner:
-                    inner += torch.mv(block, piece).double().numpy()
-            return sq_norms, inner
+        def visit(start: int, rows: np.ndarray) -> np.ndarray:
+            block = torch.from_numpy(rows)
+            piece = function(block)
+            out[start : start + rows.shape[1]] = piece.numpy()
+            if not self.track_inner:
+                return np.zeros(self.n)
+            return torch.mv(block, piece).double().numpy()
 
-        with self._threads():
-            sq_norms, inner = _summed(self._split(walk, width))
-        if check:
-            self._verify(0, self.p, torch.from_numpy(sq_norms))
+        inner = self._block_pass(visit)
         result = torch.from_numpy(out)
         if self.track_inner:
             self._output = (result, torch.from_numpy(inner), "inner")
@@ -551,23 +542,31 @@ class ArraysSource(UpdateSource):
         split between the workers; elsewhere, the generic pass."""
         if not self.host_passes:
             return super()._inner_pass(vector)
-        check = self._verified_upto < self.p
         v = vector.to("cpu", self.dtype).numpy()
+        inner = self._block_pass(lambda start, rows: rows @ v[start : start + rows.shape[1]])
+        return torch.from_numpy(inner.astype(np.float64))
+
+    def _block_pass(self, visit: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+        """One host pass over ``(n, w)`` blocks of columns assembled straight from the
+        replies (each reply read once, the subtraction of the base fused in), split
+        between the workers: ``visit(start, rows)`` on each block, the sum of the
+        ``(n,)`` arrays it returns; the first pass's check comes with it."""
+        check = self._verified_upto < self.p
         width = max(MAP_PIECE // self.n, MAP_MIN_COLUMNS)
 
         def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
-            inner, sq_norms = np.zeros(self.n), np.zeros(self.n)
+            total, sq_norms = np.zeros(self.n), np.zeros(self.n)
             for start, rows in self._host_blocks(pieces, width):
                 if check:
                     sq_norms += np.einsum("ij,ij->i", rows, rows)
-                inner += rows @ v[start : start + rows.shape[1]]
-            return inner, sq_norms
+                total += visit(start, rows)
+            return total, sq_norms
 
         with self._threads():
-            inner, sq_norms = _summed(self._split(walk, width))
+            total, sq_norms = _summed(self._split(walk, width))
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
-        return torch.from_numpy(inner)
+        return total
 
     def _split(
         self,
