@@ -544,7 +544,7 @@ class ArraysSource(UpdateSource):
             return super()._inner_pass(vector)
         v = vector.to("cpu", self.dtype).numpy()
         inner = self._block_pass(lambda start, rows: rows @ v[start : start + rows.shape[1]])
-        return torch.from_numpy(inner.astype(np.float64))
+        return torch.from_numpy(inner)  # float64: the blocks' products summed into zeros(n)
 
     def _block_pass(self, visit: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
         """One host pass over ``(n, w)`` blocks of columns assembled straight from the
