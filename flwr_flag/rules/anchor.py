@@ -151,10 +151,9 @@ def anchor(
     trusted = trust * weights
     if float(trusted.sum()) <= 0:
         raise InputRangeError("anchor: no update has a positive cosine with the reference")
-    scale = reference_norm / norms.clamp_min(1e-300)
-    if rescale == "median":
-        scale = (norms.median() / norms.clamp_min(1e-300)).clamp_max(1.0)
-    elif rescale == "clip":
+    bound = norms.median() if rescale == "median" else reference_norm
+    scale = bound / norms.clamp_min(1e-300)
+    if rescale != "reference":  # only longer rows are scaled down to the bound
         scale = scale.clamp_max(1.0)
     scale = torch.where(trust > 0, scale, 0.0)
     diagnostics = {
