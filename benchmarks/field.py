@@ -552,15 +552,31 @@ def full_table(rows, rules, attacks, regime: str) -> list[str]:
     return lines
 
 
-RESCALE_STORE = RESULTS / "field" / "rescale" / "cells.jsonl"
-"""Cells of the anchored rules run with another ``anchor.rescale`` than the default
-(``--variant '{"anchor.rescale": "clip"}' --out benchmarks/results/field/rescale``)."""
+SETTINGS_STORE = RESULTS / "field" / "anchored-settings" / "cells.jsonl"
+"""Cells of the anchored rules run with other settings than their default: the anchor's
+``rescale`` (``--variant '{"anchor.rescale": "clip"}' --out
+benchmarks/results/field/anchored-settings``) and FA's ``output`` behind the anchor."""
+
+
+def clean_worst(picked, rule: str, attacks, regime: str) -> str:
+    """``clean / worst (attack)`` of ``rule`` in ``regime``, or ``n/a``."""
+    clean = mean_of(picked, rule, "none", regime)
+    worst = worst_case(picked, rule, attacks, regime)
+    if clean is None or worst is None:
+        return "n/a"
+    return f"{clean:.1f} / {worst[1]:.1f} ({worst[0]})"
+
+
+def with_variant(others, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells of ``others`` run with exactly these extra ``settings``, as defaults."""
+    variant = json.dumps(settings)
+    return [{**r, "variant": ""} for r in others if r.get("variant") == variant]
 
 
 def rescaling(rows, others, attacks, regimes) -> list[str]:
     """Clean / worst case of each anchored rule per ``rescale`` of the anchor step
     (:mod:`flwr_flag.rules.anchor`): the default's from ``rows``, the others' from
-    ``others`` (:data:`RESCALE_STORE`); the mean's ``reference`` is FLTrust."""
+    ``others`` (:data:`SETTINGS_STORE`); the mean's ``reference`` is FLTrust."""
     from flwr_flag.rules.anchor import RESCALES, anchor
 
     default = inspect.signature(anchor).parameters["rescale"].default
@@ -568,7 +584,7 @@ def rescaling(rows, others, attacks, regimes) -> list[str]:
         "## The anchor's rescaling",
         "",
         f"Clean / worst case (the attack), default `{default}`; the other rows ran from "
-        "the `field/rescale` store.",
+        "the `field/anchored-settings` store.",
         "",
         "| rule | rescale | " + " | ".join(regimes) + " |",
         "|---|---|" + "---|" * len(regimes),
@@ -583,18 +599,35 @@ def rescaling(rows, others, attacks, regimes) -> list[str]:
                 fltrust = rule.replace("mean + anchor", "FLTrust")
                 picked = [{**r, "rule": rule} for r in rows if r["rule"] == fltrust]
             else:
-                variant = json.dumps({"anchor.rescale": mode})
-                picked = [{**r, "variant": ""} for r in others if r.get("variant") == variant]
-            cells = []
-            for regime in regimes:
-                clean = mean_of(picked, rule, "none", regime)
-                worst = worst_case(picked, rule, attacks, regime)
-                cells.append(
-                    "n/a"
-                    if clean is None or worst is None
-                    else f"{clean:.1f} / {worst[1]:.1f} ({worst[0]})"
-                )
+                picked = with_variant(others, {"anchor.rescale": mode})
+            cells = [clean_worst(picked, rule, attacks, regime) for regime in regimes]
             lines.append(f"| {rule} | {mode} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def fa_output(rows, others, attacks, regimes) -> list[str]:
+    """Clean / worst case of FA behind the anchor per ``output``: the default behind it
+    (``projected-mean``, :attr:`flwr_flag.rules.registry.Rule.anchored`) from ``rows``,
+    the geometric median's from ``others`` (:data:`SETTINGS_STORE`)."""
+    rule = "FA + anchor (10/class)"
+    outputs = {
+        "projected-mean (default behind the anchor)": rows,
+        "projected-geomed (FA's default alone)": with_variant(
+            others, {"flag.output": "projected-geomed"}
+        ),
+    }
+    lines = [
+        "## FA's output behind the anchor",
+        "",
+        "Clean / worst case (the attack) of FA after the anchor step; the geometric "
+        "median's row ran from the `field/anchored-settings` store.",
+        "",
+        "| output | " + " | ".join(regimes) + " |",
+        "|---|" + "---|" * len(regimes),
+    ]
+    for output, picked in outputs.items():
+        cells = [clean_worst(picked, rule, attacks, regime) for regime in regimes]
+        lines.append(f"| {output} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -633,6 +666,7 @@ def report(rows, rules, attacks, regimes, seeds, rounds, path: Path, others=()) 
         *mechanisms(rows, attacks, regimes),
         "",
         *(rescaling(rows, others, attacks, regimes) if others else []),
+        *(fa_output(rows, others, attacks, regimes) if others else []),
     ]
     for regime in regimes:
         r = REGIMES[regime]
@@ -688,8 +722,8 @@ def main(argv: list[str] | None = None) -> Path:
         rows = list(run(cells, out, args.workers).values())
     path = out / "field.md" if args.out or args.quick else RESULTS / "field.md"
     others = []
-    if path == RESULTS / "field.md" and RESCALE_STORE.exists():
-        others = list(harness.load(RESCALE_STORE, Cell).values())
+    if path == RESULTS / "field.md" and SETTINGS_STORE.exists():
+        others = list(harness.load(SETTINGS_STORE, Cell).values())
     report(rows, args.rules, args.attacks, args.regimes, args.seeds, args.rounds, path, others)
     print(path.read_text())
     return path

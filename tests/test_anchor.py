@@ -336,3 +336,45 @@ def test_the_run_configs_anchor_section_sets_the_step_and_a_bad_value_stops_the_
     refused = r"anchor: rescale='shrink' is not one of \['reference', 'clip', 'median'\]"
     with pytest.raises(InvalidParameterError, match=refused):
         strategy_from_config({"rule": "mean", "anchor.rescale": "shrink"}, toward_ones)
+
+
+def test_fa_behind_the_anchor_projects_the_mean_unless_told_otherwise():
+    from flwr_flag.config import strategy_from_config
+
+    assert flwr_flag.FlagAggregator(anchor=toward_ones).core.rule_params["output"] == (
+        "projected-mean"
+    )
+    told = flwr_flag.FlagAggregator(anchor=toward_ones, output="paper").core.rule_params
+    assert told["output"] == "paper"
+    assert "output" not in flwr_flag.FlagAggregator().core.rule_params
+    auto = {"rule": "flag", "flag.output": "auto"}
+    assert strategy_from_config(auto, toward_ones).core.rule_params["output"] == "projected-mean"
+    assert strategy_from_config(auto).core.rule_params["output"] is None
+
+
+def test_behind_the_anchor_the_projected_mean_resists_colluders_the_geomed_follows():
+    """Three identical colluders at 45 degrees from the reference (anchor-drift) and
+    twelve honest updates spread around it: the geometric median of the trusted rows
+    goes to the colluders' point, the mean moves a trust-weighted share towards it."""
+    generator = torch.Generator().manual_seed(0)
+    p = 400
+    reference = torch.zeros(p, dtype=torch.float64)
+    reference[0] = 1.0
+    drift = torch.zeros(p, dtype=torch.float64)
+    drift[1] = 1.0
+    spread = torch.randn(12, p, generator=generator, dtype=torch.float64) * 3 / p**0.5
+    honest = 0.5 * reference + spread
+    colluders = ((reference + drift) / 2**0.5).expand(3, p)
+    updates = torch.cat([honest, colluders])
+    pulled = {
+        output: float(
+            aggregate(
+                updates, "flag", 3, pre=[("anchor", {"reference": reference})], output=output
+            ).vector
+            @ drift
+        )
+        for output in ("projected-geomed", "projected-mean", None)
+    }
+    assert pulled["projected-geomed"] > 0.7  # the colluders' own drift, 1 / sqrt(2)
+    assert pulled["projected-mean"] < 0.45
+    assert pulled[None] == pulled["projected-geomed"]  # the rule alone: no anchor to see

@@ -227,3 +227,23 @@ def test_every_declared_option_refuses_with_the_one_error_naming_it_and_what_is_
         assert any(word in message for word in ("must be", "not one of", "allowed")), message
         checked += 1
     assert checked > 100
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])  # 100: nearly parallel, centred on a row
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 3e19])
+def test_the_host_gram_pass_rejects_exactly_the_bad_rows(offset, bad):
+    rng = np.random.default_rng(0)
+    base = [np.zeros((30, 40), np.float32), np.zeros(7, np.float32)]
+    replies = [
+        [offset + rng.normal(size=(30, 40)).astype(np.float32), rng.normal(size=7)]
+        for _ in range(9)
+    ]
+    replies[3][0][5, 5] = bad
+    replies[6][1][2] = bad
+    source = ArraysSource(replies, base=base, device="cpu")
+    with pytest.raises(NonFiniteUpdateError) as err:
+        source.gram()
+    assert err.value.rows == [3, 6]
+    del replies[6], replies[3]
+    gram = ArraysSource(replies, base=base, device="cpu").gram()
+    assert torch.isfinite(gram.raw()).all()

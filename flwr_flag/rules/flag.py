@@ -77,8 +77,9 @@ def _residuals(kx: Tensor, projections: Tensor) -> tuple[Tensor, Tensor]:
         "eps": Real(0.0, low_open=True),
         "tol": Real(0.0),
         "max_iter": Integer(1),
-        "output": Choice(choices=OUTPUTS),
+        "output": Choice(choices=OUTPUTS, optional=True),
     },
+    anchored={"output": "projected-mean"},
 )
 def flag_aggregator(
     source: UpdateSource,
@@ -89,7 +90,7 @@ def flag_aggregator(
     eps: float = 1e-8,
     tol: float = 1e-6,
     max_iter: int = 100,
-    output: str = "projected-geomed",
+    output: str | None = None,
 ) -> tuple[Tensor, Diagnostics]:
     r"""Flag Aggregator (see the module docstring for the objective and the algorithm).
 
@@ -108,17 +109,24 @@ def flag_aggregator(
         plain scatter, which is where the paper's single step from a random start in
         ``p >> n`` dimensions lands (its ratios are all about ``r / p``), so
         ``max_iter=1`` is the paper's one-step variant.
-    output : {"projected-geomed", "projected-mean", "paper"}
+    output : {"projected-geomed", "projected-mean", "paper"} or None
         ``"paper"``: :math:`\frac{1}{r} \sum_i Y Y^T x_i`, as in the paper, which
         discards update magnitudes. ``"projected-mean"``:
         :math:`Y Y^T \bar g` with :math:`\bar g = \sum_i \alpha_i g_i \min(1, \nu / \|g_i\|)`
         the weighted mean of the updates clipped to their median norm :math:`\nu`.
-        ``"projected-geomed"`` (default): :math:`Y Y^T m` with :math:`m` the weighted
+        ``"projected-geomed"``: :math:`Y Y^T m` with :math:`m` the weighted
         geometric median of those clipped updates. A subspace cannot tell :math:`g`
         from :math:`-g`, so sign-flipped updates are reconstructed as well as honest
         ones and pull a mean towards zero; the geometric median outvotes such a
         minority. Both are computed on the Gram matrix: no
-        extra pass.
+        extra pass. ``None`` (default): ``"projected-geomed"``, and
+        ``"projected-mean"`` behind the trust anchor (:mod:`.anchor`), which a
+        strategy chooses. There no row points against the reference (the anchor
+        zeroes them), so the geometric median's reason is gone, and what remains is
+        its pull towards a tight cluster: colluders that keep a positive cosine with
+        the reference, identical among themselves, drew it to them (in the field
+        study, the anchored FA's worst case at Dirichlet 1 and 0.5 rose from
+        92.7 and 92.6 to {dir1} and {dir05} with the mean).
 
     ``f`` does not enter the rule; it needs ``n >= 2f + 1``. Diagnostics: the
     reconstruction ratios and final IRLS weights :math:`d_i^2` (normalised to sum to
@@ -173,7 +181,7 @@ def flag_aggregator(
     else:
         clip = torch.where(live, (coordinate_median(norms[live]) / norms).clamp(max=1.0), 0.0)
         center = weights
-        if output == "projected-geomed":
+        if output in (None, "projected-geomed"):
             clipped = gram.mix(torch.diag(clip))
             center, _ = weiszfeld(
                 clipped, weights, nu=1e-6 * float(norms.max()), max_iter=2000, tol=1e-10

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, ClassVar, NamedTuple
 
@@ -72,6 +72,9 @@ class Rule:
     default_pre: tuple[PreStep, ...] = ()
     """The pre-aggregators a strategy runs before the rule unless told otherwise
     (``pre=None``, ``pre = "auto"`` in a run config); :func:`aggregate` never adds them."""
+    anchored: Mapping[str, Any] = field(default_factory=dict)
+    """Hyperparameters a strategy gives the rule behind the trust anchor
+    (:mod:`.anchor`) where the user left them unset or ``None`` (``"auto"``)."""
 
     @property
     def hyperparameters(self) -> frozenset[str]:
@@ -230,9 +233,10 @@ def span_rule(
     params: Mapping[str, Param] | None = None,
     state: Iterable[str] = (),
     default_pre: tuple[PreStep, ...] = (),
+    anchored: Mapping[str, Any] | None = None,
 ) -> Callable:
     """Register ``impl`` returning ``(c, diagnostics)``; the aggregate is ``X^T c``.
-    ``default_pre``: :attr:`Rule.default_pre`."""
+    ``default_pre``, ``anchored``: :attr:`Rule.default_pre`, :attr:`Rule.anchored`."""
 
     def register(impl: Callable[..., tuple[Tensor, Diagnostics]]) -> Callable:
         declared, defaults, requirement, coefficients = _declared(name, impl, params, state, needs)
@@ -252,6 +256,7 @@ def span_rule(
             frozenset(state),
             coefficients,
             default_pre=default_pre,
+            anchored=dict(anchored or {}),
         )
         return function
 

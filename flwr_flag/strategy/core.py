@@ -219,6 +219,9 @@ class RobustCore(Persistence):
             )
         if anchor is not None and "anchor" not in named:
             self.pre = ["anchor", *self.pre]
+        if anchor is not None:  # the rule's settings behind the anchor, where left unset
+            anchored = get_rule(rule).anchored.items()
+            self.rule_params |= {k: v for k, v in anchored if self.rule_params.get(k) is None}
         self.step = ServerStep(server_lr, server_momentum)
         self.device = resolve_device(device)
         self.chunk_size = chunk_size
