@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_flag.engine import ArraysSource, NonFiniteUpdateError
-from flwr_flag.engine.threads import GEMM_WORK, gemm_threads, one_thread, torch_threads
+from flwr_flag.engine import ArraysSource, NonFiniteUpdateError, threads
+from flwr_flag.engine.threads import (
+    GEMM_WORK,
+    gemm_threads,
+    host_workers,
+    one_thread,
+    torch_threads,
+)
 from flwr_flag.rules import RULES, aggregate
 
 
@@ -124,3 +130,22 @@ def test_a_process_forked_after_a_split_pass_runs_its_own(monkeypatch):
         if time.monotonic() >= deadline:
             os.kill(child, 9)
     assert os.read(read, 1) == b"1"
+
+
+def test_a_pass_leaves_the_cores_that_other_tasks_run_on(tmp_path, monkeypatch):
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(threads, "LOADAVG", str(loadavg))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # the caller's setting
+    # The count includes the caller's own thread.
+    for running, workers in [(1, 4), (2, 3), (4, 1), (9, 1)]:
+        loadavg.write_text(f"0.52 0.40 0.31 {running}/321 4242\n")
+        assert host_workers() == workers
+    loadavg.write_text("not a load line")
+    assert host_workers() == 4
+    loadavg.unlink()
+    assert host_workers() == 4
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    loadavg.write_text("0.52 0.40 0.31 1/321 4242\n")
+    assert host_workers() == 2  # the caller's setting caps it
