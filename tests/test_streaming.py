@@ -232,3 +232,23 @@ def test_the_host_output_pass_takes_the_inner_products_when_asked(n):
     torch.testing.assert_close(source.inner_with(other), x @ other)
     source.host_passes = False
     torch.testing.assert_close(source.inner_with(other), x @ other)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])  # 100: nearly parallel, centred on a row
+def test_the_host_gram_pass_reads_each_reply_once_unless_it_recentres(offset, monkeypatch):
+    """The first block's product chooses the reference; kept at the origin, it is that
+    block's share of the Gram, so a model of one block is read once, not twice."""
+    rng = np.random.default_rng(0)
+    replies = [[offset + rng.normal(size=(20, 30)).astype(np.float32)] for _ in range(6)]
+    source = ArraysSource(replies, device="cpu")
+    reads = []
+    original = ArraysSource._update_into
+    monkeypatch.setattr(
+        ArraysSource,
+        "_update_into",
+        lambda self, *args: reads.append(args[1]) or original(self, *args),
+    )
+    gram = source.gram()
+    assert len(reads) == (6 if offset == 0 else 12)
+    stacked = torch.tensor(np.stack([r[0].ravel() for r in replies]), dtype=torch.float64)
+    torch.testing.assert_close(gram.raw(), stacked @ stacked.T, rtol=1e-5, atol=1e-3)

@@ -87,6 +87,9 @@ def test_a_pass_split_between_workers_runs_each_on_one_thread_and_restores_the_s
     monkeypatch.setattr(threads, "MIN_WORK", 1)
     monkeypatch.setattr(threads, "host_workers", lambda: 3)
     monkeypatch.setattr("flwr_flag.engine.source.split_run", spy)
+    # Gram blocks of 64 columns: pieces to split besides the one choosing the reference.
+    monkeypatch.setattr("flwr_flag.engine.source.GRAM_COLUMNS", 64)
+    monkeypatch.setattr("flwr_flag.engine.source.GRAM_ELEMENTS", 64)
     source = ArraysSource(clients(11), device="cpu")
     serial = ArraysSource(clients(11), device="cpu")
     serial.host_passes = False

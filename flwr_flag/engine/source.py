@@ -508,12 +508,19 @@ class ArraysSource(UpdateSource):
             return acc, sq_norms
 
         pieces = list(self._host_pieces(width))
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
         with self._threads():
             if decide:  # the origin product of the first block chooses the reference
                 for _, rows in self._host_blocks(pieces[:1], width):
-                    first = torch.from_numpy(_host_gram(rows)).double()
-                    reference = choose_reference(_origin_gram(first), self.dtype, None)
-            acc, sq_norms = _summed(self._split(walk, width, pieces))
+                    first = _host_gram(rows)
+                origin = _origin_gram(torch.from_numpy(first).double())
+                reference = choose_reference(origin, self.dtype, None)
+                if reference is None:  # that product is the first block's share already
+                    share = np.zeros((n + 1, n + 1))
+                    share[:n, :n] = first
+                    parts.append((share, first.diagonal().astype(np.float64)))
+                    pieces = pieces[1:]
+            acc, sq_norms = _summed([*parts, *self._split(walk, width, pieces)])
         if check:
             self._verify(0, self.p, torch.from_numpy(sq_norms))
         acc = torch.from_numpy((acc + acc.T) / 2)  # exactly symmetric: d(i, j) == d(j, i)
