@@ -135,16 +135,26 @@ def test_a_process_forked_after_a_split_pass_runs_its_own(monkeypatch):
     assert os.read(read, 1) == b"1"
 
 
-def test_a_pass_leaves_the_cores_that_other_tasks_run_on(tmp_path, monkeypatch):
-    loadavg = tmp_path / "loadavg"
+def test_a_pass_leaves_the_cores_that_other_processes_run_on(tmp_path, monkeypatch):
+    loadavg, own = tmp_path / "loadavg", tmp_path / "task"
     monkeypatch.setattr(threads, "LOADAVG", str(loadavg))
+    monkeypatch.setattr(threads, "OWN_TASKS", str(own))
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # the caller's setting
-    # The count includes the caller's own thread.
+
+    def threads_of_ours(*states: str) -> None:
+        for i, state in enumerate(states):
+            (own / str(i)).mkdir(parents=True, exist_ok=True)
+            (own / str(i) / "stat").write_text(f"{i} (py thread) {state} 1 2 3\n")
+
+    threads_of_ours("R", "S", "S")  # the caller runs, the pool's workers sleep
     for running, workers in [(1, 4), (2, 3), (4, 1), (9, 1)]:
         loadavg.write_text(f"0.52 0.40 0.31 {running}/321 4242\n")
         assert host_workers() == workers
+    threads_of_ours("R", "R", "R")  # the last pass's workers, not yet asleep
+    loadavg.write_text("0.52 0.40 0.31 3/321 4242\n")
+    assert host_workers() == 4
     loadavg.write_text("not a load line")
     assert host_workers() == 4
     loadavg.unlink()

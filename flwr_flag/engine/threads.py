@@ -107,12 +107,14 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the pools' thr
 
 LOADAVG = "/proc/loadavg"
 """Linux's load line; its fourth field, ``running/total``, counts the tasks runnable
-this instant, the caller's own thread among them."""
+this instant, the threads of this process among them."""
+OWN_TASKS = "/proc/self/task"
+"""This process's threads, each with a ``stat`` line giving its state (``R``: runnable)."""
 
 
 def host_workers() -> int:
     """Workers of a host pass: the cores this process may run on (its CPU affinity),
-    no more than the machine's cores that no other task is running on this instant
+    no more than the machine's cores that no other process is running on this instant
     (:func:`cores_taken`), at least one, at most the caller's torch setting
     (``torch.set_num_threads(1)`` makes every pass serial).
 
@@ -126,15 +128,25 @@ def host_workers() -> int:
 
 
 def cores_taken() -> int:
-    """Tasks runnable this instant besides the caller's thread, from :data:`LOADAVG`
-    (0 where the system has none): a snapshot, read once per pass, so a burst that
-    ends during the pass costs that pass a worker."""
+    """Tasks of other processes runnable this instant: :data:`LOADAVG`'s count less
+    this process's runnable threads (:data:`OWN_TASKS`), 0 where the system has no such
+    files. Its own are read first: the last pass's workers may still be going to sleep,
+    and one that sleeps between the two reads is then not taken for another process's.
+    A snapshot, read once per pass, so a burst that ends during the pass costs that
+    pass a worker."""
+    own = 0
+    for task in os.listdir(OWN_TASKS) if os.path.isdir(OWN_TASKS) else ():
+        try:
+            with open(os.path.join(OWN_TASKS, task, "stat")) as stat:
+                own += stat.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
     try:
         with open(LOADAVG) as line:
             running = int(line.read().split()[3].split("/")[0])
     except (OSError, IndexError, ValueError):
         return 0
-    return max(running - 1, 0)
+    return max(running - max(own, 1), 0)
 
 
 def split_run(
@@ -144,8 +156,9 @@ def split_run(
     (elements), ``RANGES_PER_WORKER`` per worker, each range taken by the next free
     worker; the ranges' results in order. The calling thread runs a single range
     itself. Call it inside :func:`one_thread`."""
-    workers = host_workers()
-    count = min(workers * RANGES_PER_WORKER, max(1, sum(sizes) // MIN_WORK), len(items))
+    count = min(max(1, sum(sizes) // MIN_WORK), len(items))
+    workers = host_workers() if count > 1 else 1
+    count = min(count, workers * RANGES_PER_WORKER)
     if workers <= 1 or count <= 1:
         return [task(items)]
     share, ranges, start, done = sum(sizes) / count, [], 0, 0
