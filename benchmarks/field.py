@@ -552,10 +552,10 @@ def full_table(rows, rules, attacks, regime: str) -> list[str]:
     return lines
 
 
-SETTINGS_STORE = RESULTS / "field" / "anchored-settings" / "cells.jsonl"
-"""Cells of the anchored rules run with other settings than their default: the anchor's
-``rescale`` (``--variant '{"anchor.rescale": "clip"}' --out
-benchmarks/results/field/anchored-settings``) and FA's ``output`` behind the anchor."""
+SETTINGS_STORE = RESULTS / "field" / "settings" / "cells.jsonl"
+"""Cells of rules run with other settings than their default: the anchor's ``rescale``
+(``--variant '{"anchor.rescale": "clip"}' --out benchmarks/results/field/settings``),
+FA's ``output`` behind the anchor, history's ``decay``."""
 
 
 def clean_worst(picked, rule: str, attacks, regime: str) -> str:
@@ -574,21 +574,13 @@ def with_variant(others, settings: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def rescaling(rows, others, attacks, regimes) -> list[str]:
-    """Clean / worst case of each anchored rule per ``rescale`` of the anchor step
+    """Each anchored rule per ``rescale`` of the anchor step
     (:mod:`flwr_flag.rules.anchor`): the default's from ``rows``, the others' from
     ``others`` (:data:`SETTINGS_STORE`); the mean's ``reference`` is FLTrust."""
     from flwr_flag.rules.anchor import RESCALES, anchor
 
     default = inspect.signature(anchor).parameters["rescale"].default
-    lines = [
-        "## The anchor's rescaling",
-        "",
-        f"Clean / worst case (the attack), default `{default}`; the other rows ran from "
-        "the `field/anchored-settings` store.",
-        "",
-        "| rule | rescale | " + " | ".join(regimes) + " |",
-        "|---|---|" + "---|" * len(regimes),
-    ]
+    lines_of = []
     for rule in ANCHORED:
         if rule.startswith("FLTrust"):
             continue
@@ -600,35 +592,68 @@ def rescaling(rows, others, attacks, regimes) -> list[str]:
                 picked = [{**r, "rule": rule} for r in rows if r["rule"] == fltrust]
             else:
                 picked = with_variant(others, {"anchor.rescale": mode})
-            cells = [clean_worst(picked, rule, attacks, regime) for regime in regimes]
-            lines.append(f"| {rule} | {mode} | " + " | ".join(cells) + " |")
+            lines_of.append((mode, rule, picked))
+    return settings_table(
+        "The anchor's rescaling",
+        f"default `{default}`; the other lines ran from the `field/settings` store.",
+        lines_of,
+        attacks,
+        regimes,
+    )
+
+
+def settings_table(title: str, note: str, lines_of, attacks, regimes) -> list[str]:
+    """A section of clean / worst cases, one line per ``(label, rule, cells)``."""
+    lines = [
+        f"## {title}",
+        "",
+        f"Clean / worst case (the attack); {note}",
+        "",
+        "| rule | setting | " + " | ".join(regimes) + " |",
+        "|---|---|" + "---|" * len(regimes),
+    ]
+    for label, rule, picked in lines_of:
+        cells = [clean_worst(picked, rule, attacks, regime) for regime in regimes]
+        lines.append(f"| {rule} | {label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
 def fa_output(rows, others, attacks, regimes) -> list[str]:
-    """Clean / worst case of FA behind the anchor per ``output``: the default behind it
-    (``projected-mean``, :attr:`flwr_flag.rules.registry.Rule.anchored`) from ``rows``,
-    the geometric median's from ``others`` (:data:`SETTINGS_STORE`)."""
+    """FA behind the anchor per ``output``: the default there (``projected-mean``,
+    :attr:`flwr_flag.rules.registry.Rule.anchored`) from ``rows``, the geometric
+    median's from ``others`` (:data:`SETTINGS_STORE`)."""
     rule = "FA + anchor (10/class)"
-    outputs = {
-        "projected-mean (default behind the anchor)": rows,
-        "projected-geomed (FA's default alone)": with_variant(
-            others, {"flag.output": "projected-geomed"}
-        ),
-    }
-    lines = [
-        "## FA's output behind the anchor",
-        "",
-        "Clean / worst case (the attack) of FA after the anchor step; the geometric "
-        "median's row ran from the `field/anchored-settings` store.",
-        "",
-        "| output | " + " | ".join(regimes) + " |",
-        "|---|" + "---|" * len(regimes),
-    ]
-    for output, picked in outputs.items():
-        cells = [clean_worst(picked, rule, attacks, regime) for regime in regimes]
-        lines.append(f"| {output} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    geomed = with_variant(others, {"flag.output": "projected-geomed"})
+    return settings_table(
+        "FA's output behind the anchor",
+        "the geometric median's line ran from the `field/settings` store.",
+        [
+            ("projected-mean (default behind the anchor)", rule, rows),
+            ("projected-geomed (FA's default alone)", rule, geomed),
+        ],
+        attacks,
+        regimes,
+    )
+
+
+def history_decay(rows, others, attacks, regimes) -> list[str]:
+    """The history rules per staleness ``decay``: the default's from ``rows``, no decay
+    (every known node's row counts fully) from ``others`` (:data:`SETTINGS_STORE`)."""
+    from flwr_flag.rules.history import NodeHistory
+
+    default = inspect.signature(NodeHistory).parameters["decay"].default
+    undecayed = with_variant(others, {"history.decay": 1.0})
+    lines_of = []
+    for rule in HISTORY:
+        if any(r["rule"] == rule for r in undecayed):
+            lines_of += [(f"decay {default} (default)", rule, rows), ("decay 1", rule, undecayed)]
+    return settings_table(
+        "History's staleness decay",
+        "no decay ran from the `field/settings` store.",
+        lines_of,
+        attacks,
+        regimes,
+    )
 
 
 def report(rows, rules, attacks, regimes, seeds, rounds, path: Path, others=()) -> Path:
@@ -667,6 +692,7 @@ def report(rows, rules, attacks, regimes, seeds, rounds, path: Path, others=()) 
         "",
         *(rescaling(rows, others, attacks, regimes) if others else []),
         *(fa_output(rows, others, attacks, regimes) if others else []),
+        *(history_decay(rows, others, attacks, regimes) if others else []),
     ]
     for regime in regimes:
         r = REGIMES[regime]
