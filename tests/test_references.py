@@ -194,20 +194,6 @@ def test_nnm_then_mean(case):
     np.testing.assert_allclose(ours(x, "mean", f, pre=["nnm"]), np.mean(mixed, axis=0), rtol=1e-10)
 
 
-def test_nnm_counts_each_neighbour_with_its_weight(case):
-    x, f = case
-    w = np.random.default_rng(len(x)).uniform(0.1, 1.0, len(x))
-    w[0] = 0.0  # a row a step before zeroed (the anchor's distrusted row)
-    mixed = []
-    for i in range(len(x)):
-        near = sorted(range(len(x)), key=lambda j: (dist2(x[i], x[j]), j != i))[: len(x) - f]
-        total = w[near].sum()
-        mixed.append(w[near] @ x[near] / total if total > 0 else np.zeros(x.shape[1]))
-    expected = np.average(mixed, axis=0, weights=w)
-    got = ours(x, "mean", f, pre=["nnm"], weights=torch.from_numpy(w))
-    np.testing.assert_allclose(got, expected, rtol=1e-10)
-
-
 def test_bucketing_then_median(case):
     x, f = case
     s = 2

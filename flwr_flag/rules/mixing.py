@@ -30,21 +30,14 @@ def nearest(dist: Tensor, k: int) -> Tensor:
 def nearest_neighbor_mixing(source: UpdateSource, f: int, weights: Tensor) -> Preaggregated:
     r"""Nearest neighbour mixing, NNM (Allouah et al., 2023).
 
-    Replace each :math:`g_i` by the mean of its ``n - f`` nearest updates :math:`N_i`
-    (itself included), each counted with its weight,
-    :math:`\sum_{j \in N_i} \alpha_j g_j / \sum_{j \in N_i} \alpha_j` (the paper's
-    plain mean under uniform weights, to the bit). So the weights of a step before it
-    hold: behind the trust anchor a distrusted row, zeroed, does not dilute its
-    neighbours' means, and a barely trusted one barely enters them. Keeps ``n``, ``f``
-    and the weights. Cost: ``O(n^2 log n)`` on the Gram, and ``O(n^2)`` per column
-    wherever the mixed rows are read.
+    Replace each :math:`g_i` by the mean of its ``n - f`` nearest updates (itself
+    included). Keeps ``n``, ``f`` and the weights. Cost: ``O(n^2 log n)`` on the Gram,
+    and ``O(n^2)`` per column wherever the mixed rows are read.
     """
     n = source.n
     neighbours = nearest(source.gram().sq_distances(), n - f)
     mixing = torch.zeros(n, n, dtype=torch.float64)
-    mixing.scatter_(1, neighbours, (weights / weights.max())[neighbours])
-    totals = mixing.sum(dim=1, keepdim=True)
-    mixing = torch.where(totals > 0, mixing / totals, 0.0)
+    mixing.scatter_(1, neighbours, 1.0 / (n - f))
     # Row i is node i's neighbourhood mean: it still stands for node i.
     diagnostics = {"neighbours": neighbours.tolist()}
     return Preaggregated(source.mix(mixing), f, weights, diagnostics, list(range(n)))
