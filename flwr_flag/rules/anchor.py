@@ -37,7 +37,8 @@ the anchor was the exception, best with ``"reference"`` at Dirichlet 0.1 (91.3 a
 :func:`anchor` is that scoring as a pre-aggregator, so that it composes with every
 rule: row :math:`i` becomes :math:`\bar g_i` (the zero update when :math:`TS_i = 0`)
 and its weight is multiplied by :math:`TS_i`. FLTrust itself is the weighted mean
-after it; FA, CTMA or the median after it aggregate the rescaled, trust-weighted rows.
+after it; FA, CTMA or the median after it aggregate the rescaled, trust-weighted rows
+(FA then projects their weighted mean, not its geometric median: ``Rule.anchored``).
 
 **Per class.** Under label skew an honest node that holds two classes points toward
 those two, away from a reference trained on all of them, and FLTrust distrusts it. With
