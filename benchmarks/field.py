@@ -577,13 +577,14 @@ def rescaling(rows, others, attacks, regimes) -> list[str]:
     """Each anchored rule per ``rescale`` of the anchor step
     (:mod:`flwr_flag.rules.anchor`): the default's from ``rows``, the others' from
     ``others`` (:data:`SETTINGS_STORE`); the mean's ``reference`` is FLTrust."""
-    from flwr_flag.rules.anchor import RESCALES, anchor
+    from flwr_flag.rules import RULES
+    from flwr_flag.rules.anchor import DEFAULT_RESCALE, RESCALES
 
-    default = inspect.signature(anchor).parameters["rescale"].default
     lines_of = []
     for rule in ANCHORED:
         if rule.startswith("FLTrust"):
             continue
+        default = RULES[OURS[rule]["rule"]].anchored.get("anchor.rescale", DEFAULT_RESCALE)
         for mode in RESCALES:
             if mode == default:
                 picked = rows
@@ -592,10 +593,10 @@ def rescaling(rows, others, attacks, regimes) -> list[str]:
                 picked = [{**r, "rule": rule} for r in rows if r["rule"] == fltrust]
             else:
                 picked = with_variant(others, {"anchor.rescale": mode})
-            lines_of.append((mode, rule, picked))
+            lines_of.append((f"{mode} (default)" if mode == default else mode, rule, picked))
     return settings_table(
         "The anchor's rescaling",
-        f"default `{default}`; the other lines ran from the `field/settings` store.",
+        "the defaults' lines are the grid's, the others ran from the `field/settings` store.",
         lines_of,
         attacks,
         regimes,

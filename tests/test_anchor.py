@@ -378,3 +378,28 @@ def test_behind_the_anchor_the_projected_mean_resists_colluders_the_geomed_follo
     assert pulled["projected-geomed"] > 0.7  # the colluders' own drift, 1 / sqrt(2)
     assert pulled["projected-mean"] < 0.45
     assert pulled[None] == pulled["projected-geomed"]  # the rule alone: no anchor to see
+
+
+def test_ctma_behind_the_anchor_scales_rows_to_the_reference_unless_told_otherwise():
+    from flwr_flag.config import strategy_from_config
+
+    def rescale(strategy):
+        steps = dict(step if isinstance(step, tuple) else (step, {}) for step in strategy.core.pre)
+        return steps["anchor"].get("rescale")
+
+    assert rescale(flwr_flag.CTMA(num_byzantine=1, anchor=toward_ones)) == "reference"
+    told = flwr_flag.CTMA(
+        num_byzantine=1, anchor=toward_ones, pre=[("anchor", {"rescale": "clip"})]
+    )
+    assert rescale(told) == "clip"
+    auto = {"rule": "ctma", "num-byzantine": 1, "anchor.rescale": "auto"}
+    assert rescale(strategy_from_config(auto, toward_ones)) == "reference"
+    assert rescale(flwr_flag.Mean(anchor=toward_ones)) is None  # the step's own default
+    mean = strategy_from_config({"rule": "mean", "anchor.rescale": "auto"}, toward_ones)
+    assert rescale(mean) is None
+    core = mean.core
+    outcome = core.round(1, MODEL, replies(), 0)  # None: the median bound, as "median"
+    median = flwr_flag.Mean(anchor=toward_ones, pre=[("anchor", {"rescale": "median"})]).core
+    np.testing.assert_array_equal(
+        outcome.arrays["w"], median.round(1, MODEL, replies(), 0).arrays["w"]
+    )

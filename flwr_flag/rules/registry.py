@@ -73,8 +73,9 @@ class Rule:
     """The pre-aggregators a strategy runs before the rule unless told otherwise
     (``pre=None``, ``pre = "auto"`` in a run config); :func:`aggregate` never adds them."""
     anchored: Mapping[str, Any] = field(default_factory=dict)
-    """Hyperparameters a strategy gives the rule behind the trust anchor
-    (:mod:`.anchor`) where the user left them unset or ``None`` (``"auto"``)."""
+    """Settings a strategy gives the rule behind the trust anchor (:mod:`.anchor`)
+    where the user left them unset or ``None`` (``"auto"``): the rule's hyperparameters
+    by name, the anchor step's as ``"anchor.<param>"`` (the run config's keys)."""
 
     @property
     def hyperparameters(self) -> frozenset[str]:
