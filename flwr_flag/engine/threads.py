@@ -20,7 +20,7 @@ The policy, per pass:
   range alone on one thread and then takes the next, and the pass meets at one
   barrier, at its end. A worker slowed by another process on its core takes fewer
   ranges, where a barrier per operation would have waited a time slice thousands of
-  times. Workers: the cores this process may run on that no other task runs on when
+  times. Workers: the cores this process may run on that no other process runs on when
   the pass starts, at most the caller's torch setting (:func:`host_workers`);
 * the generic chunked passes' Gram products (a GPU's, and the CPU's without replies
   to walk) get one thread per :data:`GEMM_WORK` multiply-adds of a block, at most the
