@@ -130,10 +130,14 @@ def host_workers() -> int:
 def cores_taken() -> int:
     """Tasks of other processes runnable this instant: :data:`LOADAVG`'s count less
     this process's runnable threads (:data:`OWN_TASKS`), 0 where the system has no such
-    files. Its own are read first: the last pass's workers may still be going to sleep,
-    and one that sleeps between the two reads is then not taken for another process's.
-    A snapshot, read once per pass, so a burst that ends during the pass costs that
-    pass a worker."""
+    file. The caller alone (a count of one) needs no more reading: this process's
+    threads are read only beside other runnable tasks, and the count is read again
+    after them, so that a worker of the last pass that went to sleep in between is in
+    neither. A snapshot, read once per pass, so a burst that ends during the pass costs
+    that pass a worker."""
+    running = _running()
+    if running <= 1:
+        return 0
     own = 0
     for task in os.listdir(OWN_TASKS) if os.path.isdir(OWN_TASKS) else ():
         try:
@@ -141,12 +145,16 @@ def cores_taken() -> int:
                 own += stat.read().rsplit(")", 1)[1].split()[0] == "R"
         except (OSError, IndexError):
             continue  # a thread that ended meanwhile
+    return max(min(running, _running()) - max(own, 1), 0)
+
+
+def _running() -> int:
+    """:data:`LOADAVG`'s count of runnable tasks, 0 where it cannot be read."""
     try:
         with open(LOADAVG) as line:
-            running = int(line.read().split()[3].split("/")[0])
+            return int(line.read().split()[3].split("/")[0])
     except (OSError, IndexError, ValueError):
         return 0
-    return max(running - max(own, 1), 0)
 
 
 def split_run(
