@@ -68,8 +68,9 @@ nothing hides when another process holds a core. Ten clients of ResNet-18, one p
 interpreter's lock between short operations (0.14 s)."""
 MAP_PIECE = 1 << 20
 """Elements of one ``(n, columns)`` block of the host's coordinate-wise pass (4 MiB of
-float32: large for the same reason as ``GRAM_ELEMENTS``), but never fewer than
-``MAP_MIN_COLUMNS`` columns (many clients: fewer, larger pieces)."""
+float32), but never fewer than ``MAP_MIN_COLUMNS`` columns (many clients: fewer, larger
+pieces). Large so that the workers of a split pass do not wait on each other for the
+interpreter's lock between short operations."""
 MAP_MIN_COLUMNS = 1024
 
 

@@ -47,6 +47,7 @@ from .inputs import within_n
 from .registry import span_rule
 
 OUTPUTS = ("projected-geomed", "projected-mean", "paper")
+DEFAULT_OUTPUT = "projected-geomed"
 
 
 def _subspace(kx: Tensor, a: Tensor, r: int) -> tuple[Tensor, Tensor]:
@@ -137,6 +138,7 @@ def flag_aggregator(
     iterations, objective, the subspace dimension used.
     """
     n = source.n
+    output = output or DEFAULT_OUTPUT
     r = (
         math.ceil(n / 2)
         if subspace_dim is None
@@ -181,7 +183,7 @@ def flag_aggregator(
     else:
         clip = torch.where(live, (coordinate_median(norms[live]) / norms).clamp(max=1.0), 0.0)
         center = weights
-        if output in (None, "projected-geomed"):
+        if output == "projected-geomed":
             clipped = gram.mix(torch.diag(clip))
             center, _ = weiszfeld(
                 clipped, weights, nu=1e-6 * float(norms.max()), max_iter=2000, tol=1e-10

@@ -365,8 +365,9 @@ class RobustCore(Persistence):
         """The rule's settings behind the anchor (``Rule.anchored``) where the user left
         them unset or ``None``: its hyperparameters, and the anchor step's
         ``anchor.<param>``."""
-        step = {k.removeprefix("anchor."): v for k, v in anchored.items() if "." in k}
-        own = {k: v for k, v in anchored.items() if "." not in k}
+        prefix = "anchor."
+        step = {k.removeprefix(prefix): v for k, v in anchored.items() if k.startswith(prefix)}
+        own = {k: v for k, v in anchored.items() if not k.startswith(prefix)}
         self.rule_params |= {k: v for k, v in own.items() if self.rule_params.get(k) is None}
         pre: list[PreStep] = []
         for name, params in map(split_step, self.pre):
