@@ -71,8 +71,6 @@ def test_a_pass_split_between_workers_runs_each_on_one_thread_and_restores_the_s
     in a thread started later (which inherits the process's setting)."""
     import threading
 
-    from flwr_flag.engine import threads
-
     seen, calls = [], []
     original = threads.split_run
 
@@ -111,8 +109,6 @@ def test_a_pass_split_between_workers_runs_each_on_one_thread_and_restores_the_s
 def test_a_process_forked_after_a_split_pass_runs_its_own(monkeypatch):
     """A forked child inherits the parent's pool objects but none of their threads: a
     pass there must start its own workers, not wait for ever on the parent's."""
-    from flwr_flag.engine import threads
-
     monkeypatch.setattr(threads, "MIN_WORK", 1)
     monkeypatch.setattr(threads, "host_workers", lambda: 2)
     expected = aggregate(ArraysSource(clients(11), device="cpu"), "median", 2).vector
