@@ -145,18 +145,32 @@ ATTACKS = (
     "ctma-inside",
     "anchor-drift",
     "anchor-drift-full",
+    "anchor-drift-tuned",
     "consistent",
     "sleeper",
 )
 RULE_AWARE = ("alie-tuned", "ipm-tuned", "fang-krum", "fang-trim", "flag-flip", "ctma-inside")
-MECHANISM_AWARE = ("anchor-drift", "anchor-drift-full", "consistent", "sleeper")
+MECHANISM_AWARE = (
+    "anchor-drift",
+    "anchor-drift-full",
+    "anchor-drift-tuned",
+    "consistent",
+    "sleeper",
+)
 """Attacks built against the trust anchor (:mod:`flwr_flag.attacks.anchored`) and
 per-node history (:mod:`flwr_flag.attacks.persistent`; their colluders estimate the
 honest updates from the population's). ``anchor-drift-full`` knows the server's
-reference of each round exactly (the same trusted samples and seed); it runs against
-the anchored rules only."""
+reference of each round exactly (the same trusted samples and seed);
+``anchor-drift-tuned`` knows it too, and the server's anchor settings and rule, and
+chooses its angle and length against them each round. Both run against the anchored
+rules only."""
 ATTACK_SETTINGS = {
     "anchor-drift-full": {"attack": "anchor-drift", "anchor-drift.knowledge": "reference"},
+    "anchor-drift-tuned": {
+        "attack": "anchor-drift",
+        "anchor-drift.knowledge": "reference",
+        "anchor-drift.angle": "auto",
+    },
 }
 """Attacks of the study that are another attack with other settings."""
 TRAINING = {
@@ -252,7 +266,7 @@ def cannot_run(cell: Cell) -> str | None:
     """Why the rule cannot run with a round's replies (``None``: it can)."""
     from flwr_flag.validation import byzantine_count
 
-    if cell.attack == "anchor-drift-full" and cell.rule not in ANCHORED:
+    if cell.attack in ("anchor-drift-full", "anchor-drift-tuned") and cell.rule not in ANCHORED:
         return "no trust anchor to know"
     regime = REGIMES[cell.regime]
     config = run_config(cell)
@@ -555,7 +569,7 @@ def full_table(rows, rules, attacks, regime: str) -> list[str]:
 SETTINGS_STORE = RESULTS / "field" / "settings" / "cells.jsonl"
 """Cells of rules run with other settings than their default: the anchor's ``rescale``
 (``--variant '{"anchor.rescale": "clip"}' --out benchmarks/results/field/settings``),
-FA's ``output`` behind the anchor, history's ``decay``."""
+FA's ``output`` behind the anchor, the history stage's ``decay`` and ``consistency``."""
 
 
 def clean_worst(picked, rule: str, attacks, regime: str) -> str:
@@ -637,20 +651,43 @@ def fa_output(rows, others, attacks, regimes) -> list[str]:
     )
 
 
-def history_decay(rows, others, attacks, regimes) -> list[str]:
-    """The history rules per staleness ``decay``: the default's from ``rows``, no decay
-    (every known node's row counts fully) from ``others`` (:data:`SETTINGS_STORE`)."""
+def history_settings(rows, others, attacks, regimes) -> list[str]:
+    """The history rules per setting of the history stage: the defaults' from ``rows``,
+    every other combination of ``history.*`` keys that :data:`SETTINGS_STORE` holds from
+    ``others``, labelled by the keys it sets."""
     from flwr_flag.rules.history import NodeHistory
 
-    default = inspect.signature(NodeHistory).parameters["decay"].default
-    undecayed = with_variant(others, {"history.decay": 1.0})
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(NodeHistory).parameters.items()
+    }
+    variants = sorted(
+        {
+            r["variant"]
+            for r in others
+            if r.get("variant") and all(k.startswith("history.") for k in json.loads(r["variant"]))
+        }
+    )
+
+    def label(settings: dict[str, Any]) -> str:
+        return ", ".join(
+            f"{key.removeprefix('history.')} {value:g}" for key, value in settings.items()
+        )
+
+    default_label = label({f"history.{k}": defaults[k] for k in ("decay", "consistency")})
+    by_variant = [
+        (label(json.loads(v)), [{**r, "variant": ""} for r in others if r.get("variant") == v])
+        for v in variants
+    ]
     lines_of = []
     for rule in HISTORY:
-        if any(r["rule"] == rule for r in undecayed):
-            lines_of += [(f"decay {default} (default)", rule, rows), ("decay 1", rule, undecayed)]
+        ran = [(text, cells) for text, cells in by_variant if any(r["rule"] == rule for r in cells)]
+        if ran:
+            lines_of.append((f"{default_label} (default)", rule, rows))
+            lines_of += [(text, rule, cells) for text, cells in ran]
     return settings_table(
-        "History's staleness decay",
-        "no decay ran from the `field/settings` store.",
+        "History's settings",
+        "the other settings ran from the `field/settings` store.",
         lines_of,
         attacks,
         regimes,
@@ -693,7 +730,7 @@ def report(rows, rules, attacks, regimes, seeds, rounds, path: Path, others=()) 
         "",
         *(rescaling(rows, others, attacks, regimes) if others else []),
         *(fa_output(rows, others, attacks, regimes) if others else []),
-        *(history_decay(rows, others, attacks, regimes) if others else []),
+        *(history_settings(rows, others, attacks, regimes) if others else []),
     ]
     for regime in regimes:
         r = REGIMES[regime]

@@ -236,9 +236,10 @@ class Node:
                 from .anchor import anchor_from_config  # the server's own recipe
 
                 trained = anchor_from_config(run_config, s).at_round(self.sent, self.server_round)
-                models = trained if isinstance(trained, list) else [trained]
                 own = flatten(self.sent, self.names)
-                return np.mean([flatten(m, self.names) - own for m in models], axis=0)
+                if isinstance(trained, list):  # one reference per class
+                    return np.stack([flatten(m, self.names) - own for m in trained])
+                return flatten(trained, self.names) - own
 
             known = ("anchor", self.server_round, digest(*self.sent.values()))
             return shared((*known, tuple(sorted(run_config.items()))), make)

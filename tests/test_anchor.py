@@ -403,3 +403,54 @@ def test_ctma_behind_the_anchor_scales_rows_to_the_reference_unless_told_otherwi
     np.testing.assert_array_equal(
         outcome.arrays["w"], median.round(1, MODEL, replies(), 0).arrays["w"]
     )
+
+
+def drift_pull(rule: str, angle: float | None, seed: int) -> float:
+    """How far ``rule`` behind the anchor (the run config's settings) moves along the
+    colluders' drift direction when 3 of 15 nodes run ``anchor-drift`` at ``angle``
+    (``None``: tuned) with full knowledge of a reference shorter than the honest
+    updates (few trusted samples)."""
+    from flwr_flag.attacks import AttackContext, make_behaviour
+    from flwr_flag.attacks.aware import server_rule
+
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=80)
+    honest = mean + 0.7 * rng.normal(size=(12, 80))
+    g0 = 0.3 * (mean + 0.3 * rng.normal(size=80))
+    draws = mean + 0.7 * rng.normal(size=(12, 80))
+    config = {"rule": rule, "num-byzantine": 3, "seed": seed}
+    context = AttackContext(
+        rng, 1, 15, 3, lambda k: draws[:k], lambda pid: honest[pid], lambda k: draws[:k],
+        config, anchor_reference=lambda: g0,
+    )  # fmt: skip
+    bad = make_behaviour("anchor-drift", {"knowledge": "reference", "angle": angle})
+    sent = bad.update(honest[0], context)
+    drift = sent - (sent @ g0) / (g0 @ g0) * g0
+    rows = np.vstack([honest, np.repeat(sent[None], 3, axis=0)])
+    server = server_rule(context, None, g0)
+    return float((server(rows) - server(honest)) @ drift / np.linalg.norm(drift))
+
+
+@pytest.mark.parametrize("rule", ["mean", "flag"])
+def test_the_tuned_anchor_drift_pulls_farther_than_its_fixed_angle(rule):
+    """Behind the anchor's median bound a row at the reference's short length gives
+    away most of its pull; the tuned attack takes the length the bound allows."""
+    for seed in range(3):
+        assert drift_pull(rule, None, seed) > 2 * drift_pull(rule, 45.0, seed)
+
+
+def test_the_simulated_server_settles_the_rule_behind_the_anchor_as_a_strategy_does():
+    from flwr_flag.attacks import AttackContext
+    from flwr_flag.attacks.aware import server_rule
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(9, 30)) + 1.0
+    g0 = np.ones(30)
+    context = AttackContext(rng, 1, 9, 1, None, None, None, {"rule": "ctma", "num-byzantine": 1})
+    simulated = server_rule(context, None, g0)(rows)
+    strategy = flwr_flag.CTMA(num_byzantine=1, anchor=toward_ones)
+    (name, settled), *rest = strategy.core.pre
+    assert name == "anchor" and settled == {"rescale": "reference"}
+    pre = [("anchor", {**settled, "reference": torch.from_numpy(g0)}), *rest]
+    expected = aggregate(torch.from_numpy(rows), "ctma", 1, pre=pre).vector
+    np.testing.assert_allclose(simulated, expected.numpy())

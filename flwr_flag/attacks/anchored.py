@@ -24,10 +24,26 @@ them (the reference is trained on the same distribution, so this is near full
 knowledge of :math:`g_0`'s direction); ``"reference"`` is full knowledge: the server's
 own reference of the round, computed as the server does (the mean over classes for the
 per-class anchor), so the per-round cosine is exactly :math:`\cos\theta`.
+
+**Tuned** (``angle=None``): the colluders also know the server's rule and the anchor's
+settings from the run config, as the rule-aware attacks do
+(:mod:`flwr_flag.attacks.aware`), and choose the angle and the length each round
+against them. They simulate the round -- their estimates of the honest updates, their
+own rows, the server's anchor with :math:`\hat g_0` and the rule behind it -- for
+:math:`\theta` over :data:`AnchorDrift.ANGLES` and :math:`\|m\|` over
+:math:`\|\hat g_0\|` and the estimates' median and largest norms, and send the
+candidate that moves the aggregate farthest along :math:`u`: the drift is what adds up
+over the rounds (a candidate that only shortens the aggregate, as a row at the
+reference's short length does, slows training without steering it). A fixed 45 degrees at
+:math:`\|\hat g_0\|` is optimal against FLTrust's own rule only: where the anchor
+bounds rows by the round's median norm, a row at the median is longer than the
+reference trained on a few samples, and where trust saturates (``trust="capped"``) a
+wider angle keeps full weight.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -35,33 +51,48 @@ import numpy as np
 
 from flwr_flag.validation import Choice, Integer, Param, Real
 
-from .base import AttackContext, Behaviour
+from .aware import SimulatedRound, round_shape, server_rule
+from .base import AttackContext, Behaviour, digest, shared
 
 
 class AnchorDrift(Behaviour):
     """Stay at ``angle`` degrees from the estimated reference, drifting along one
-    fixed direction orthogonal to it (module docstring)."""
+    fixed direction orthogonal to it; ``angle=None``: angle and length tuned against
+    the server's anchored rule each round (module docstring)."""
 
     name = "anchor-drift"
     params: ClassVar[Mapping[str, Param]] = {
-        "angle": Real(0.0, 90.0, low_open=True, high_open=True),
+        "angle": Real(0.0, 90.0, low_open=True, high_open=True, optional=True),
         "knowledge": Choice(choices=("own", "population", "reference")),
         "samples": Integer(2),
     }
+    ANGLES: ClassVar[tuple[float, ...]] = (30.0, 45.0, 60.0, 70.0, 80.0, 85.0)
+    """The angles (degrees) the tuned attack tries."""
 
-    def __init__(self, angle: float = 45.0, knowledge: str = "own", samples: int = 4) -> None:
+    def __init__(
+        self, angle: float | None = 45.0, knowledge: str = "own", samples: int = 4
+    ) -> None:
         super().__init__(angle=angle, knowledge=knowledge, samples=samples)
 
     def reference(self, context: AttackContext) -> np.ndarray:
-        """The colluders' estimate of the server's reference update."""
+        """The colluders' estimate of the server's reference update: ``(p,)``, or the
+        server's own ``(K, p)`` per-class references where they know them."""
         if self.knowledge == "reference" and context.anchor_reference is not None:
             return context.anchor_reference()
         if self.knowledge == "population" and context.population_samples is not None:
             return context.population_samples(self.samples).mean(axis=0)
         return context.honest_samples(self.samples).mean(axis=0)
 
+    def estimates(self, context: AttackContext, count: int) -> np.ndarray:
+        """The honest updates as the tuned attack pictures them, ``(count, p)``: the
+        population's where it knows more than its own data and can reach them."""
+        if self.knowledge != "own" and context.population_samples is not None:
+            return context.population_samples(count).astype(np.float64)
+        return context.honest_samples(count).astype(np.float64)
+
     def update(self, honest: np.ndarray, context: AttackContext) -> np.ndarray:
-        g0 = self.reference(context).astype(np.float64)
+        server = self.reference(context).astype(np.float64)
+        g0 = server.mean(axis=0) if server.ndim == 2 else server
         norm = float(np.linalg.norm(g0))
         if norm == 0:
             return honest
@@ -70,5 +101,32 @@ class AnchorDrift(Behaviour):
         unit = g0 / norm
         drift -= (drift @ unit) * unit
         drift /= max(float(np.linalg.norm(drift)), 1e-300)
-        theta = np.deg2rad(self.angle)
-        return (norm * (np.cos(theta) * unit + np.sin(theta) * drift)).astype(honest.dtype)
+
+        def row(degrees: float, length: float) -> np.ndarray:
+            theta = math.radians(degrees)
+            return length * (math.cos(theta) * unit + math.sin(theta) * drift)
+
+        if self.angle is not None:
+            return row(self.angle, norm).astype(honest.dtype)
+        replies, colluders = round_shape(context)
+        simulated = SimulatedRound(
+            self.estimates(context, replies - colluders),
+            colluders,
+            server_rule(context, None, server),
+        )
+        lengths = np.linalg.norm(simulated.honest, axis=1)
+        candidates = [
+            row(degrees, length)
+            for degrees in self.ANGLES
+            for length in (norm, float(np.median(lengths)), float(lengths.max()))
+        ]
+
+        def pull(candidate: np.ndarray) -> float:
+            return float(simulated.aggregate(simulated.stack(candidate)) @ drift)
+
+        known = (
+            self.name,
+            digest(simulated.honest, server),
+            tuple(sorted(context.run_config.items())),
+        )
+        return shared(known, lambda: max(candidates, key=pull)).astype(honest.dtype)

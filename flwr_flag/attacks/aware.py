@@ -83,14 +83,20 @@ def round_shape(context: AttackContext) -> tuple[int, int]:
     return replies, min(colluders, replies - 1)
 
 
-def server_rule(context: AttackContext, rule: str | None) -> Callable[[np.ndarray], np.ndarray]:
+def server_rule(
+    context: AttackContext, rule: str | None, reference: np.ndarray | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """The server's aggregation on a stacked ``(n, p)`` array, from the run config
-    (``rule`` overrides its ``rule`` key); ``f`` as the server takes it for ``n``."""
+    (``rule`` overrides its ``rule`` key); ``f`` as the server takes it for ``n``. With
+    the server's trust-anchor ``reference`` (``(p,)``, or ``(K, p)`` per class), the
+    anchor step comes first with the run config's ``anchor.*`` settings, and the rule
+    behind it takes its own settings there (``Rule.anchored``)."""
     import torch
 
     from ..config import rule_from_config
     from ..rules import aggregate, get_rule
-    from ..rules.registry import ROUND_STATE
+    from ..rules.registry import ROUND_STATE, split_step
+    from ..runconfig import section
     from ..validation import byzantine_count
 
     name, params, pre, num_byzantine = rule_from_config(context.run_config, rule)
@@ -99,6 +105,10 @@ def server_rule(context: AttackContext, rule: str | None) -> Callable[[np.ndarra
             f"rule-aware attacks cannot simulate rule={name!r}: its rounds need the "
             "strategy's state; set the attack's rule parameter to its stage rule"
         )
+    if reference is not None:
+        anchor = {**section(context.run_config, "anchor"), "reference": torch.from_numpy(reference)}
+        others = [step for step in pre if split_step(step)[0] != "anchor"]
+        params, pre = get_rule(name).behind_anchor(params, [("anchor", anchor), *others])
 
     def run(updates: np.ndarray) -> np.ndarray:
         f = byzantine_count(num_byzantine, len(updates))

@@ -67,8 +67,8 @@ class AttackContext:
     ``run_config`` is the run's config as the node received it: where it names the
     server's rule and options, the colluders know them. ``anchor_reference()``, where
     reachable, is the server's trust-anchor update of the round, computed as the server
-    does (in a simulation: the same trusted samples, the same seed): full knowledge of
-    the anchor.
+    does (in a simulation: the same trusted samples, the same seed), ``(p,)``, or
+    ``(K, p)`` for the per-class anchor: full knowledge of the anchor.
     """
 
     rng: np.random.Generator

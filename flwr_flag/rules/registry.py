@@ -77,6 +77,22 @@ class Rule:
     where the user left them unset or ``None`` (``"auto"``): the rule's hyperparameters
     by name, the anchor step's as ``"anchor.<param>"`` (the run config's keys)."""
 
+    def behind_anchor(
+        self, params: Mapping[str, Any], pre: Iterable[PreStep]
+    ) -> tuple[dict[str, Any], list[PreStep]]:
+        """``params`` and ``pre`` with :attr:`anchored` filled in where they leave a
+        setting unset or ``None``: the rule's own, and the ``anchor`` step's."""
+        prefix = "anchor."
+        step = {k.removeprefix(prefix): v for k, v in self.anchored.items() if k.startswith(prefix)}
+        own = {k: v for k, v in self.anchored.items() if not k.startswith(prefix)}
+        params = {**params, **{k: v for k, v in own.items() if params.get(k) is None}}
+        settled: list[PreStep] = []
+        for name, given in map(split_step, pre):
+            if name == "anchor":
+                given = {**given, **{k: v for k, v in step.items() if given.get(k) is None}}
+            settled.append((name, dict(given)) if given else name)
+        return params, settled
+
     @property
     def hyperparameters(self) -> frozenset[str]:
         """Every keyword the rule takes: its hyperparameters and its round state."""

@@ -220,7 +220,7 @@ class RobustCore(Persistence):
         if anchor is not None and "anchor" not in named:
             self.pre = ["anchor", *self.pre]
         if anchor is not None:
-            self._settle_anchored(get_rule(rule).anchored)
+            self.rule_params, self.pre = get_rule(rule).behind_anchor(self.rule_params, self.pre)
         self.step = ServerStep(server_lr, server_momentum)
         self.device = resolve_device(device)
         self.chunk_size = chunk_size
@@ -360,21 +360,6 @@ class RobustCore(Persistence):
                 "the cause, or pass max_kept_rounds=None (run config max-kept-rounds = "
                 "'none') to go on"
             )
-
-    def _settle_anchored(self, anchored: Mapping[str, Any]) -> None:
-        """The rule's settings behind the anchor (``Rule.anchored``) where the user left
-        them unset or ``None``: its hyperparameters, and the anchor step's
-        ``anchor.<param>``."""
-        prefix = "anchor."
-        step = {k.removeprefix(prefix): v for k, v in anchored.items() if k.startswith(prefix)}
-        own = {k: v for k, v in anchored.items() if not k.startswith(prefix)}
-        self.rule_params |= {k: v for k, v in own.items() if self.rule_params.get(k) is None}
-        pre: list[PreStep] = []
-        for name, params in map(split_step, self.pre):
-            if name == "anchor":
-                params = {**params, **{k: v for k, v in step.items() if params.get(k) is None}}
-            pre.append((name, params) if params else name)
-        self.pre = pre
 
     def _pre_with_anchor(self, model: Arrays) -> list[PreStep]:
         r"""The pre-aggregators with this round's reference update :math:`g_0 =
