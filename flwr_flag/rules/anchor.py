@@ -20,7 +20,9 @@ data the server trusts. A rescaled update can pull the aggregate by at most
 * ``"reference"``: every row scaled to :math:`\|g_0\|`, as FLTrust does;
 * ``"clip"``: only rows longer than :math:`\|g_0\|` scaled down to it;
 * ``"median"`` (default): rows longer than the round's lower-median norm
-  :math:`\operatorname{med}_j \|g_j\|` scaled down to it.
+  :math:`\operatorname{med}_j \|g_j\|` scaled down to it;
+* ``"equal"``: every row scaled to :math:`\operatorname{med}_j \|g_j\|`: FLTrust's
+  equal lengths, at an honest length instead of the reference's.
 
 The reference's length is that of the server's few local steps on its few samples:
 with 2 samples per class, its 2 epochs are 2 SGD steps where a client takes 6, so it is
@@ -117,7 +119,7 @@ def trust_scores(source: UpdateSource, reference: Tensor) -> tuple[Tensor, Tenso
     return trust.clamp(0.0, 1.0), norms[:n], float(norms[n:].mean())
 
 
-RESCALES = ("reference", "clip", "median")
+RESCALES = ("reference", "clip", "median", "equal")
 DEFAULT_RESCALE = "median"
 
 
@@ -137,7 +139,7 @@ def anchor(
     rescale: str | None = None,
 ) -> Preaggregated:
     r"""FLTrust's scoring (module docstring): rows longer than the round's median norm
-    scaled down to it (``rescale``: the module docstring's three bounds; ``None``:
+    scaled down to it (``rescale``: the module docstring's four bounds; ``None``:
     ``"median"``, or the rule's own choice behind a strategy, ``Rule.anchored``), weights
     times :math:`TS_i`; ``f`` and the number of rows are kept (a distrusted row is the
     zero update with weight zero). ``reference`` is :math:`g_0` ``(p,)``, or one
@@ -160,9 +162,9 @@ def anchor(
     if float(trusted.sum()) <= 0:
         raise InputRangeError("anchor: no update has a positive cosine with the reference")
     rescale = rescale or DEFAULT_RESCALE
-    bound = norms.median() if rescale == "median" else reference_norm
+    bound = norms.median() if rescale in ("median", "equal") else reference_norm
     scale = bound / norms.clamp_min(1e-300)
-    if rescale != "reference":  # only longer rows are scaled down to the bound
+    if rescale in ("clip", "median"):  # only longer rows are scaled down to the bound
         scale = scale.clamp_max(1.0)
     scale = torch.where(scores > 0, scale, 0.0)
     diagnostics = {
