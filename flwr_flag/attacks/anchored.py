@@ -37,8 +37,8 @@ over the rounds (a candidate that only shortens the aggregate, as a row at the
 reference's short length does, slows training without steering it). A fixed 45 degrees at
 :math:`\|\hat g_0\|` is optimal against FLTrust's own rule only: where the anchor
 bounds rows by the round's median norm, a row at the median is longer than the
-reference trained on a few samples, and where trust saturates (``trust="capped"``) a
-wider angle keeps full weight.
+reference trained on a few samples, and a robust rule behind the anchor changes which
+angle pulls most.
 """
 
 from __future__ import annotations

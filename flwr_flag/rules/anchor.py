@@ -157,8 +157,8 @@ def anchor(
         )
     if not bool(torch.isfinite(reference).all()) or not bool(reference.any(dim=-1).all()):
         raise InputRangeError("anchor: the reference update is not finite, or zero")
-    scores, norms, reference_norm = trust_scores(source, reference)
-    trusted = scores * weights
+    trust, norms, reference_norm = trust_scores(source, reference)
+    trusted = trust * weights
     if float(trusted.sum()) <= 0:
         raise InputRangeError("anchor: no update has a positive cosine with the reference")
     rescale = rescale or DEFAULT_RESCALE
@@ -166,10 +166,10 @@ def anchor(
     scale = bound / norms.clamp_min(1e-300)
     if rescale in ("clip", "median"):  # only longer rows are scaled down to the bound
         scale = scale.clamp_max(1.0)
-    scale = torch.where(scores > 0, scale, 0.0)
+    scale = torch.where(trust > 0, scale, 0.0)
     diagnostics = {
-        "trust": PerRow(scores.tolist()),
-        "distrusted": Rows(torch.nonzero(scores == 0).flatten().tolist(), outvoted=True),
+        "trust": PerRow(trust.tolist()),
+        "distrusted": Rows(torch.nonzero(trust == 0).flatten().tolist(), outvoted=True),
         "reference_norm": reference_norm,
     }
     mixed = source.mix(torch.diag(scale))
