@@ -164,6 +164,8 @@ reference of each round exactly (the same trusted samples and seed);
 ``anchor-drift-tuned`` knows it too, and the server's anchor settings and rule, and
 chooses its angle and length against them each round. Both run against the anchored
 rules only."""
+ANCHOR_ONLY = ("anchor-drift-full", "anchor-drift-tuned")
+"""Attacks that read the server's reference: no cell without an anchor."""
 ATTACK_SETTINGS = {
     "anchor-drift-full": {"attack": "anchor-drift", "anchor-drift.knowledge": "reference"},
     "anchor-drift-tuned": {
@@ -266,7 +268,7 @@ def cannot_run(cell: Cell) -> str | None:
     """Why the rule cannot run with a round's replies (``None``: it can)."""
     from flwr_flag.validation import byzantine_count
 
-    if cell.attack in ("anchor-drift-full", "anchor-drift-tuned") and cell.rule not in ANCHORED:
+    if cell.attack in ANCHOR_ONLY and cell.rule not in ANCHORED:
         return "no trust anchor to know"
     regime = REGIMES[cell.regime]
     config = run_config(cell)
@@ -411,6 +413,15 @@ def history_goals(rows, attacks, regimes, others=()) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
+    def complete(cells, rule: str, regime: str) -> bool:
+        """``cells`` hold ``rule`` under every attack the grid ran it with."""
+        return all(
+            mean_of(cells, rule, a, regime) is not None
+            for a in attacks
+            if mean_of(rows, rule, a, regime) is not None
+        )
+
+    stored = [(json.dumps(settings), cells) for settings, cells in history_variants(others)]
     ours = [*SINGLE_ROUND, *HISTORY]
     for regime, goal in (("many", 85.0), ("dir0.1", 80.0)):
         if regime not in regimes:
@@ -423,22 +434,12 @@ def history_goals(rows, attacks, regimes, others=()) -> list[str]:
             f"- {regime}: the best worst case, {top} {scored[top][1]:.1f} "
             f"({scored[top][0]}), >= {goal:.0f}: {verdict(scored[top][1] >= goal)}"
         )
-
-        def complete(cells, rule: str, regime: str) -> bool:
-            return all(
-                mean_of(cells, rule, a, regime) is not None
-                for a in attacks
-                if mean_of(rows, rule, a, regime) is not None
-            )
-
-        tried = []
-        for variant in sorted({r["variant"] for r in others if "history." in r["variant"]}):
-            cells = with_variant(others, json.loads(variant))
-            for rule in HISTORY:
-                if complete(cells, rule, regime) and (
-                    w := worst_case(cells, rule, attacks, regime)
-                ):
-                    tried.append((w[1], rule, variant, w[0]))
+        tried = [
+            (w[1], rule, variant, w[0])
+            for variant, cells in stored
+            for rule in HISTORY
+            if complete(cells, rule, regime) and (w := worst_case(cells, rule, attacks, regime))
+        ]
         if tried:
             worst, rule, variant, attack = max(tried)
             lines.append(
@@ -690,6 +691,17 @@ def fa_output(rows, others, attacks, regimes) -> list[str]:
     )
 
 
+def history_variants(others) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each combination of ``history.*`` keys that ``others`` (:data:`SETTINGS_STORE`)
+    ran, with its cells relabelled as defaults (:func:`with_variant`)."""
+    variants = {
+        r["variant"]
+        for r in others
+        if r.get("variant") and all(k.startswith("history.") for k in json.loads(r["variant"]))
+    }
+    return [(json.loads(v), with_variant(others, json.loads(v))) for v in sorted(variants)]
+
+
 def history_settings(rows, others, attacks, regimes) -> list[str]:
     """The history rules per setting of the history stage: the defaults' from ``rows``,
     every other combination of ``history.*`` keys that :data:`SETTINGS_STORE` holds from
@@ -700,13 +712,6 @@ def history_settings(rows, others, attacks, regimes) -> list[str]:
         name: parameter.default
         for name, parameter in inspect.signature(NodeHistory).parameters.items()
     }
-    variants = sorted(
-        {
-            r["variant"]
-            for r in others
-            if r.get("variant") and all(k.startswith("history.") for k in json.loads(r["variant"]))
-        }
-    )
 
     def label(settings: dict[str, Any]) -> str:
         return ", ".join(
@@ -714,10 +719,7 @@ def history_settings(rows, others, attacks, regimes) -> list[str]:
         )
 
     default_label = label({f"history.{k}": defaults[k] for k in ("decay", "consistency")})
-    by_variant = [
-        (label(json.loads(v)), [{**r, "variant": ""} for r in others if r.get("variant") == v])
-        for v in variants
-    ]
+    by_variant = [(label(settings), cells) for settings, cells in history_variants(others)]
     lines_of = []
     for rule in HISTORY:
         ran = [(text, cells) for text, cells in by_variant if any(r["rule"] == rule for r in cells)]

@@ -114,19 +114,18 @@ class AnchorDrift(Behaviour):
             colluders,
             server_rule(context, None, server),
         )
-        lengths = np.linalg.norm(simulated.honest, axis=1)
-        candidates = [
-            row(degrees, length)
-            for degrees in self.ANGLES
-            for length in (norm, float(np.median(lengths)), float(lengths.max()))
-        ]
 
         def pull(candidate: np.ndarray) -> float:
             return float(simulated.aggregate(simulated.stack(candidate)) @ drift)
+
+        def choose() -> np.ndarray:
+            lengths = np.linalg.norm(simulated.honest, axis=1)
+            sizes = (norm, float(np.median(lengths)), float(lengths.max()))
+            return max((row(a, size) for a in self.ANGLES for size in sizes), key=pull)
 
         known = (
             self.name,
             digest(simulated.honest, server),
             tuple(sorted(context.run_config.items())),
         )
-        return shared(known, lambda: max(candidates, key=pull)).astype(honest.dtype)
+        return shared(known, choose).astype(honest.dtype)
