@@ -7,7 +7,8 @@ anchor assumes). Each round :func:`make_anchor`'s function loads the global mode
 trains it with the clients' own local procedure (:func:`~clients.train.local_train`:
 epochs or steps, batch size, lr, momentum, augmentation) and returns its arrays: the
 strategy's ``anchor`` (:mod:`flwr_flag.rules.anchor`). Its cost, one local training on
-``k`` samples per class, is reported as ``robust.anchor-seconds``. With
+``k`` samples per class, is reported as ``robust.anchor-seconds``. ``anchor-steps = s``
+trains ``s`` SGD steps instead of the clients' epochs (FLTrust's protocol). With
 ``anchor-by-class = true`` it trains once per class, on that class's samples alone, and
 the strategy scores each node against the class references (label skew).
 """
@@ -69,9 +70,10 @@ def anchor_from_config(
     noise = Real(0.0, 1.0, high_open=True).check(
         "run config", "anchor-label-noise", config.get("anchor-label-noise", 0.0)
     )
+    steps = Integer(0).check("run config", "anchor-steps", config.get("anchor-steps", 0))
     if not per_class:
         return None
-    return make_anchor(settings, per_class, by_class, classes, noise)
+    return make_anchor(settings, per_class, by_class, classes, noise, steps)
 
 
 def make_anchor(
@@ -80,6 +82,7 @@ def make_anchor(
     by_class: bool = False,
     classes: int = 0,
     label_noise: float = 0.0,
+    steps: int = 0,
 ) -> Callable[[Arrays], Arrays | list[Arrays]]:
     """The server's local training on its ``per_class`` trusted samples per class, from
     the arrays it is given; its ``t``-th call (round ``t``) trains with seed
@@ -87,7 +90,11 @@ def make_anchor(
     an attacker who knows the server's data computes). ``by_class``: one training per
     class, on that class's samples alone (the per-class scoring of
     :mod:`flwr_flag.rules.anchor`: ``K`` trainings of ``per_class`` samples each).
-    ``classes``, ``label_noise``: :func:`trusted_samples`'s skew and noise."""
+    ``classes``, ``label_noise``: :func:`trusted_samples`'s skew and noise. ``steps > 0``:
+    that many SGD steps per training instead of the clients' epochs over the trusted set
+    (FLTrust's protocol: the server takes the clients' number of local iterations)."""
+    if steps:
+        settings = replace(settings, local_steps=steps)
     train = load_train(settings.dataset, settings.seed, settings.data_files)
     data = trusted_samples(train, per_class, settings.seed, classes, label_noise)
     model = build_model(settings.model, tuple(data.x.shape[1:]), data.num_classes, settings.seed)

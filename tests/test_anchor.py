@@ -457,3 +457,27 @@ def test_the_simulated_server_settles_the_rule_behind_the_anchor_as_a_strategy_d
     pre = [("anchor", {**settled, "reference": torch.from_numpy(g0)}), *rest]
     expected = aggregate(torch.from_numpy(rows), "ctma", 1, pre=pre).vector
     np.testing.assert_allclose(simulated, expected.numpy())
+
+
+@pytest.mark.app
+def test_the_apps_anchor_takes_the_steps_it_is_given():
+    """``anchor-steps = k``: k SGD steps on the trusted set, whatever its size (FLTrust's
+    protocol); 0 keeps the clients' epochs over it."""
+    from clients.anchor import anchor_from_config
+    from clients.config import ClientSettings
+    from clients.models import build_model, get_arrays
+
+    config = {"dataset": "digits", "model": "mlp", "local-epochs": 1, "seed": 0}
+    settings = ClientSettings.from_config(config, {"partition-id": 0, "num-partitions": 1})
+    model = get_arrays(build_model("mlp", (1, 8, 8), 10, 0))
+
+    def move(steps: int) -> float:
+        anchor = anchor_from_config({"anchor-per-class": 2, "anchor-steps": steps}, settings)
+        trained = anchor(model)
+        return float(np.sqrt(sum(((trained[k] - model[k]) ** 2).sum() for k in model)))
+
+    # 20 samples, batch 32: one epoch is one step on all of them
+    assert move(1) == move(0)
+    assert move(6) > 2 * move(0)
+    with pytest.raises(ValueError, match="anchor-steps"):
+        anchor_from_config({"anchor-per-class": 2, "anchor-steps": -1}, settings)
