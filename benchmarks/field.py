@@ -119,7 +119,16 @@ OURS: dict[str, dict[str, Any]] = {
     # Per-node history (flwr_flag/rules/history.py): every node seen in the last 20 rounds.
     **{
         f"{name} + history": {**OURS_BASE[name], "history.max-age": 20}
-        for name in ("FA", "CTMA", "geomed", "centered-clipping", "trimmed-mean")
+        for name in (
+            "FA",
+            "CTMA",
+            "geomed",
+            "centered-clipping",
+            "trimmed-mean",
+            "krum",
+            "median",
+            "bulyan",
+        )
     },
 }
 ANCHORED = [name for name, config in OURS.items() if "anchor-per-class" in config]

@@ -22,11 +22,12 @@ def fltrust_by_hand(x: torch.Tensor, g0: torch.Tensor, rescale: str = "reference
     """Cao et al.'s formula, written out: ReLU cosine trust, rows rescaled to ||g0||
     (``"clip"``: only rows longer than ||g0|| scaled down to it; ``"median"``: rows
     longer than the rows' lower median norm scaled down to that; ``"equal"``: every
-    row scaled to that median)."""
+    row scaled to that median; ``"longer"``: every row scaled to the longer of the two)."""
     trust = [max(float(row @ g0 / (row.norm() * g0.norm())), 0.0) for row in x]
     norms = sorted(float(row.norm()) for row in x)
     median = norms[(len(norms) - 1) // 2]
-    bound = {"median": median, "equal": median}.get(rescale, float(g0.norm()))
+    longer = max(median, float(g0.norm()))
+    bound = {"median": median, "equal": median, "longer": longer}.get(rescale, float(g0.norm()))
     scales = [bound / float(row.norm()) for row in x]
     if rescale in ("clip", "median"):
         scales = [min(s, 1.0) for s in scales]
@@ -43,16 +44,19 @@ def problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, g0
 
 
-@pytest.mark.parametrize("rescale", ["reference", "clip", "median", "equal"])
-def test_the_mean_after_the_anchor_is_fltrust(rescale):
+@pytest.mark.parametrize("rescale", ["reference", "clip", "median", "equal", "longer"])
+@pytest.mark.parametrize("reference_length", [1.0, 3.0])  # shorter, longer than the median
+def test_the_mean_after_the_anchor_is_fltrust(rescale, reference_length):
     x, g0 = problem()
+    g0 = reference_length * g0
     x[2] *= 0.05  # shorter than the reference: clipping keeps its length
     out = aggregate(x, "mean", 0, pre=[("anchor", {"reference": g0, "rescale": rescale})])
     torch.testing.assert_close(out.vector, fltrust_by_hand(x, g0, rescale))
     anchor = out.diagnostics["pre"]["anchor"]
     assert anchor["distrusted"] == [0] and anchor["trust"][0] == 0.0
-    bound = float(g0.norm()) if rescale in ("reference", "clip") else float(x.norm(dim=1).median())
-    assert float(out.vector.norm()) <= bound + 1e-9  # rescaled rows: no blow-up
+    median = float(x.norm(dim=1).median())
+    bound = {"median": median, "equal": median, "longer": max(median, float(g0.norm()))}
+    assert float(out.vector.norm()) <= bound.get(rescale, float(g0.norm())) + 1e-9
 
 
 @pytest.mark.parametrize("rule", sorted(set(RULES) - {"detox"}))
@@ -336,7 +340,10 @@ def test_the_run_configs_anchor_section_sets_the_step_and_a_bad_value_stops_the_
     built = strategy_from_config({"rule": "flag", "anchor.rescale": "reference"}, toward_ones)
     assert built.core.pre[0] == ("anchor", {"rescale": "reference"})
     assert flwr_flag.FLTrust(anchor=toward_ones).core.pre == [("anchor", {"rescale": "reference"})]
-    refused = r"anchor: rescale='shrink' is not one of \['reference', 'clip', 'median', 'equal'\]"
+    refused = (
+        r"anchor: rescale='shrink' is not one of "
+        r"\['reference', 'clip', 'median', 'equal', 'longer'\]"
+    )
     with pytest.raises(InvalidParameterError, match=refused):
         strategy_from_config({"rule": "mean", "anchor.rescale": "shrink"}, toward_ones)
 

@@ -22,7 +22,9 @@ data the server trusts. A rescaled update can pull the aggregate by at most
 * ``"median"`` (default): rows longer than the round's lower-median norm
   :math:`\operatorname{med}_j \|g_j\|` scaled down to it;
 * ``"equal"``: every row scaled to :math:`\operatorname{med}_j \|g_j\|`: FLTrust's
-  equal lengths, at an honest length instead of the reference's.
+  equal lengths, at an honest length instead of the reference's;
+* ``"longer"``: every row scaled to :math:`\max(\|g_0\|, \operatorname{med}_j \|g_j\|)`:
+  the reference's length, unless it is shorter than an honest update.
 
 The reference's length is that of the server's few local steps on its few samples:
 with 2 samples per class, its 2 epochs are 2 SGD steps where a client takes 6, so it is
@@ -119,7 +121,7 @@ def trust_scores(source: UpdateSource, reference: Tensor) -> tuple[Tensor, Tenso
     return trust.clamp(0.0, 1.0), norms[:n], float(norms[n:].mean())
 
 
-RESCALES = ("reference", "clip", "median", "equal")
+RESCALES = ("reference", "clip", "median", "equal", "longer")
 DEFAULT_RESCALE = "median"
 
 
@@ -162,7 +164,10 @@ def anchor(
     if float(trusted.sum()) <= 0:
         raise InputRangeError("anchor: no update has a positive cosine with the reference")
     rescale = rescale or DEFAULT_RESCALE
-    bound = norms.median() if rescale in ("median", "equal") else reference_norm
+    median = float(norms.median())
+    bound = {"median": median, "equal": median, "longer": max(median, reference_norm)}.get(
+        rescale, reference_norm
+    )
     scale = bound / norms.clamp_min(1e-300)
     if rescale in ("clip", "median"):  # only longer rows are scaled down to the bound
         scale = scale.clamp_max(1.0)
