@@ -175,6 +175,7 @@ chooses its angle and length against them each round. Both run against the ancho
 rules only."""
 ANCHOR_ONLY = ("anchor-drift-full", "anchor-drift-tuned")
 """Attacks that read the server's reference: no cell without an anchor."""
+NO_ANCHOR = "no trust anchor to know"
 ATTACK_SETTINGS = {
     "anchor-drift-full": {"attack": "anchor-drift", "anchor-drift.knowledge": "reference"},
     "anchor-drift-tuned": {
@@ -278,7 +279,7 @@ def cannot_run(cell: Cell) -> str | None:
     from flwr_flag.validation import byzantine_count
 
     if cell.attack in ANCHOR_ONLY and cell.rule not in ANCHORED:
-        return "no trust anchor to know"
+        return NO_ANCHOR
     regime = REGIMES[cell.regime]
     config = run_config(cell)
     rule = PEERS.get(cell.rule) or config["rule"]
@@ -314,6 +315,8 @@ def finals(rows: list[dict[str, Any]], rule: str, attack: str, regime: str, vari
     ]
     if any("na" in r for r in runs):
         return f"n/a ({runs[0]['na']})"
+    if attack in ANCHOR_ONLY and rule not in ANCHORED:  # whether or not a grid listed it
+        return f"n/a ({NO_ANCHOR})"
     return [100 * (0.0 if r["diverged"] else r["accuracy"][-1]) for r in runs]
 
 
