@@ -390,20 +390,20 @@ def test_behind_the_anchor_the_projected_mean_resists_colluders_the_geomed_follo
     assert pulled[None] == pulled["projected-geomed"]  # the rule alone: no anchor to see
 
 
-def test_ctma_behind_the_anchor_scales_rows_to_the_reference_unless_told_otherwise():
+def test_ctma_behind_the_anchor_scales_rows_to_one_length_unless_told_otherwise():
     from flwr_flag.config import strategy_from_config
 
     def rescale(strategy):
         steps = dict(step if isinstance(step, tuple) else (step, {}) for step in strategy.core.pre)
         return steps["anchor"].get("rescale")
 
-    assert rescale(flwr_flag.CTMA(num_byzantine=1, anchor=toward_ones)) == "reference"
+    assert rescale(flwr_flag.CTMA(num_byzantine=1, anchor=toward_ones)) == "longer"
     told = flwr_flag.CTMA(
         num_byzantine=1, anchor=toward_ones, pre=[("anchor", {"rescale": "clip"})]
     )
     assert rescale(told) == "clip"
     auto = {"rule": "ctma", "num-byzantine": 1, "anchor.rescale": "auto"}
-    assert rescale(strategy_from_config(auto, toward_ones)) == "reference"
+    assert rescale(strategy_from_config(auto, toward_ones)) == "longer"
     assert rescale(flwr_flag.Mean(anchor=toward_ones)) is None  # the step's own default
     mean = strategy_from_config({"rule": "mean", "anchor.rescale": "auto"}, toward_ones)
     assert rescale(mean) is None
@@ -460,7 +460,7 @@ def test_the_simulated_server_settles_the_rule_behind_the_anchor_as_a_strategy_d
     simulated = server_rule(context, None, g0)(rows)
     strategy = flwr_flag.CTMA(num_byzantine=1, anchor=toward_ones)
     (name, settled), *rest = strategy.core.pre
-    assert name == "anchor" and settled == {"rescale": "reference"}
+    assert name == "anchor" and settled == {"rescale": "longer"}
     pre = [("anchor", {**settled, "reference": torch.from_numpy(g0)}), *rest]
     expected = aggregate(torch.from_numpy(rows), "ctma", 1, pre=pre).vector
     np.testing.assert_allclose(simulated, expected.numpy())
