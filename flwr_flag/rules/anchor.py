@@ -88,19 +88,26 @@ from .registry import Preaggregated, preaggregator
 
 TINY = torch.finfo(torch.float64).tiny
 NNLS_SWEEPS = 200
+NNLS_TOLERANCE = 1e-12
+"""A sweep that moves no coefficient by more than this fraction of the largest ends the
+fit: the sweeps are Python loops of ``K`` small operations, 40 ms for 200 of them at
+``K = 10``, and the field study's fits (Dirichlet 0.1, 10 classes) settled in 27-77."""
 
 
 def nonnegative_fit(products: Tensor, inner: Tensor, sweeps: int = NNLS_SWEEPS) -> Tensor:
     r"""``a_i = argmin_{a >= 0} ||g_i - R a||`` for every row at once, by cyclic
     coordinate descent on :math:`\tfrac12 a^\top Q a - b_i^\top a` (exact per
     coordinate, the objective never increases), from the Gram blocks
-    ``products = R^T R`` ``(K, K)`` and ``inner = X R`` ``(n, K)``. Cost
-    ``O(sweeps n K^2)``."""
+    ``products = R^T R`` ``(K, K)`` and ``inner = X R`` ``(n, K)``, until a sweep
+    changes nothing (:data:`NNLS_TOLERANCE`). Cost ``O(sweeps n K^2)``."""
     a = torch.zeros_like(inner)
     diagonal = products.diagonal().clamp_min(TINY)
     for _ in range(sweeps):
+        before = a.clone()
         for k in range(products.shape[0]):
             a[:, k] = (a[:, k] + (inner[:, k] - a @ products[k]) / diagonal[k]).clamp_min(0.0)
+        if float((a - before).abs().max()) <= NNLS_TOLERANCE * float(a.abs().max()):
+            break
     return a
 
 
