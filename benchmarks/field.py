@@ -114,8 +114,8 @@ OURS: dict[str, dict[str, Any]] = {
         }
         for k in (2, 10)
     },
-    "FA + anchor (10/class)": {"rule": "flag", "anchor-per-class": 10},
-    **{f"CTMA + anchor ({k}/class)": {"rule": "ctma", "anchor-per-class": k} for k in (2, 10)},
+    **{f"FA + anchor ({k}/class)": {"rule": "flag", "anchor-per-class": k} for k in (2, 10)},
+    **{f"CTMA + anchor ({k}/class)": {"rule": "ctma", "anchor-per-class": k} for k in (2, 5, 10)},
     # Per-node history (flwr_flag/rules/history.py): every node seen in the last 20 rounds.
     **{
         f"{name} + history": {**OURS_BASE[name], "history.max-age": 20}
