@@ -176,6 +176,13 @@ rules only."""
 ANCHOR_ONLY = ("anchor-drift-full", "anchor-drift-tuned")
 """Attacks that read the server's reference: no cell without an anchor."""
 NO_ANCHOR = "no trust anchor to know"
+
+
+def without_anchor(rule: str, attack: str) -> bool:
+    """Whether ``attack`` reads a reference that ``rule`` does not have (:data:`NO_ANCHOR`)."""
+    return attack in ANCHOR_ONLY and rule not in ANCHORED
+
+
 ATTACK_SETTINGS = {
     "anchor-drift-full": {"attack": "anchor-drift", "anchor-drift.knowledge": "reference"},
     "anchor-drift-tuned": {
@@ -278,7 +285,7 @@ def cannot_run(cell: Cell) -> str | None:
     """Why the rule cannot run with a round's replies (``None``: it can)."""
     from flwr_flag.validation import byzantine_count
 
-    if cell.attack in ANCHOR_ONLY and cell.rule not in ANCHORED:
+    if without_anchor(cell.rule, cell.attack):
         return NO_ANCHOR
     regime = REGIMES[cell.regime]
     config = run_config(cell)
@@ -315,7 +322,7 @@ def finals(rows: list[dict[str, Any]], rule: str, attack: str, regime: str, vari
     ]
     if any("na" in r for r in runs):
         return f"n/a ({runs[0]['na']})"
-    if attack in ANCHOR_ONLY and rule not in ANCHORED:  # whether or not a grid listed it
+    if without_anchor(rule, attack):  # whether or not a grid listed the cell
         return f"n/a ({NO_ANCHOR})"
     return [100 * (0.0 if r["diverged"] else r["accuracy"][-1]) for r in runs]
 
