@@ -213,11 +213,10 @@ def test_the_rows_inner_products_with_the_aggregate_cost_no_pass(rule, pre):
     assert source.reads > before  # not the last output: one pass
 
 
-@pytest.mark.parametrize("n", [7, 40])
+@pytest.mark.parametrize("n", [7, 40, 150])
 def test_the_host_output_pass_takes_the_inner_products_when_asked(n):
-    """A mean has no Gram: with track_inner its one pass also gives <g_i, mean>; above
-    TRACK_ROWS rows (whose pieces would leave the cache) inner_with takes its own pass."""
-    from flwr_flag.engine.source import TRACK_ROWS
+    """A mean has no Gram: with track_inner its one pass also gives <g_i, mean>, for
+    any number of rows (each block's product with its piece of the mean, in cache)."""
     from flwr_flag.rules import aggregate
 
     g = torch.Generator().manual_seed(1)
@@ -226,7 +225,7 @@ def test_the_host_output_pass_takes_the_inner_products_when_asked(n):
         [[row.numpy()] for row in x], device="cpu", dtype=torch.float64, track_inner=True
     )
     vector = aggregate(source, "mean", 2).vector
-    assert source._output[0] is vector and (source._output[2] == "inner") == (n <= TRACK_ROWS)
+    assert source._output[0] is vector and source._output[2] == "inner"
     torch.testing.assert_close(source.inner_with(vector), x @ vector)
     other = vector.clone()  # not the last output: a pass of its own, host or generic
     torch.testing.assert_close(source.inner_with(other), x @ other)

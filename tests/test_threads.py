@@ -74,13 +74,15 @@ def test_a_pass_split_between_workers_runs_each_on_one_thread_and_restores_the_s
     seen, calls = [], []
     original = threads.split_run
 
-    def spy(task, items, sizes):
+    def spy(task, items, sizes, workers=None):
         def watched(part):
             seen.append((threading.current_thread().name, torch.get_num_threads()))
             return task(part)
 
         calls.append((len(items), []))
-        return original(lambda part: calls[-1][1].append(len(part)) or watched(part), items, sizes)
+        return original(
+            lambda part: calls[-1][1].append(len(part)) or watched(part), items, sizes, workers
+        )
 
     monkeypatch.setattr(threads, "MIN_WORK", 1)
     monkeypatch.setattr(threads, "host_workers", lambda: 3)

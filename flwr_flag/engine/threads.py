@@ -157,15 +157,26 @@ def _running() -> int:
         return 0
 
 
+def pass_workers(elements: int) -> int:
+    """Workers of a host pass over ``elements`` elements: :func:`host_workers`, or one
+    for a pass too short to split (under two ranges of :data:`MIN_WORK`)."""
+    return host_workers() if elements >= 2 * MIN_WORK else 1
+
+
 def split_run(
-    task: Callable[[Sequence[Item]], Result], items: Sequence[Item], sizes: Sequence[int]
+    task: Callable[[Sequence[Item]], Result],
+    items: Sequence[Item],
+    sizes: Sequence[int],
+    workers: int | None = None,
 ) -> list[Result]:
     """``task`` on contiguous ranges of ``items`` balanced by the items' ``sizes``
     (elements), ``RANGES_PER_WORKER`` per worker, each range taken by the next free
-    worker; the ranges' results in order. The calling thread runs a single range
-    itself. Call it inside :func:`one_thread`."""
+    worker; the ranges' results in order. ``workers``: a count the caller took from
+    :func:`pass_workers` (to size its pieces by it), else read here. The calling thread
+    runs a single range itself. Call it inside :func:`one_thread`."""
     count = min(max(1, sum(sizes) // MIN_WORK), len(items))
-    workers = host_workers() if count > 1 else 1
+    if workers is None:
+        workers = pass_workers(sum(sizes)) if count > 1 else 1
     count = min(count, workers * RANGES_PER_WORKER)
     if workers <= 1 or count <= 1:
         return [task(items)]
