@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -141,13 +142,23 @@ def measure(name: str, n: int, repeats: int, model: str = "1m", device: str = "c
 
 
 def run(
-    name: str, n: int, repeats: int, timeout: float, model: str = "1m", device: str = "cpu"
+    name: str,
+    n: int,
+    repeats: int,
+    timeout: float,
+    model: str = "1m",
+    device: str = "cpu",
+    threads: int | None = None,
 ) -> dict:
-    """``measure`` in a fresh process (its peak memory is its own)."""
+    """``measure`` in a fresh process (its peak memory is its own); ``threads``: torch's
+    thread setting there (``OMP_NUM_THREADS``), which caps our host passes' workers."""
     command = [sys.executable, "-m", "benchmarks.scaling", "--one", name, str(n),
                "--repeats", str(repeats), "--model", model, "--device", device]  # fmt: skip
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+        )
     except subprocess.TimeoutExpired:
         return {"strategy": name, "n": n, "error": f"over {timeout:.0f} s"}
     if done.returncode != 0:

@@ -12,7 +12,9 @@ Two measurements:
    ratios against FedAvg's seconds and the model's size. A server shares its cores, so
    the same cells run idle and beside ``--load`` busy processes (each a Python busy
    loop pinned to a core of its own: one beside us, then one on every core), every
-   ratio against FedAvg measured under the same load;
+   ratio against FedAvg measured under the same load, and the idle machine once more
+   with torch's threads set to 1 (our passes on one worker): beside one busy process a
+   pass has one core, so that column tells a lost core from contention;
 2. whole in-process rounds of the real ServerApp strategy + ClientApp (digits CNN,
    10 nodes) with ``FedAvg`` and with ``FlagAggregator``: what a user feels per round.
 
@@ -115,13 +117,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--load", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument(
+        "--one-worker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the idle machine with torch's threads set to 1 (one worker)",
+    )
     parser.add_argument("--models", nargs="*", default=["cnn", "resnet18"])
     parser.add_argument("--rounds-too", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     path = RESULTS / f"strategy_overhead_{args.device}.md"
     before = committed_idle_ratios(path)
-    loads = [f"{k} busy" if k else "idle" for k in args.load]
+    conditions = [(f"{k} busy" if k else "idle", k, None) for k in args.load]
+    if args.one_worker and 0 in args.load:
+        conditions.insert(args.load.index(0) + 1, ("idle 1 worker", 0, 1))
+    loads = [label for label, _, _ in conditions]
     lines = [
         f"# Strategy overhead vs Flower's FedAvg ({args.device.upper()}, in-process)",
         "",
@@ -131,21 +142,22 @@ def main() -> None:
         "(after one on a tiny model: the libraries' one-time set-up), each strategy in its "
         "own process. `k busy`: beside k busy-loop processes, each pinned to a core "
         "(one: a core shared with us; two: every core), ratios to FedAvg under the same "
-        "load.",
+        "load; `idle 1 worker`: the idle machine with torch's threads set to 1, so our "
+        "passes run on one worker (FedAvg runs on one thread anyway).",
         "",
         "| model | parameters | strategy | "
         + " | ".join(f"{load} s | {load} vs FedAvg" for load in loads)
         + " | peak extra memory (first load measured) | vs model size |",
         "|---|---:|---|" + "---:|---:|" * len(loads) + "---:|---:|",
     ]
-    regressions = []
+    regressions, lost_core = [], []
     for model in args.models:
         table: dict[str, list] = {name: [] for name in STRATEGIES}
-        for count in args.load:
+        for _, count, threads in conditions:
             with busy(count):
                 for name in STRATEGIES:
                     table[name].append(
-                        run(name, args.nodes, args.repeats, 900.0, model, args.device)
+                        run(name, args.nodes, args.repeats, 900.0, model, args.device, threads)
                     )
         for name in STRATEGIES:
             cells, first = [], None
@@ -158,10 +170,12 @@ def main() -> None:
                 ratio = result["seconds"] / base["seconds"]
                 cells += [f"{result['seconds']:.4f}", f"{ratio:.2f}x"]
                 old = before.get((model, name))
-                if args.load[i] == 0 and old is not None and ratio > old * 1.1:
+                if loads[i] == "idle" and old is not None and ratio > old * 1.1:
                     regressions.append(f"{model} {name}: idle {ratio:.2f}x, committed {old:.2f}x")
             if first is None:
                 continue
+            if not name.startswith("flower "):
+                lost_core.append(core_line(model, name, dict(zip(loads, table[name], strict=True))))
             lines.append(
                 f"| {model} | {first['model_mib'] * 2**20 / 4:,.0f} | {name} | "
                 + " | ".join(cells)
@@ -171,6 +185,15 @@ def main() -> None:
     if regressions:
         lines += ["", "Idle ratios worse than the committed report's (by over 10 %):", ""]
         lines += [f"- {r}" for r in regressions]
+    if any(lost_core):
+        lines += [
+            "",
+            "Ours beside one busy process, against the idle machine (its two workers) and "
+            "against the idle machine on one worker: the first is the second core's worth "
+            "when the second is near 1 (a lost core, no contention):",
+            "",
+        ]
+        lines += [line for line in lost_core if line]
     if not args.rounds_too:
         finish(lines, path)
         return
@@ -191,6 +214,15 @@ def main() -> None:
         f"{flag:.3f} s/round ({flag - fedavg:+.3f} s, {flag / fedavg:.2f}x).",
     ]
     finish(lines, path)
+
+
+def core_line(model: str, name: str, cells: dict[str, dict]) -> str:
+    """``1 busy / idle`` and ``1 busy / idle 1 worker`` seconds, where all three ran."""
+    seconds = {label: cell.get("seconds") for label, cell in cells.items()}
+    busy_s, idle, one = (seconds.get(k) for k in ("1 busy", "idle", "idle 1 worker"))
+    if not (busy_s and idle and one):
+        return ""
+    return f"- {model} {name}: {busy_s / idle:.2f}x idle, {busy_s / one:.2f}x idle on one worker"
 
 
 def finish(lines: list[str], path: Path) -> None:
