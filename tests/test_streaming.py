@@ -215,8 +215,8 @@ def test_the_rows_inner_products_with_the_aggregate_cost_no_pass(rule, pre):
 
 @pytest.mark.parametrize("n", [7, 40, 150])
 def test_the_host_output_pass_takes_the_inner_products_when_asked(n):
-    """A mean has no Gram: with track_inner its one pass also gives <g_i, mean>, for
-    any number of rows (each block's product with its piece of the mean, in cache)."""
+    """A mean has no Gram: with track_inner its one pass also gives <g_i, mean> (each
+    block's product with its piece of the mean, in cache), for any number of rows."""
     from flwr_flag.rules import aggregate
 
     g = torch.Generator().manual_seed(1)
@@ -226,6 +226,7 @@ def test_the_host_output_pass_takes_the_inner_products_when_asked(n):
     )
     vector = aggregate(source, "mean", 2).vector
     assert source._output[0] is vector and source._output[2] == "inner"
+    torch.testing.assert_close(vector, x.mean(dim=0))
     torch.testing.assert_close(source.inner_with(vector), x @ vector)
     other = vector.clone()  # not the last output: a pass of its own, host or generic
     torch.testing.assert_close(source.inner_with(other), x @ other)
@@ -251,3 +252,33 @@ def test_the_host_gram_pass_reads_each_reply_once_unless_it_recentres(offset, mo
     assert len(reads) == (6 if offset == 0 else 12)
     stacked = torch.tensor(np.stack([r[0].ravel() for r in replies]), dtype=torch.float64)
     torch.testing.assert_close(gram.raw(), stacked @ stacked.T, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_host_combine_sums_groups_of_clients_and_checks_every_row(workers, monkeypatch):
+    """Above COMBINE_ROWS clients (no inner products asked) the combine pass sums its
+    blocks group by group into the result: X^T c and the squared norms are those of
+    all rows, and a non-finite value in the last group is caught with its row named."""
+    from flwr_flag.engine import threads
+    from flwr_flag.engine.source import NonFiniteUpdateError
+
+    monkeypatch.setattr("flwr_flag.engine.source.COMBINE_ROWS", 4)
+    monkeypatch.setattr("flwr_flag.engine.source.COMBINE_MIN_COLUMNS", 64)
+    monkeypatch.setattr(threads, "MIN_WORK", 1)
+    monkeypatch.setattr(threads, "host_workers", lambda: workers)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(11, 3000, generator=g, dtype=torch.float64)
+    c = torch.randn(11, generator=g, dtype=torch.float64)
+
+    def source(rows: torch.Tensor) -> ArraysSource:
+        arrays = [[row[:1000].numpy(), row[1000:].numpy()] for row in rows]
+        return ArraysSource(arrays, device="cpu", dtype=torch.float64)
+
+    grouped = source(x)
+    torch.testing.assert_close(grouped.combine(c), x.T @ c)
+    torch.testing.assert_close(grouped.sq_norms(), (x * x).sum(dim=1))
+    bad = x.clone()
+    bad[9, 2500] = float("nan")
+    with pytest.raises(NonFiniteUpdateError) as caught:
+        source(bad).combine(c)
+    assert caught.value.rows == [9]

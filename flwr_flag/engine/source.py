@@ -46,12 +46,22 @@ DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 """Default elements per ``(n, chunk)`` block: 16 MiB of float32 on a CPU (cache-sized
 for the memory-bound passes), 128 MiB on a GPU (fewer kernel launches)."""
 COMBINE_ELEMENTS = 1 << 19
-"""Elements per worker of one ``(n, columns)`` block of the host's combine pass (2 MiB
-of float32 on one worker), but never fewer than ``COMBINE_MIN_COLUMNS`` columns: the
-block stays in the per-core cache between its assembly, the check's norms, the GEMV
-and the inner products. Ten clients of ResNet-18, one pass: 0.110 s on one worker and
-0.080-0.089 s on two, against 0.124 s and 0.078 s with twice the elements, and
-0.133 s on one worker for the client-by-client weighted sums this pass replaced."""
+"""Elements per worker of one block of the host's combine pass (2 MiB of float32 on one
+worker): ``COMBINE_ROWS`` clients at most by as many columns, at least
+``COMBINE_MIN_COLUMNS``. The block stays in the per-core cache between its assembly,
+the check's norms, the GEMV and the inner products. Ten clients of ResNet-18, one pass:
+0.110 s on one worker and 0.080-0.089 s on two, against 0.124 s and 0.078 s with twice
+the elements, and 0.133 s on one worker for the client-by-client weighted sums this
+pass replaced."""
+COMBINE_ROWS = 32
+"""Clients per block of the combine pass: more clients are summed group by group into
+the block's piece of the result (a GEMV each), so that a block stays in cache with
+enough columns for long operations (CTMA on 200 clients of a 1M-parameter model: 0.78
+s on one worker, 0.85 s with every client in blocks of 8,192 columns). Where the pass
+also takes the rows' inner products with its result, one block holds every client
+instead: the products need the whole piece of the result while the rows are at hand,
+and a second pass over the replies would cost more (the mean of 500 such clients:
+0.56 s, 1.08 s in groups and a pass of its own for the products)."""
 COMBINE_MIN_COLUMNS = 8192
 GRAM_COLUMNS = 8192
 """Columns of a Gram-pass block on the host at least (many clients): wide enough that
@@ -67,12 +77,14 @@ nothing hides when another process holds a core. Ten clients of ResNet-18, one p
 0.099 s on one worker and 0.075 s on two with these blocks, 0.133 s and 0.077 s with
 4 MiB ones; with 16,384 columns the two workers wait on each other for the
 interpreter's lock between short operations (0.14 s)."""
-MAP_PIECE = 1 << 20
+MAP_PIECE = 1 << 19
 """Elements per worker of one ``(n, columns)`` block of the host's coordinate-wise pass
-(4 MiB of float32 on one worker), but never fewer than ``MAP_MIN_COLUMNS`` columns
-(many clients: fewer, larger pieces). Large, since the function's own operations (a
-median's sort) are short: the coordinate median of ten clients of ResNet-18 took
-0.24 s on two workers with half these blocks, 0.20 s with them."""
+(2 MiB of float32 on one worker, 4 MiB each on two), but never fewer than
+``MAP_MIN_COLUMNS`` columns (many clients: fewer, larger pieces). Large enough that
+the workers of a split pass do not wait on each other for the interpreter's lock
+between short operations; twice as large cost the median of 200-500 clients of a
+1M-parameter model 15-25 % on two workers (the sort of each column as a row leaves the
+cache)."""
 MAP_MIN_COLUMNS = 1024
 
 
@@ -441,23 +453,29 @@ class ArraysSource(UpdateSource):
         return super().combine(coefficients)
 
     def _host_combine(self, coefficients: Tensor) -> Tensor:
-        """``X^T c`` on the host, one GEMV per cache-sized block of columns assembled
-        straight from the replies (:meth:`_block_pass`: every reply read once, the check
-        with it when it is the first pass: a mean's whole cost, the pass FedAvg makes).
-        With ``track_inner`` and no Gram (with one, ``G c`` is free), the block's product
+        """``X^T c`` on the host, one GEMV per cache-sized block of columns and clients
+        assembled straight from the replies (:meth:`_block_pass`: every reply read once,
+        the check with it when it is the first pass: a mean's whole cost, the pass FedAvg
+        makes), the groups of a piece summed into its result. With ``track_inner`` and
+        no Gram (with one, ``G c`` is free), every client in one block, whose product
         with its piece of the result gives the rows' inner products with it, in cache.
         Raises :class:`NonFiniteUpdateError` as the first pass does."""
         track = self.track_inner and self._gram is None
         weights = coefficients.to("cpu", self.dtype)
         out = self._host_output()
 
-        def visit(start: int, rows: np.ndarray) -> np.ndarray | None:
-            block = torch.from_numpy(rows)
+        def visit(start: int, first: int, rows: np.ndarray) -> np.ndarray | None:
+            block = torch.from_numpy(rows).T
             piece = out[start : start + rows.shape[1]]
-            torch.mv(block.T, weights, out=piece)
-            return torch.mv(block, piece).double().numpy() if track else None
+            part = weights[first : first + rows.shape[0]]
+            if first == 0:
+                torch.mv(block, part, out=piece)
+            else:
+                piece.addmv_(block, part)
+            return torch.mv(block.T, piece).double().numpy() if track else None
 
-        inner = self._block_pass(visit, COMBINE_ELEMENTS, COMBINE_MIN_COLUMNS)
+        group = None if track else COMBINE_ROWS
+        inner = self._block_pass(visit, COMBINE_ELEMENTS, COMBINE_MIN_COLUMNS, group)
         if track:
             self._output = (out, torch.from_numpy(inner), "inner")
         return out
@@ -477,7 +495,7 @@ class ArraysSource(UpdateSource):
 
         def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
             acc, sq_norms = np.zeros((n + 1, n + 1)), np.zeros(n)
-            for _, rows in self._host_blocks(pieces, width, extra_rows=1):
+            for _, _, rows in self._host_blocks(pieces, width, extra_rows=1):
                 if reference is None:
                     product = _host_gram(rows[:n])
                     acc[:n, :n] += product
@@ -496,7 +514,7 @@ class ArraysSource(UpdateSource):
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         with self._threads():
             if decide:  # the origin product of the first block chooses the reference
-                for _, rows in self._host_blocks(pieces[:1], width):
+                for _, _, rows in self._host_blocks(pieces[:1], width):
                     first = _host_gram(rows)
                 origin = _origin_gram(torch.from_numpy(first).double())
                 reference = choose_reference(origin, self.dtype, None)
@@ -521,7 +539,7 @@ class ArraysSource(UpdateSource):
             return super().map_columns(function)
         out = self._host_output()
 
-        def visit(start: int, rows: np.ndarray) -> np.ndarray | None:
+        def visit(start: int, _: int, rows: np.ndarray) -> np.ndarray | None:
             block = torch.from_numpy(rows)
             piece = out[start : start + rows.shape[1]]
             piece.copy_(function(block))
@@ -539,7 +557,7 @@ class ArraysSource(UpdateSource):
             return super()._inner_pass(vector)
         v = vector.to("cpu", self.dtype)
 
-        def visit(start: int, rows: np.ndarray) -> np.ndarray:
+        def visit(start: int, _: int, rows: np.ndarray) -> np.ndarray:
             # Torch's GEMV runs on the worker's one thread; numpy's BLAS would start
             # threads of its own in every worker (Mean at n = 100, p = 1M: 10 % slower).
             return torch.mv(torch.from_numpy(rows), v[start : start + rows.shape[1]]).numpy()
@@ -549,30 +567,34 @@ class ArraysSource(UpdateSource):
 
     def _block_pass(
         self,
-        visit: Callable[[int, np.ndarray], np.ndarray | None],
+        visit: Callable[[int, int, np.ndarray], np.ndarray | None],
         elements: int,
         min_columns: int,
+        group: int | None = None,
     ) -> np.ndarray:
-        """One host pass over ``(n, w)`` blocks of columns assembled straight from the
-        replies (each reply read once, the subtraction of the base fused in), split
-        between the workers: ``visit(start, rows)`` on each block, the sum of the
-        ``(n,)`` arrays it returns (zeros where it returns none); the first pass's check
-        comes with it. A block holds ``elements`` per worker (``w`` of at least
-        ``min_columns`` columns): the blocks grow with the workers, so that the
-        interpreter's lock, taken between a block's operations, changes hands no more
-        often than with one worker."""
+        """One host pass over blocks of columns assembled straight from the replies (each
+        reply read once, the subtraction of the base fused in), split between the
+        workers: ``visit(start, first, rows)`` on each block (columns ``start:start + w``
+        of clients ``first:first + k``: all ``n``, or groups of at most ``group``), the
+        ``(n,)`` sum of the ``(k,)`` arrays it returns (zeros where it returns none);
+        the first pass's check comes with it. A block holds ``elements`` per worker
+        (``w`` of at least ``min_columns`` columns): the blocks grow with the workers,
+        so that the interpreter's lock, taken between a block's operations, changes
+        hands no more often than with one worker."""
         check = self._verified_upto < self.p
         workers = pass_workers(self.n * self.p)
-        width = max(elements * workers // self.n, min_columns)
+        group = self.n if group is None else min(group, self.n)
+        width = max(elements * workers // group, min_columns)
 
         def walk(pieces: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
             total, sq_norms = np.zeros(self.n), np.zeros(self.n)
-            for start, rows in self._host_blocks(pieces, width):
+            for start, first, rows in self._host_blocks(pieces, width, group=group):
+                clients = slice(first, first + rows.shape[0])
                 if check:
-                    sq_norms += np.einsum("ij,ij->i", rows, rows)
-                inner = visit(start, rows)
+                    sq_norms[clients] += np.einsum("ij,ij->i", rows, rows)
+                inner = visit(start, first, rows)
                 if inner is not None:
-                    total += inner
+                    total[clients] += inner
             return total, sq_norms
 
         with self._threads():
@@ -594,18 +616,27 @@ class ArraysSource(UpdateSource):
         return split_run(walk, pieces, [(b - a) * self.n for _, a, b in pieces], workers)
 
     def _host_blocks(
-        self, pieces: Iterable[tuple[int, int, int]], width: int, extra_rows: int = 0
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, block)``: for each piece (of at most ``width`` elements, never
-        crossing an array), the updates' columns ``start:start + w`` as the first ``n``
-        rows of a reused ``(n + extra_rows, width)`` host block; the extra rows are the
-        caller's scratch."""
-        block = np.empty((self.n + extra_rows, width), dtype=self._host_dtype)
+        self,
+        pieces: Iterable[tuple[int, int, int]],
+        width: int,
+        extra_rows: int = 0,
+        group: int | None = None,
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(start, first, block)``: for each piece (of at most ``width`` elements, never
+        crossing an array), the columns ``start:start + w`` of the updates of clients
+        ``first:first + k`` (all ``n``, or groups of at most ``group``) as the first
+        ``k`` rows of a reused ``(k + extra_rows, width)`` host block; the extra rows are
+        the caller's scratch."""
+        group = self.n if group is None else group
+        block = np.empty((group + extra_rows, width), dtype=self._host_dtype)
         for layer, a, b in pieces:
-            rows = block[:, : b - a]
-            for i in range(self.n):
-                self._update_into(rows[i], i, layer, a, b)
-            yield int(self._offsets[layer]) + a, rows
+            start = int(self._offsets[layer]) + a
+            for first in range(0, self.n, group):
+                count = min(group, self.n - first)
+                rows = block[: count + extra_rows, : b - a]
+                for k in range(count):
+                    self._update_into(rows[k], first + k, layer, a, b)
+                yield start, first, rows
 
     def _host_output(self) -> Tensor:
         """A fresh ``(p,)`` host vector for a pass's result, from numpy's allocator: it
