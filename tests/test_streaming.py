@@ -112,6 +112,34 @@ def test_a_sparse_output_reads_only_its_rows(monkeypatch):
     assert fetched == [8]
 
 
+def test_a_sparse_output_of_a_stacked_source_reads_only_its_rows(monkeypatch):
+    """Krum's output on the stacked tensor: after the Gram pass, the output pass fetches
+    the chosen row alone, and the result is that row."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(9, 500, generator=g)
+    source = StackedSource(x, device="cpu", chunk_size=64)
+    source.gram()
+    fetched = []
+    original = StackedSource._fetch
+    monkeypatch.setattr(
+        StackedSource,
+        "_fetch",
+        lambda self, a, b: fetched.append(self.n) or original(self, a, b),
+    )
+    one_hot = torch.zeros(9, dtype=torch.float64)
+    one_hot[4] = 1.0
+    torch.testing.assert_close(source.combine(one_hot), x[4])
+    assert fetched and set(fetched) == {1}
+    pair = torch.zeros(9, dtype=torch.float64)
+    pair[[2, 7]] = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    fetched.clear()
+    torch.testing.assert_close(source.combine(pair), 0.25 * x[2] + 0.75 * x[7])
+    assert set(fetched) == {2}
+    fetched.clear()
+    torch.testing.assert_close(source.combine(torch.full((9,), 1 / 9)), x.mean(dim=0))
+    assert set(fetched) == {9}
+
+
 def test_the_fused_first_pass_of_a_mean_checks_and_combines():
     from flwr_flag.engine import NonFiniteUpdateError
 

@@ -283,7 +283,23 @@ class UpdateSource(ABC):
         return gram, reference
 
     def combine(self, coefficients: Tensor) -> Tensor:
-        """``X^T c`` for ``c`` of shape ``(n,)``, or ``(k, n)`` for ``k`` outputs at once."""
+        """``X^T c`` for ``c`` of shape ``(n,)``, or ``(k, n)`` for ``k`` outputs at once.
+        Once every row has passed the first-pass check, a source that reads rows apart
+        (:meth:`_rows`) reads only those with a nonzero coefficient when they are at
+        most half: Krum's output is one reply's update, so its output pass reads one row
+        instead of ``n`` (``O(p)``, not ``O(n p)``)."""
+        if coefficients.ndim == 1 and self._verified_upto >= self.p:
+            nonzero = torch.nonzero(coefficients.cpu()).flatten().tolist()
+            if not nonzero:
+                out = torch.zeros(self.p, dtype=self.dtype, device=self.device)
+                return self._record(out, coefficients)
+            rows = self._rows(nonzero) if len(nonzero) <= self.n // 2 else None
+            if rows is not None:
+                return self._record(rows.combine(coefficients.cpu()[nonzero]), coefficients)
+        return self._combine_all(coefficients)
+
+    def _combine_all(self, coefficients: Tensor) -> Tensor:
+        """``X^T c`` over every row: the generic chunked pass."""
         out = torch.empty((*coefficients.shape[:-1], self.p), dtype=self.dtype, device=self.device)
         on_device = coefficients.to(self.device, self.dtype)
         with self._threads():
@@ -365,6 +381,18 @@ class UpdateSource(ABC):
         """The rows of ``P X`` for an ``(m, n)`` mixing matrix ``P`` (pre-aggregation)."""
         return MixedRows(self, matrix)
 
+    def _rows(self, rows: list[int]) -> UpdateSource | None:
+        """Rows ``rows`` alone, read without the others and already checked; ``None``
+        where this source cannot read rows apart from its parent's passes."""
+        return None
+
+    def _picked(self, rows: list[int]) -> Any:
+        """A shallow copy of this source for rows ``rows``, their check carried over;
+        the caller points it at their data."""
+        picked = copy.copy(self)
+        picked.n, picked._sq_norms, picked._gram = len(rows), self._sq_norms[rows], None
+        return picked
+
 
 class StackedSource(UpdateSource):
     """An in-memory ``(n, p)`` tensor. Chunks are views when device and dtype match."""
@@ -381,6 +409,12 @@ class StackedSource(UpdateSource):
 
     def _fetch(self, start: int, stop: int) -> Tensor:
         return self.updates[:, start:stop].to(self.device, self.dtype)
+
+    def _rows(self, rows: list[int]) -> StackedSource:
+        """Rows ``rows`` alone (a copy of them: at most half the rows, read once more)."""
+        picked = self._picked(rows)
+        picked.updates = self.updates[torch.tensor(rows, device=self.updates.device)]
+        return picked
 
 
 class ArraysSource(UpdateSource):
@@ -434,23 +468,13 @@ class ArraysSource(UpdateSource):
         passes run, the code a GPU runs: the differential tests run it on the CPU."""
         self.track_inner = track_inner
 
-    def combine(self, coefficients: Tensor) -> Tensor:
-        """``X^T c``; once every row has passed the first-pass check, only the rows with a
-        nonzero coefficient are read: Krum's output is one reply's update, so its output
-        pass reads one row instead of ``n`` (``O(p)``, not ``O(n p)``)."""
-        if coefficients.ndim == 1 and self._verified_upto >= self.p:
-            nonzero = torch.nonzero(coefficients.cpu()).flatten().tolist()
-            if not nonzero:
-                out = torch.zeros(self.p, dtype=self.dtype, device=self.device)
-                return self._record(out, coefficients)
-            if len(nonzero) <= self.n // 2:
-                out = self._rows(nonzero).combine(coefficients.cpu()[nonzero])
-                return self._record(out, coefficients)
+    def _combine_all(self, coefficients: Tensor) -> Tensor:
+        """``X^T c`` over every row: the host pass on a CPU, else the generic one."""
         if coefficients.ndim == 1 and self.host_passes:
             out = self._host_combine(coefficients)
             recorded = self._output is not None and self._output[0] is out
             return out if recorded else self._record(out, coefficients)
-        return super().combine(coefficients)
+        return super()._combine_all(coefficients)
 
     def _host_combine(self, coefficients: Tensor) -> Tensor:
         """``X^T c`` on the host, one GEMV per cache-sized block of columns and clients
@@ -672,9 +696,8 @@ class ArraysSource(UpdateSource):
 
     def _rows(self, rows: list[int]) -> ArraysSource:
         """Clients ``rows`` alone, sharing this source's arrays; already checked."""
-        picked = copy.copy(self)
-        picked.n, picked._flats = len(rows), [self._flats[i] for i in rows]
-        picked._sq_norms, picked._gram = self._sq_norms[rows], None
+        picked = self._picked(rows)
+        picked._flats = [self._flats[i] for i in rows]
         return picked
 
     def _fetch(self, start: int, stop: int) -> Tensor:
