@@ -28,7 +28,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ from ..validation import Integer, InvalidParameterError
 from .dtypes import difference_into
 from .gram import Gram, choose_reference
 from .threads import gemm_threads, one_thread, pass_workers, split_run, torch_threads
+
+Picked = TypeVar("Picked", bound="UpdateSource")
 
 CHUNK_SIZE = Integer(1, optional=True)
 """Columns per chunk: the kind the strategies' ``chunk_size`` option is declared with."""
@@ -63,6 +65,8 @@ instead: the products need the whole piece of the result while the rows are at h
 and a second pass over the replies would cost more (the mean of 500 such clients:
 0.56 s, 1.08 s in groups and a pass of its own for the products)."""
 COMBINE_MIN_COLUMNS = 8192
+"""Columns of a combine block at least (many clients with their inner products asked:
+one block holds them all), as ``GRAM_COLUMNS`` for the Gram pass."""
 GRAM_COLUMNS = 8192
 """Columns of a Gram-pass block on the host at least (many clients): wide enough that
 the per-row assembly's Python loop stays short, narrow enough that a block per worker
@@ -386,7 +390,7 @@ class UpdateSource(ABC):
         where this source cannot read rows apart from its parent's passes."""
         return None
 
-    def _picked(self, rows: list[int]) -> Any:
+    def _picked(self: Picked, rows: list[int]) -> Picked:
         """A shallow copy of this source for rows ``rows``, their check carried over;
         the caller points it at their data."""
         picked = copy.copy(self)
@@ -489,14 +493,14 @@ class ArraysSource(UpdateSource):
         out = self._host_output()
 
         def visit(start: int, first: int, rows: np.ndarray) -> np.ndarray | None:
-            block = torch.from_numpy(rows).T
+            block = torch.from_numpy(rows)
             piece = out[start : start + rows.shape[1]]
             part = weights[first : first + rows.shape[0]]
             if first == 0:
-                torch.mv(block, part, out=piece)
+                torch.mv(block.T, part, out=piece)
             else:
-                piece.addmv_(block, part)
-            return torch.mv(block.T, piece).double().numpy() if track else None
+                piece.addmv_(block.T, part)
+            return torch.mv(block, piece).double().numpy() if track else None
 
         group = None if track else COMBINE_ROWS
         inner = self._block_pass(visit, COMBINE_ELEMENTS, COMBINE_MIN_COLUMNS, group)
