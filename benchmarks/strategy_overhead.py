@@ -174,8 +174,9 @@ def main() -> None:
                     regressions.append(f"{model} {name}: idle {ratio:.2f}x, committed {old:.2f}x")
             if first is None:
                 continue
-            if not name.startswith("flower "):
-                lost_core.append(core_line(model, name, dict(zip(loads, table[name], strict=True))))
+            line = core_line(model, name, dict(zip(loads, table[name], strict=True)))
+            if line and not name.startswith("flower "):
+                lost_core.append(line)
             lines.append(
                 f"| {model} | {first['model_mib'] * 2**20 / 4:,.0f} | {name} | "
                 + " | ".join(cells)
@@ -185,7 +186,7 @@ def main() -> None:
     if regressions:
         lines += ["", "Idle ratios worse than the committed report's (by over 10 %):", ""]
         lines += [f"- {r}" for r in regressions]
-    if any(lost_core):
+    if lost_core:
         lines += [
             "",
             "Ours beside one busy process, against the idle machine (its two workers) and "
@@ -193,7 +194,7 @@ def main() -> None:
             "when the second is near 1 (a lost core, no contention):",
             "",
         ]
-        lines += [line for line in lost_core if line]
+        lines += lost_core
     if not args.rounds_too:
         finish(lines, path)
         return
@@ -216,12 +217,12 @@ def main() -> None:
     finish(lines, path)
 
 
-def core_line(model: str, name: str, cells: dict[str, dict]) -> str:
+def core_line(model: str, name: str, cells: dict[str, dict]) -> str | None:
     """``1 busy / idle`` and ``1 busy / idle 1 worker`` seconds, where all three ran."""
     seconds = {label: cell.get("seconds") for label, cell in cells.items()}
     busy_s, idle, one = (seconds.get(k) for k in ("1 busy", "idle", "idle 1 worker"))
     if not (busy_s and idle and one):
-        return ""
+        return None
     return f"- {model} {name}: {busy_s / idle:.2f}x idle, {busy_s / one:.2f}x idle on one worker"
 
 

@@ -175,8 +175,7 @@ def split_run(
     :func:`pass_workers` (to size its pieces by it), else read here. The calling thread
     runs a single range itself. Call it inside :func:`one_thread`."""
     count = min(max(1, sum(sizes) // MIN_WORK), len(items))
-    if workers is None:
-        workers = pass_workers(sum(sizes)) if count > 1 else 1
+    workers = pass_workers(sum(sizes)) if workers is None else workers
     count = min(count, workers * RANGES_PER_WORKER)
     if workers <= 1 or count <= 1:
         return [task(items)]
